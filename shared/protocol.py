@@ -1,0 +1,466 @@
+"""The wire protocol between the signaling server and its clients (browsers, bots, tools).
+
+Every frame is a JSON text frame ``{"type": str, "data": object, "id"?: str}``. Each message type
+has one dataclass here that validates itself in ``__post_init__``; ``decode`` turns a frame into
+``(message, id)`` and ``encode`` does the reverse. Nothing here does I/O, so the server, the
+client and the tests share exactly one definition of what is valid. See ``docs/protocol.md``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from collections.abc import Collection
+from typing import Any, ClassVar, Self
+
+PROTOCOL_VERSION = 1
+
+MAX_ID_LEN = 64
+MAX_NAME_LEN = 32
+MAX_LOBBY_NAME_LEN = 48
+MAX_PASSWORD_LEN = 128
+MAX_CHAT_LEN = 2000
+MAX_SDP_LEN = 32_000
+MAX_CANDIDATE_LEN = 1_000
+MAX_TRANSCRIPT_LEN = 4_000
+
+
+class MessageType(enum.StrEnum):
+    # client -> server
+    SET_NAME = "set_name"
+    JOIN = "join"
+    PART = "part"
+    PING = "ping"
+    # both directions: the client names the target peer, the server names the sender
+    CHAT = "chat"
+    SDP = "sdp"
+    ICE = "ice"
+    TRANSCRIPT = "transcript"
+    # server -> client
+    WELCOME = "welcome"
+    SESSION = "session"
+    LOBBY_STATE = "lobby_state"
+    PEER_ADDED = "peer_added"
+    PEER_REMOVED = "peer_removed"
+    ACK = "ack"
+    PONG = "pong"
+    ERROR = "error"
+
+
+class ErrorCode(enum.StrEnum):
+    BAD_JSON = "bad_json"
+    BAD_FRAME = "bad_frame"
+    UNKNOWN_TYPE = "unknown_type"
+    INVALID_PAYLOAD = "invalid_payload"
+    MESSAGE_TOO_LARGE = "message_too_large"
+    NOT_ALLOWED = "not_allowed"
+    NAME_INVALID = "name_invalid"
+    NAME_IN_USE = "name_in_use"
+    NAME_PROTECTED = "name_protected"
+    NAME_REQUIRED = "name_required"
+    BAD_PASSWORD = "bad_password"
+    LOBBY_NOT_FOUND = "lobby_not_found"
+    LOBBY_EXISTS = "lobby_exists"
+    LOBBY_FULL = "lobby_full"
+    LOBBY_PASSWORD_REQUIRED = "lobby_password_required"
+    NOT_IN_LOBBY = "not_in_lobby"
+    PEER_NOT_IN_LOBBY = "peer_not_in_lobby"
+    PEER_UNAVAILABLE = "peer_unavailable"
+    UNAUTHORIZED = "unauthorized"
+    NOT_FOUND = "not_found"
+    UNAVAILABLE = "unavailable"
+    RATE_LIMITED = "rate_limited"
+    INTERNAL = "internal_error"
+
+
+class ProtocolError(Exception):
+    """A request the server refuses; it travels to the client as an ``error`` message."""
+
+    def __init__(self, code: ErrorCode, message: str) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+
+
+def _invalid(message: str) -> ProtocolError:
+    return ProtocolError(ErrorCode.INVALID_PAYLOAD, message)
+
+
+def _check_len(name: str, value: str | None, max_len: int, min_len: int = 0) -> None:
+    if value is None:
+        return
+    if not min_len <= len(value) <= max_len:
+        if len(value) > max_len:
+            raise _invalid(f"{name} is longer than {max_len} characters")
+        raise _invalid(f"{name} must not be empty")
+
+
+def _check_type(name: str, value: Any, hint: Any) -> Any:
+    """Checks ``value`` against a (simple) annotation and converts nested dataclasses."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(hint)
+        if value is None and type(None) in args:
+            return None
+        (inner,) = [a for a in args if a is not type(None)]
+        return _check_type(name, value, inner)
+    if origin is list:
+        (inner,) = typing.get_args(hint)
+        if not isinstance(value, list):
+            raise _invalid(f"{name} must be a list")
+        return [_check_type(f"{name}[]", v, inner) for v in value]
+    if origin is dict or hint is dict:
+        if not isinstance(value, dict):
+            raise _invalid(f"{name} must be an object")
+        return value
+    if dataclasses.is_dataclass(hint):
+        if isinstance(value, hint):
+            return value
+        if not isinstance(value, dict):
+            raise _invalid(f"{name} must be an object")
+        return hint.from_dict(value)
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise _invalid(f"{name} must be a boolean")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise _invalid(f"{name} must be an integer")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise _invalid(f"{name} must be a number")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise _invalid(f"{name} must be a string")
+        return value
+    if isinstance(hint, type) and issubclass(hint, enum.Enum):
+        try:
+            return hint(value)
+        except ValueError:
+            raise _invalid(f"{name} must be one of {[m.value for m in hint]}") from None
+    raise TypeError(f"unsupported annotation {hint!r}")  # a bug in this module, not bad input
+
+
+class Payload:
+    """Base of every value object on the wire: typed fields, checked on construction."""
+
+    _hints: ClassVar[dict[type, dict[str, Any]]] = {}
+
+    def __post_init__(self) -> None:
+        hints = Payload._hints.get(type(self))
+        if hints is None:
+            hints = Payload._hints[type(self)] = typing.get_type_hints(type(self))
+        for f in dataclasses.fields(self):  # type: ignore[arg-type]
+            value = getattr(self, f.name)
+            object.__setattr__(self, f.name, _check_type(f.name, value, hints[f.name]))
+        self.validate()
+
+    def validate(self) -> None:
+        """Checks beyond the field types (lengths, ranges); raises ``ProtocolError``."""
+
+    @classmethod
+    def from_dict(cls, data: Any) -> Self:
+        if not isinstance(data, dict):
+            raise _invalid(f"{cls.__name__} data must be an object")
+        kwargs = {}
+        for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+            if f.name in data:
+                kwargs[f.name] = data[f.name]
+            elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                raise _invalid(f"missing field {f.name!r}")
+        return cls(**kwargs)
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(self):  # type: ignore[arg-type]
+            value = getattr(self, f.name)
+            if isinstance(value, Payload):
+                value = value.to_dict()
+            elif isinstance(value, list):
+                value = [v.to_dict() if isinstance(v, Payload) else v for v in value]
+            out[f.name] = value
+        return out
+
+
+class Message(Payload):
+    """A payload that is a whole frame: it knows its own ``type``."""
+
+    type: ClassVar[MessageType]
+
+
+# --- value objects used inside messages -------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Participant(Payload):
+    session_id: str
+    name: str
+    bot: bool = False
+    connected: bool = True
+
+
+@dataclass(frozen=True)
+class LobbyInfo(Payload):
+    id: str
+    name: str
+    private: bool = False
+    has_password: bool = False
+    max_participants: int = 16
+
+
+@dataclass(frozen=True)
+class SessionInfo(Payload):
+    session_id: str
+    name: str | None = None
+    protected: bool = False
+    bot: bool = False
+    lobbies: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class SessionDescription(Payload):
+    type: str
+    sdp: str
+
+    def validate(self) -> None:
+        if self.type not in ("offer", "answer", "pranswer", "rollback"):
+            raise _invalid("description type must be offer, answer, pranswer or rollback")
+        _check_len("sdp", self.sdp, MAX_SDP_LEN)
+
+
+@dataclass(frozen=True)
+class IceCandidate(Payload):
+    candidate: str
+    sdpMid: str | None = None  # noqa: N815 - the browser's RTCIceCandidateInit spelling
+    sdpMLineIndex: int | None = None  # noqa: N815
+
+    def validate(self) -> None:
+        _check_len("candidate", self.candidate, MAX_CANDIDATE_LEN)
+        _check_len("sdpMid", self.sdpMid, MAX_ID_LEN)
+
+
+# --- client -> server ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SetName(Message):
+    type: ClassVar[MessageType] = MessageType.SET_NAME
+    name: str
+    password: str | None = None
+
+    def validate(self) -> None:
+        _check_len("password", self.password, MAX_PASSWORD_LEN, 1)
+        if len(self.name) > 4 * MAX_NAME_LEN:  # the precise rule lives with the names registry
+            raise _invalid("name is far too long")
+
+
+@dataclass(frozen=True)
+class Join(Message):
+    """Join by ``lobby_id``, or by ``lobby_name`` (created when new, with ``private``/``password``)."""
+
+    type: ClassVar[MessageType] = MessageType.JOIN
+    lobby_id: str | None = None
+    lobby_name: str | None = None
+    password: str | None = None
+    private: bool = False
+    history_since: int | None = None
+
+    def validate(self) -> None:
+        if (self.lobby_id is None) == (self.lobby_name is None):
+            raise _invalid("give exactly one of lobby_id and lobby_name")
+        _check_len("lobby_id", self.lobby_id, MAX_ID_LEN, 1)
+        _check_len("lobby_name", self.lobby_name, 4 * MAX_LOBBY_NAME_LEN, 1)
+        _check_len("password", self.password, MAX_PASSWORD_LEN, 1)
+
+
+@dataclass(frozen=True)
+class Part(Message):
+    type: ClassVar[MessageType] = MessageType.PART
+    lobby_id: str
+
+    def validate(self) -> None:
+        _check_len("lobby_id", self.lobby_id, MAX_ID_LEN, 1)
+
+
+@dataclass(frozen=True)
+class Ping(Message):
+    type: ClassVar[MessageType] = MessageType.PING
+
+
+# --- both directions -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Chat(Message):
+    """Sent by a client with ``lobby_id`` and ``text``; the server fills in the rest."""
+
+    type: ClassVar[MessageType] = MessageType.CHAT
+    lobby_id: str
+    text: str
+    message_id: int | None = None
+    session_id: str | None = None
+    name: str | None = None
+    ts: float | None = None
+    kind: str = "chat"
+
+    def validate(self) -> None:
+        _check_len("lobby_id", self.lobby_id, MAX_ID_LEN, 1)
+        _check_len("text", self.text, MAX_CHAT_LEN, 1)
+        if self.kind not in ("chat", "system"):
+            raise _invalid("kind must be chat or system")
+
+
+@dataclass(frozen=True)
+class Sdp(Message):
+    """``peer_id`` is the target when a client sends it and the sender when the server relays it."""
+
+    type: ClassVar[MessageType] = MessageType.SDP
+    lobby_id: str
+    peer_id: str
+    description: SessionDescription
+
+    def validate(self) -> None:
+        _check_len("lobby_id", self.lobby_id, MAX_ID_LEN, 1)
+        _check_len("peer_id", self.peer_id, MAX_ID_LEN, 1)
+
+
+@dataclass(frozen=True)
+class Ice(Message):
+    """A trickled candidate; ``candidate`` null means end of candidates."""
+
+    type: ClassVar[MessageType] = MessageType.ICE
+    lobby_id: str
+    peer_id: str
+    candidate: IceCandidate | None = None
+
+    def validate(self) -> None:
+        _check_len("lobby_id", self.lobby_id, MAX_ID_LEN, 1)
+        _check_len("peer_id", self.peer_id, MAX_ID_LEN, 1)
+
+
+# --- server -> client ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Welcome(Message):
+    type: ClassVar[MessageType] = MessageType.WELCOME
+    protocol: int
+    server: str
+    session: SessionInfo
+
+
+@dataclass(frozen=True)
+class Session(Message):
+    type: ClassVar[MessageType] = MessageType.SESSION
+    session: SessionInfo
+
+
+@dataclass(frozen=True)
+class LobbyState(Message):
+    type: ClassVar[MessageType] = MessageType.LOBBY_STATE
+    lobby: LobbyInfo
+    participants: list[Participant]
+
+
+@dataclass(frozen=True)
+class PeerAdded(Message):
+    """Start (or restart) a peer connection; the side told ``create_offer`` sends the offer."""
+
+    type: ClassVar[MessageType] = MessageType.PEER_ADDED
+    lobby_id: str
+    peer: Participant
+    create_offer: bool
+
+
+@dataclass(frozen=True)
+class PeerRemoved(Message):
+    type: ClassVar[MessageType] = MessageType.PEER_REMOVED
+    lobby_id: str
+    peer_id: str
+
+
+@dataclass(frozen=True)
+class Ack(Message):
+    type: ClassVar[MessageType] = MessageType.ACK
+    result: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Pong(Message):
+    type: ClassVar[MessageType] = MessageType.PONG
+
+
+@dataclass(frozen=True)
+class Error(Message):
+    type: ClassVar[MessageType] = MessageType.ERROR
+    code: str
+    message: str
+    ref: str | None = None
+
+
+MESSAGES: dict[MessageType, type[Message]] = {
+    cls.type: cls
+    for cls in (SetName, Join, Part, Ping, Chat, Sdp, Ice, Welcome, Session, LobbyState,
+                PeerAdded, PeerRemoved, Ack, Pong, Error)
+}
+
+
+def register(cls: type[Message]) -> type[Message]:
+    """Adds a message class defined elsewhere (e.g. transcripts) to the decoder's table."""
+    MESSAGES[cls.type] = cls
+    return cls
+
+
+def encode(message: Message, id: str | None = None) -> str:
+    frame: dict[str, Any] = {"type": message.type.value, "data": message.to_dict()}
+    if id is not None:
+        frame["id"] = id
+    return json.dumps(frame, separators=(",", ":"), ensure_ascii=False)
+
+
+def decode_envelope(text: str) -> tuple[str, Any, str | None]:
+    """Parses the frame's outer shape: returns ``(type, data, id)``."""
+    try:
+        frame = json.loads(text)
+    except (ValueError, RecursionError):
+        raise ProtocolError(ErrorCode.BAD_JSON, "frame is not valid JSON") from None
+    if not isinstance(frame, dict):
+        raise ProtocolError(ErrorCode.BAD_FRAME, "frame must be a JSON object")
+    type_, data, id_ = frame.get("type"), frame.get("data", {}), frame.get("id")
+    if not isinstance(type_, str):
+        raise ProtocolError(ErrorCode.BAD_FRAME, "frame needs a string 'type'")
+    if id_ is not None and (not isinstance(id_, str) or not 0 < len(id_) <= MAX_ID_LEN):
+        raise ProtocolError(ErrorCode.BAD_FRAME, f"'id' must be a string of 1..{MAX_ID_LEN} chars")
+    return type_, data, id_
+
+
+def decode(text: str, allowed: Collection[MessageType] | None = None) -> tuple[Message, str | None]:
+    """Parses and validates a frame; ``allowed`` limits the types this side accepts."""
+    type_, data, id_ = decode_envelope(text)
+    try:
+        cls = MESSAGES[MessageType(type_)]
+    except (ValueError, KeyError):
+        raise ProtocolError(ErrorCode.UNKNOWN_TYPE, f"unknown message type {type_[:40]!r}") from None
+    if allowed is not None and cls.type not in allowed:
+        raise ProtocolError(ErrorCode.NOT_ALLOWED, f"{type_!r} may not be sent to this side")
+    try:
+        return cls.from_dict(data), id_
+    except TypeError as exc:  # e.g. a key that is not a field name
+        raise _invalid(str(exc)) from None
+
+
+def frame_id(text: str) -> str | None:
+    """Best-effort request id of a frame that failed to decode, for the error's ``ref``."""
+    try:
+        frame = json.loads(text)
+    except (ValueError, RecursionError):
+        return None
+    if isinstance(frame, dict) and isinstance(frame.get("id"), str):
+        return frame["id"][:MAX_ID_LEN]
+    return None

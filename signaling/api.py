@@ -1,0 +1,214 @@
+"""The HTTP API under ``{base}api/``. Every error is JSON: ``{"error": {"code", "message"}}``."""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import time
+from typing import Any
+
+from aiohttp import web
+
+from shared.protocol import ErrorCode, ProtocolError
+
+from .hub import HUB, Hub, LiveSession, Lobby, chat_message
+from .store import StoreError
+
+log = logging.getLogger(__name__)
+
+_STATUS = {
+    ErrorCode.UNAUTHORIZED: 401,
+    ErrorCode.NOT_ALLOWED: 403,
+    ErrorCode.LOBBY_PASSWORD_REQUIRED: 403,
+    ErrorCode.BAD_PASSWORD: 403,
+    ErrorCode.NOT_FOUND: 404,
+    ErrorCode.LOBBY_NOT_FOUND: 404,
+    ErrorCode.LOBBY_EXISTS: 409,
+    ErrorCode.NAME_IN_USE: 409,
+    ErrorCode.MESSAGE_TOO_LARGE: 413,
+    ErrorCode.RATE_LIMITED: 429,
+    ErrorCode.INTERNAL: 500,
+    ErrorCode.UNAVAILABLE: 503,
+}
+_CODE_FOR_STATUS = {404: ErrorCode.NOT_FOUND, 405: ErrorCode.NOT_ALLOWED,
+                    413: ErrorCode.MESSAGE_TOO_LARGE, 401: ErrorCode.UNAUTHORIZED}
+
+
+def _exception_classes(cls: type[web.HTTPException]) -> dict[int, type[web.HTTPException]]:
+    found = {}
+    for sub in cls.__subclasses__():
+        found.update(_exception_classes(sub))
+        if isinstance(getattr(sub, "status_code", None), int) and sub.status_code >= 400:
+            found.setdefault(sub.status_code, sub)
+    return found
+
+
+_EXCEPTIONS = _exception_classes(web.HTTPException)
+
+
+def http_error(status: int, code: ErrorCode | str, message: str) -> web.HTTPException:
+    body = json.dumps({"error": {"code": str(code), "message": message}})
+    return _EXCEPTIONS[status](text=body, content_type="application/json")
+
+
+def _error_response(status: int, code: ErrorCode | str, message: str) -> web.Response:
+    return web.json_response({"error": {"code": str(code), "message": message}}, status=status)
+
+
+@web.middleware
+async def json_errors(request: web.Request, handler: Any) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except ProtocolError as exc:
+        return _error_response(_STATUS.get(exc.code, 400), exc.code, exc.message)
+    except StoreError as exc:
+        log.error("storage failed: %s", exc)
+        return _error_response(503, ErrorCode.UNAVAILABLE, "storage is unavailable")
+    except web.HTTPException as exc:
+        if exc.content_type == "application/json" or exc.status < 400:
+            raise
+        code = _CODE_FOR_STATUS.get(exc.status, ErrorCode.INVALID_PAYLOAD)
+        return _error_response(exc.status, code, exc.reason)
+
+
+async def read_json(request: web.Request) -> dict[str, Any]:
+    if not request.can_read_body:
+        return {}
+    try:
+        body = await request.json()
+    except ValueError:
+        raise http_error(400, ErrorCode.BAD_JSON, "request body is not valid JSON") from None
+    if not isinstance(body, dict):
+        raise http_error(400, ErrorCode.INVALID_PAYLOAD, "request body must be a JSON object")
+    return body
+
+
+def field(body: dict[str, Any], name: str, kind: type, default: Any = None) -> Any:
+    value = body.get(name, default)
+    if value is not None and (not isinstance(value, kind) or isinstance(value, bool) != (kind is bool)):
+        raise http_error(400, ErrorCode.INVALID_PAYLOAD, f"{name} must be a {kind.__name__}")
+    return value
+
+
+def bearer_token(request: web.Request) -> str | None:
+    """The session token from ``Authorization: Bearer`` or, for browsers' WebSockets, ``?token=``."""
+    auth = request.headers.get("Authorization", "")
+    if auth.lower().startswith("bearer "):
+        return auth[7:].strip() or None
+    return request.query.get("token") or None
+
+
+def session_from(request: web.Request, hub: Hub) -> LiveSession:
+    token = bearer_token(request)
+    session = hub.authenticate(token) if token else None
+    if session is None:
+        raise http_error(401, ErrorCode.UNAUTHORIZED, "a valid session token is required")
+    return session
+
+
+def lobby_json(hub: Hub, lobby: Lobby, *, participants: bool = False) -> dict[str, Any]:
+    out = lobby.info().to_dict() | {"participant_count": len(lobby.members)}
+    if participants:
+        out["participants"] = [pp.to_dict() for pp in hub.participants(lobby)]
+    return out
+
+
+async def create_session(request: web.Request) -> web.Response:
+    hub = request.app[HUB]
+    body = await read_json(request)
+    bot = field(body, "bot", bool, False)
+    if bot:
+        key = hub.settings.provider_key
+        given = request.headers.get("X-Provider-Key", "")
+        if not key or not hmac.compare_digest(given.encode(), key.encode()):
+            raise http_error(403, ErrorCode.NOT_ALLOWED, "bot sessions need the provider key")
+    session, token = await hub.create_session(bot=bot)
+    return web.json_response({"session_id": session.id, "token": token}, status=201)
+
+
+async def get_session(request: web.Request) -> web.Response:
+    hub = request.app[HUB]
+    return web.json_response(hub.session_info(session_from(request, hub)).to_dict())
+
+
+async def health(request: web.Request) -> web.Response:
+    hub = request.app[HUB]
+    return web.json_response({"status": "ok", "sessions": len(hub.sessions),
+                              "connections": len(hub.connections()),
+                              "lobbies": len(hub.lobbies), "time": time.time()})
+
+
+async def list_lobbies(request: web.Request) -> web.Response:
+    hub = request.app[HUB]
+    lobbies = sorted(hub.public_lobbies(), key=lambda item: (-item[1], item[0].record.name))
+    return web.json_response({"lobbies": [lobby_json(hub, lb) for lb, _ in lobbies]})
+
+
+async def create_lobby(request: web.Request) -> web.Response:
+    hub = request.app[HUB]
+    session_from(request, hub)
+    body = await read_json(request)
+    name = field(body, "name", str)
+    if name is None:
+        raise http_error(400, ErrorCode.INVALID_PAYLOAD, "name is required")
+    lobby = await hub.create_lobby(name, private=field(body, "private", bool, False),
+                                   password=field(body, "password", str) or None,
+                                   max_participants=field(body, "max_participants", int))
+    return web.json_response(lobby_json(hub, lobby), status=201)
+
+
+def readable_lobby(request: web.Request, hub: Hub) -> Lobby:
+    """A lobby by id; one with a password is readable by its members only."""
+    lobby = hub.lobbies.get(request.match_info["lobby_id"])
+    if lobby is None:
+        raise http_error(404, ErrorCode.LOBBY_NOT_FOUND, "no such lobby")
+    if lobby.record.password_hash is not None and \
+            session_from(request, hub).id not in lobby.members:
+        raise http_error(403, ErrorCode.NOT_ALLOWED, "only members may read this lobby")
+    return lobby
+
+
+async def get_lobby(request: web.Request) -> web.Response:
+    hub = request.app[HUB]
+    return web.json_response(lobby_json(hub, readable_lobby(request, hub), participants=True))
+
+
+def int_query(request: web.Request, name: str, default: int | None = None,
+              lo: int = 0, hi: int = 2**62) -> int | None:
+    raw = request.query.get(name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise http_error(400, ErrorCode.INVALID_PAYLOAD, f"{name} must be an integer") from None
+    if not lo <= value <= hi:
+        raise http_error(400, ErrorCode.INVALID_PAYLOAD, f"{name} must be within {lo}..{hi}")
+    return value
+
+
+async def lobby_messages(request: web.Request) -> web.Response:
+    """Pages backwards with ``before`` (newest first page) or forwards with ``after``."""
+    hub = request.app[HUB]
+    lobby = readable_lobby(request, hub)
+    limit = int_query(request, "limit", 50, 1, 500)
+    assert limit is not None
+    before, after = int_query(request, "before"), int_query(request, "after")
+    records = await hub.store.chat_history(lobby.id, before=before, after=after, limit=limit)
+    messages = [chat_message(r).to_dict() for r in records]
+    page: dict[str, Any] = {"messages": messages}
+    if records and len(records) == limit:
+        page["next"] = {"after": records[-1].id} if after is not None else {"before": records[0].id}
+    return web.json_response(page)
+
+
+def add_routes(app: web.Application, base: str) -> None:
+    api = base + "api/"
+    app.router.add_post(api + "sessions", create_session)
+    app.router.add_get(api + "session", get_session)
+    app.router.add_get(api + "health", health)
+    app.router.add_get(api + "lobbies", list_lobbies)
+    app.router.add_post(api + "lobbies", create_lobby)
+    app.router.add_get(api + "lobbies/{lobby_id}", get_lobby)
+    app.router.add_get(api + "lobbies/{lobby_id}/messages", lobby_messages)

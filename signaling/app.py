@@ -1,0 +1,79 @@
+"""``create_app(settings)``: the aiohttp application with its routes and background tasks."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+from aiohttp import WSCloseCode, web
+
+from . import api, ws
+from .hub import HUB, Hub
+from .settings import Settings
+from .store import SQLiteStore, Store
+
+log = logging.getLogger(__name__)
+
+STATIC_DIR = Path(__file__).parent / "static"
+SETTINGS = web.AppKey("settings", Settings)
+
+
+def create_app(settings: Settings, store: Store | None = None) -> web.Application:
+    app = web.Application(middlewares=[api.json_errors], client_max_size=settings.max_message_bytes)
+    app[SETTINGS] = settings
+    app[HUB] = Hub(settings, store or SQLiteStore(settings.db_path))
+    app.cleanup_ctx.append(_hub_lifetime)
+    app.cleanup_ctx.append(_maintenance)
+    app.on_shutdown.append(_close_sockets)
+    base = settings.base_path
+    api.add_routes(app, base)
+    app.router.add_get(base + "ws", ws.websocket)
+    if (STATIC_DIR / "index.html").exists():
+        app.router.add_get(base, _index)
+        app.router.add_static(base + "static/", STATIC_DIR)
+    return app
+
+
+async def _index(request: web.Request) -> web.FileResponse:
+    return web.FileResponse(STATIC_DIR / "index.html")
+
+
+async def _hub_lifetime(app: web.Application) -> AsyncIterator[None]:
+    hub = app[HUB]
+    repairs = await hub.start()
+    log.info("store open: %d sessions, %d lobbies, %d integrity repairs",
+             len(hub.sessions), len(hub.lobbies), len(repairs))
+    yield
+    await hub.store.close()
+
+
+async def _maintenance(app: web.Application) -> AsyncIterator[None]:
+    hub, settings = app[HUB], app[SETTINGS]
+
+    async def loop() -> None:
+        next_check = time.monotonic() + settings.integrity_interval
+        while True:
+            await asyncio.sleep(settings.sweep_interval)
+            try:
+                await hub.sweep()
+                if time.monotonic() >= next_check:
+                    next_check = time.monotonic() + settings.integrity_interval
+                    await hub.check_integrity()
+            except Exception:  # a bad sweep must not end expiry for good
+                log.exception("maintenance sweep failed")
+
+    task = asyncio.create_task(loop(), name="maintenance")
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
+async def _close_sockets(app: web.Application) -> None:
+    conns = app[HUB].connections()
+    await asyncio.gather(*(c.close(WSCloseCode.GOING_AWAY, "server shutting down")
+                           for c in conns), return_exceptions=True)

@@ -1,0 +1,85 @@
+"""One client's WebSocket with its own bounded send queue.
+
+Senders never wait on a client: ``send`` enqueues and returns. A writer task drains the queue;
+a client that stops reading fills it and is cut off, so one slow consumer can't delay a lobby.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+
+from aiohttp import web
+
+log = logging.getLogger(__name__)
+
+CLOSE_REPLACED = 4001  # the same session connected again elsewhere
+CLOSE_SLOW_CONSUMER = 4008
+
+
+class Connection:
+    def __init__(self, ws: web.WebSocketResponse, session_id: str, queue_size: int,
+                 remote: str | None = None) -> None:
+        self.ws = ws
+        self.session_id = session_id
+        self.remote = remote
+        self.connected_at = time.time()
+        self.received = 0
+        self.sent = 0
+        self.announced: set[str] = set()  # lobbies whose members were told about this connection
+        self._queue: asyncio.Queue[str | None] = asyncio.Queue(queue_size)
+        self._writer = asyncio.create_task(self._write_loop(), name=f"ws-writer-{session_id}")
+        self._closing = False
+
+    @property
+    def closed(self) -> bool:
+        return self._closing or self.ws.closed
+
+    def send(self, text: str) -> None:
+        if self.closed:
+            return
+        try:
+            self._queue.put_nowait(text)
+        except asyncio.QueueFull:
+            log.warning("session %s: send queue overflow, disconnecting", self.session_id)
+            self.abort()
+
+    async def _write_loop(self) -> None:
+        try:
+            while (text := await self._queue.get()) is not None:
+                await self.ws.send_str(text)
+                self.sent += 1
+        except (ConnectionError, RuntimeError) as exc:
+            log.debug("session %s: write failed: %s", self.session_id, exc)
+        except asyncio.CancelledError:
+            pass
+
+    def abort(self) -> None:
+        """Drops the connection at once, for a client that can't be written to."""
+        self._closing = True
+        self._writer.cancel()
+        if self.ws._req is not None and self.ws._req.transport is not None:  # noqa: SLF001
+            self.ws._req.transport.abort()  # noqa: SLF001 - a close frame would block as well
+
+    async def close(self, code: int, message: str, *, drain: float = 1.0) -> None:
+        """Sends what is queued (for up to ``drain`` seconds), then a close frame."""
+        if self._closing:
+            return
+        self._closing = True
+        with contextlib.suppress(asyncio.QueueFull):
+            self._queue.put_nowait(None)
+        try:
+            await asyncio.wait_for(asyncio.shield(self._writer), drain)
+        except (asyncio.TimeoutError, asyncio.CancelledError):
+            self._writer.cancel()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.ws.close(code=code, message=message.encode()), drain)
+
+    async def finish(self) -> None:
+        """Stops the writer once the socket is gone."""
+        self._closing = True
+        self._writer.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._writer

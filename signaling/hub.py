@@ -1,0 +1,473 @@
+"""The hub owns the live picture: sessions, name claims, lobbies and who is connected.
+
+It keeps that picture in memory, writes every change through to the ``Store`` before
+acknowledging it, and sends frames to connections. The WebSocket and HTTP layers only parse
+requests and call it.
+
+Negotiation rule: the session that joins (or reconnects into) a lobby creates the offers. The
+joiner gets one ``peer_added`` with ``create_offer: true`` per connected member; every member
+gets one ``peer_added`` with ``create_offer: false`` for the joiner.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+from shared import protocol as p
+from shared.protocol import ErrorCode, ProtocolError
+
+from . import events
+from .connection import CLOSE_REPLACED, Connection
+from .names import clean_lobby_name, clean_name, hash_password, new_token, token_hash, verify_password
+from .settings import Settings
+from .store import ChatRecord, LobbyRecord, NameClaim, SessionRecord, Snapshot, Store
+
+log = logging.getLogger(__name__)
+
+SERVER_NAME = "ai-voicebot"
+
+
+@dataclass
+class LiveSession:
+    record: SessionRecord
+    conn: Connection | None = None
+    disconnected_at: float = field(default_factory=time.time)
+    lobbies: set[str] = field(default_factory=set)
+
+    @property
+    def id(self) -> str:
+        return self.record.id
+
+    @property
+    def connected(self) -> bool:
+        return self.conn is not None
+
+
+@dataclass
+class Lobby:
+    record: LobbyRecord
+    members: set[str] = field(default_factory=set)
+
+    @property
+    def id(self) -> str:
+        return self.record.id
+
+    def info(self) -> p.LobbyInfo:
+        r = self.record
+        return p.LobbyInfo(id=r.id, name=r.name, private=r.private,
+                           has_password=r.password_hash is not None,
+                           max_participants=r.max_participants)
+
+
+def chat_message(rec: ChatRecord) -> p.Chat:
+    return p.Chat(lobby_id=rec.lobby_id, text=rec.text, message_id=rec.id,
+                  session_id=rec.session_id, name=rec.name, ts=rec.ts, kind=rec.kind)
+
+
+class Hub:
+    def __init__(self, settings: Settings, store: Store, bus: events.EventBus | None = None) -> None:
+        self.settings = settings
+        self.store = store
+        self.bus = bus or events.EventBus()
+        self.sessions: dict[str, LiveSession] = {}
+        self.claims: dict[str, NameClaim] = {}
+        self.lobbies: dict[str, Lobby] = {}
+        self._by_token: dict[str, str] = {}
+        self._lobby_keys: dict[str, str] = {}
+        # membership and names change under one lock: their checks and writes span awaits
+        self._lock = asyncio.Lock()
+        self._orphan_members: list[tuple[str, str]] = []
+
+    # --- start-up -----------------------------------------------------------------------------
+
+    async def start(self) -> list[str]:
+        """Loads the store and runs the integrity check; returns the repairs it made."""
+        self._load(await self.store.open())
+        return await self.check_integrity()
+
+    def _load(self, snap: Snapshot) -> None:
+        now = time.time()
+        for rec in snap.sessions:
+            # everyone was cut off by the restart: the grace period starts now
+            self.sessions[rec.id] = LiveSession(rec, disconnected_at=now)
+            self._by_token[rec.token_hash] = rec.id
+        self.claims = {c.key: c for c in snap.claims}
+        for lrec in snap.lobbies:
+            self.lobbies[lrec.id] = Lobby(lrec)
+            self._lobby_keys[lrec.key] = lrec.id
+        for lobby_id, session_id in snap.members:
+            lobby, session = self.lobbies.get(lobby_id), self.sessions.get(session_id)
+            if lobby is None or session is None:
+                self._orphan_members.append((lobby_id, session_id))
+                continue
+            lobby.members.add(session_id)
+            session.lobbies.add(lobby_id)
+
+    def is_live(self, s: LiveSession, now: float | None = None) -> bool:
+        """Connected, or disconnected for less than the grace period."""
+        return s.connected or (now or time.time()) - s.disconnected_at < self.settings.grace
+
+    async def check_integrity(self) -> list[str]:
+        repairs: list[str] = []
+        for lobby_id, session_id in self._orphan_members:
+            await self.store.remove_member(lobby_id, session_id)
+            repairs.append(f"removed membership of missing session/lobby {session_id}/{lobby_id}")
+        self._orphan_members = []
+        for claim in self.claims.values():
+            holder = self.sessions.get(claim.session_id) if claim.session_id else None
+            if claim.session_id and (holder is None or holder.record.name_key != claim.key):
+                repairs.append(f"claim {claim.key!r} pointed at a session not holding it")
+                claim.session_id = None
+                await self.store.save_claim(claim)
+        now = time.time()
+        by_key: dict[str, list[LiveSession]] = {}
+        for s in self.sessions.values():
+            if s.record.name_key is not None and self.is_live(s, now):
+                by_key.setdefault(s.record.name_key, []).append(s)
+        for key, holders in by_key.items():
+            claim = self.claims.get(key)
+            if claim is not None:
+                keep = [h for h in holders if h.id == claim.session_id]
+            else:
+                keep = sorted(holders, key=lambda h: (h.record.created_at, h.id))[:1]
+            for s in holders:
+                if s not in keep:
+                    repairs.append(f"session {s.id} held name {key!r} it may not hold; cleared")
+                    await self._rename(s, None, None)
+        for lobby in self.lobbies.values():
+            if len(lobby.members) > lobby.record.max_participants:
+                repairs.append(f"lobby {lobby.id} holds {len(lobby.members)} members, "
+                               f"over its cap of {lobby.record.max_participants}")
+        for repair in repairs:
+            log.warning("integrity: %s", repair)
+        return repairs
+
+    # --- sessions -----------------------------------------------------------------------------
+
+    async def create_session(self, *, bot: bool = False) -> tuple[LiveSession, str]:
+        token = new_token()
+        rec = SessionRecord(id=secrets.token_hex(8), token_hash=token_hash(token), bot=bot)
+        await self.store.save_session(rec)
+        session = LiveSession(rec)
+        self.sessions[rec.id] = session
+        self._by_token[rec.token_hash] = rec.id
+        return session, token
+
+    def authenticate(self, token: str) -> LiveSession | None:
+        session_id = self._by_token.get(token_hash(token))
+        return self.sessions.get(session_id) if session_id else None
+
+    def session_info(self, s: LiveSession) -> p.SessionInfo:
+        claim = self.claims.get(s.record.name_key or "")
+        return p.SessionInfo(session_id=s.id, name=s.record.name, bot=s.record.bot,
+                             protected=claim is not None and claim.session_id == s.id,
+                             lobbies=sorted(s.lobbies))
+
+    async def connect(self, s: LiveSession, conn: Connection) -> None:
+        """Attaches a new connection; resumes the session's lobbies on it."""
+        old = s.conn
+        s.conn = conn
+        if old is not None:
+            await old.close(CLOSE_REPLACED, "session connected elsewhere", drain=0.2)
+        s.record.last_seen = time.time()
+        await self.store.save_session(s.record)
+        conn.send(p.encode(p.Welcome(protocol=p.PROTOCOL_VERSION, server=SERVER_NAME,
+                                     session=self.session_info(s))))
+        self.bus.emit(events.SessionConnected(s.id))
+        for lobby_id in sorted(s.lobbies):
+            lobby = self.lobbies[lobby_id]
+            conn.send(p.encode(self.lobby_state(lobby)))
+            self._announce(s, lobby)
+            await self._send_history(conn, lobby_id, None)
+
+    async def disconnect(self, s: LiveSession, conn: Connection) -> None:
+        if s.conn is not conn:  # replaced by a newer connection: nothing changes for others
+            return
+        s.conn = None
+        s.disconnected_at = s.record.last_seen = time.time()
+        self.bus.emit(events.SessionDisconnected(s.id))
+        for lobby_id in s.lobbies:
+            self._broadcast_state(self.lobbies[lobby_id])
+        try:
+            await self.store.save_session(s.record)
+        except Exception:
+            log.exception("session %s: could not record last_seen", s.id)
+
+    # --- names --------------------------------------------------------------------------------
+
+    async def set_name(self, s: LiveSession, raw: str, password: str | None) -> p.SessionInfo:
+        display, key = clean_name(raw)
+        async with self._lock:
+            claim = self.claims.get(key)
+            holder = self._name_holder(key, exclude=s)
+            if claim is not None and claim.session_id != s.id:
+                if password is None:
+                    raise ProtocolError(ErrorCode.NAME_PROTECTED,
+                                        f"the name {display!r} is protected by a password")
+                if not await verify_password(password, claim.password_hash):
+                    raise ProtocolError(ErrorCode.BAD_PASSWORD, "wrong password for this name")
+                if holder is not None and holder.connected:
+                    raise ProtocolError(ErrorCode.NAME_IN_USE,
+                                        f"the name {display!r} is in use by a connected session")
+            elif holder is not None and self.is_live(holder):
+                raise ProtocolError(ErrorCode.NAME_IN_USE, f"the name {display!r} is in use")
+            if holder is not None:  # stale (or password-overridden) holder loses the name
+                await self._rename(holder, None, None)
+            if claim is None and password is not None:
+                claim = NameClaim(key, display, await hash_password(password), None)
+                self.claims[key] = claim
+            await self._rename(s, display, key)
+            return self.session_info(s)
+
+    def _name_holder(self, key: str, exclude: LiveSession) -> LiveSession | None:
+        for other in self.sessions.values():
+            if other is not exclude and other.record.name_key == key:
+                return other
+        return None
+
+    async def _rename(self, s: LiveSession, display: str | None, key: str | None) -> None:
+        old = self.claims.get(s.record.name_key or "")
+        if old is not None and old.session_id == s.id and old.key != key:
+            old.session_id = None
+            await self.store.save_claim(old)
+        new = self.claims.get(key or "")
+        if new is not None and new.session_id != s.id:
+            new.session_id = s.id
+            await self.store.save_claim(new)
+        s.record.name, s.record.name_key = display, key
+        await self.store.save_session(s.record)
+        if s.conn is not None and display is None:
+            s.conn.send(p.encode(p.Session(session=self.session_info(s))))
+        for lobby_id in s.lobbies:
+            self._broadcast_state(self.lobbies[lobby_id])
+
+    # --- lobbies ------------------------------------------------------------------------------
+
+    def find_lobby(self, lobby_id: str) -> Lobby:
+        lobby = self.lobbies.get(lobby_id)
+        if lobby is None:
+            raise ProtocolError(ErrorCode.LOBBY_NOT_FOUND, "no such lobby")
+        return lobby
+
+    def lobby_by_name(self, raw: str) -> Lobby | None:
+        lobby_id = self._lobby_keys.get(clean_lobby_name(raw)[1])
+        return self.lobbies.get(lobby_id) if lobby_id else None
+
+    async def create_lobby(self, raw_name: str, *, private: bool = False,
+                           password: str | None = None,
+                           max_participants: int | None = None) -> Lobby:
+        name, key = clean_lobby_name(raw_name)
+        cap = max_participants or self.settings.max_participants
+        if not 2 <= cap <= self.settings.max_participants:
+            raise ProtocolError(ErrorCode.INVALID_PAYLOAD,
+                                f"max_participants must be within 2..{self.settings.max_participants}")
+        pw_hash = await hash_password(password) if password else None
+        if key in self._lobby_keys:  # checked after the await: two creators may race
+            raise ProtocolError(ErrorCode.LOBBY_EXISTS, f"a lobby named {name!r} exists")
+        rec = LobbyRecord(id=secrets.token_urlsafe(9), name=name, key=key, private=private,
+                          password_hash=pw_hash, max_participants=cap, empty_since=time.time())
+        self._lobby_keys[key] = rec.id
+        try:
+            await self.store.save_lobby(rec)
+        except BaseException:
+            del self._lobby_keys[key]
+            raise
+        lobby = self.lobbies[rec.id] = Lobby(rec)
+        return lobby
+
+    def public_lobbies(self) -> list[tuple[Lobby, int]]:
+        return [(lb, len(lb.members)) for lb in self.lobbies.values() if not lb.record.private]
+
+    def participants(self, lobby: Lobby) -> list[p.Participant]:
+        out = []
+        for sid in sorted(lobby.members):
+            s = self.sessions[sid]
+            out.append(p.Participant(session_id=sid, name=s.record.name or "", bot=s.record.bot,
+                                     connected=s.connected))
+        return out
+
+    def lobby_state(self, lobby: Lobby) -> p.LobbyState:
+        return p.LobbyState(lobby=lobby.info(), participants=self.participants(lobby))
+
+    async def join(self, s: LiveSession, msg: p.Join, ref: str | None) -> None:
+        if s.record.name is None:
+            raise ProtocolError(ErrorCode.NAME_REQUIRED, "set a name before joining a lobby")
+        async with self._lock:
+            if msg.lobby_id is not None:
+                lobby = self.find_lobby(msg.lobby_id)
+            else:
+                assert msg.lobby_name is not None
+                lobby = self.lobby_by_name(msg.lobby_name) or await self.create_lobby(
+                    msg.lobby_name, private=msg.private, password=msg.password)
+            already = s.id in lobby.members
+            if not already:
+                if lobby.record.password_hash is not None:
+                    if msg.password is None:
+                        raise ProtocolError(ErrorCode.LOBBY_PASSWORD_REQUIRED,
+                                            "this lobby needs a password")
+                    if not await verify_password(msg.password, lobby.record.password_hash):
+                        raise ProtocolError(ErrorCode.BAD_PASSWORD, "wrong lobby password")
+                if len(lobby.members) >= lobby.record.max_participants:
+                    raise ProtocolError(ErrorCode.LOBBY_FULL,
+                                        f"the lobby is full ({lobby.record.max_participants})")
+                await self.store.add_member(lobby.id, s.id)
+                lobby.members.add(s.id)
+                s.lobbies.add(lobby.id)
+                if lobby.record.empty_since is not None:
+                    lobby.record.empty_since = None
+                    await self.store.save_lobby(lobby.record)
+                self.bus.emit(events.MemberJoined(lobby.id, s.id))
+            conn = s.conn
+            if conn is None:
+                return
+            conn.send(p.encode(self.lobby_state(lobby), ref))
+            if lobby.id not in conn.announced:
+                self._announce(s, lobby)
+        await self._send_history(conn, lobby.id, msg.history_since)
+
+    def _announce(self, s: LiveSession, lobby: Lobby) -> None:
+        """Tells the joiner and the members about each other (see the module's rule)."""
+        assert s.conn is not None
+        s.conn.announced.add(lobby.id)
+        me = p.Participant(session_id=s.id, name=s.record.name or "", bot=s.record.bot)
+        for other_id in sorted(lobby.members):
+            other = self.sessions[other_id]
+            if other is s or other.conn is None:
+                continue
+            peer = p.Participant(session_id=other.id, name=other.record.name or "",
+                                 bot=other.record.bot)
+            s.conn.send(p.encode(p.PeerAdded(lobby_id=lobby.id, peer=peer, create_offer=True)))
+            other.conn.send(p.encode(p.PeerAdded(lobby_id=lobby.id, peer=me, create_offer=False)))
+        self._broadcast_state(lobby, exclude=s)
+
+    async def _send_history(self, conn: Connection, lobby_id: str, since: int | None) -> None:
+        history = await self.store.chat_history(lobby_id, after=since,
+                                                limit=self.settings.history_limit)
+        for rec in history:
+            conn.send(p.encode(chat_message(rec), f"m{rec.id}"))
+
+    async def part(self, s: LiveSession, lobby_id: str) -> None:
+        async with self._lock:
+            lobby = self.find_lobby(lobby_id)
+            if s.id not in lobby.members:
+                raise ProtocolError(ErrorCode.NOT_IN_LOBBY, "not a member of this lobby")
+            await self._remove_member(s, lobby)
+
+    async def _remove_member(self, s: LiveSession, lobby: Lobby) -> None:
+        await self.store.remove_member(lobby.id, s.id)
+        lobby.members.discard(s.id)
+        s.lobbies.discard(lobby.id)
+        if s.conn is not None:
+            s.conn.announced.discard(lobby.id)
+        if not lobby.members:
+            lobby.record.empty_since = time.time()
+            await self.store.save_lobby(lobby.record)
+        self._send(lobby.members, p.PeerRemoved(lobby_id=lobby.id, peer_id=s.id))
+        self._broadcast_state(lobby)
+        self.bus.emit(events.MemberLeft(lobby.id, s.id))
+
+    async def delete_lobby(self, lobby: Lobby) -> None:
+        await self.store.delete_lobby(lobby.id)
+        for sid in lobby.members:
+            self.sessions[sid].lobbies.discard(lobby.id)
+        self.lobbies.pop(lobby.id, None)
+        self._lobby_keys.pop(lobby.record.key, None)
+        self.bus.emit(events.LobbyDeleted(lobby.id))
+
+    # --- chat and relay -----------------------------------------------------------------------
+
+    def member_lobby(self, s: LiveSession, lobby_id: str) -> Lobby:
+        lobby = self.lobbies.get(lobby_id)
+        if lobby is None or s.id not in lobby.members:
+            raise ProtocolError(ErrorCode.NOT_IN_LOBBY, "not a member of this lobby")
+        return lobby
+
+    async def post(self, lobby: Lobby, s: LiveSession | None, text: str, *, kind: str = "chat",
+                   meta: dict[str, Any] | None = None, client_ref: str | None = None,
+                   message: p.Message | None = None) -> ChatRecord:
+        """Persists a lobby message, then delivers it to every connected member.
+
+        ``message`` overrides what is broadcast (e.g. a transcript carrying more fields).
+        """
+        name = s.record.name or "" if s is not None else "system"
+        rec, created = await self.store.add_chat(lobby.id, s.id if s else None, name, text,
+                                                 kind=kind, meta=meta, client_ref=client_ref)
+        if created:
+            self._send(lobby.members, message or chat_message(rec), f"m{rec.id}")
+            self.bus.emit(events.ChatPosted(lobby.id, rec.id, rec.session_id, kind))
+        return rec
+
+    async def post_system(self, lobby_id: str, text: str) -> None:
+        lobby = self.lobbies.get(lobby_id)
+        if lobby is not None:
+            await self.post(lobby, None, text, kind="system")
+
+    def relay(self, s: LiveSession, msg: p.Sdp | p.Ice) -> None:
+        lobby = self.member_lobby(s, msg.lobby_id)
+        if msg.peer_id == s.id:
+            raise ProtocolError(ErrorCode.NOT_ALLOWED, "cannot relay to yourself")
+        target = self.sessions.get(msg.peer_id)
+        if target is None or msg.peer_id not in lobby.members:
+            raise ProtocolError(ErrorCode.PEER_NOT_IN_LOBBY, "that peer is not in this lobby")
+        if target.conn is None:
+            raise ProtocolError(ErrorCode.PEER_UNAVAILABLE, "that peer is not connected")
+        if isinstance(msg, p.Sdp):
+            out: p.Message = p.Sdp(lobby_id=lobby.id, peer_id=s.id, description=msg.description)
+        else:
+            out = p.Ice(lobby_id=lobby.id, peer_id=s.id, candidate=msg.candidate)
+        target.conn.send(p.encode(out))
+
+    # --- delivery -----------------------------------------------------------------------------
+
+    def _send(self, session_ids: Iterable[str], msg: p.Message, id: str | None = None) -> None:
+        text = p.encode(msg, id)  # encoded once for every recipient
+        for sid in session_ids:
+            conn = self.sessions[sid].conn
+            if conn is not None:
+                conn.send(text)
+
+    def _broadcast_state(self, lobby: Lobby, exclude: LiveSession | None = None) -> None:
+        self._send((m for m in lobby.members if exclude is None or m != exclude.id),
+                   self.lobby_state(lobby))
+
+    # --- expiry -------------------------------------------------------------------------------
+
+    async def sweep(self, now: float | None = None) -> None:
+        """Ends grace periods, expires stale sessions and empty lobbies."""
+        now = now or time.time()
+        st = self.settings
+        async with self._lock:
+            for s in list(self.sessions.values()):
+                if s.connected:
+                    continue
+                if s.lobbies and now - s.disconnected_at >= st.grace:
+                    for lobby_id in sorted(s.lobbies):
+                        await self._remove_member(s, self.lobbies[lobby_id])
+                if now - s.record.last_seen >= st.session_ttl:
+                    await self._expire_session(s)
+            for lobby in list(self.lobbies.values()):
+                empty_since = lobby.record.empty_since
+                if not lobby.members and empty_since is not None and now - empty_since >= st.lobby_ttl:
+                    await self.delete_lobby(lobby)
+
+    async def _expire_session(self, s: LiveSession) -> None:
+        await self.store.delete_sessions([s.id])
+        for claim in self.claims.values():
+            if claim.session_id == s.id:
+                claim.session_id = None
+        del self.sessions[s.id]
+        self._by_token.pop(s.record.token_hash, None)
+        log.info("session %s expired", s.id)
+
+    def connections(self) -> list[Connection]:
+        return [s.conn for s in self.sessions.values() if s.conn is not None]
+
+
+HUB = web.AppKey("hub", Hub)

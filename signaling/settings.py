@@ -1,0 +1,91 @@
+"""Server settings: one dataclass, read from ``VOICEBOT_*`` variables and overridden by CLI flags."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Self
+
+
+def _setting(default: Any, help: str) -> Any:
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass(frozen=True)
+class Settings:
+    host: str = _setting("127.0.0.1", "address to listen on")
+    port: int = _setting(8080, "port to listen on")
+    data_dir: Path = _setting(Path("data"), "directory for the SQLite database")
+    base_path: str = _setting("/", "URL prefix when served behind a proxy, e.g. /ai-voicebot/")
+    session_ttl: float = _setting(7 * 24 * 3600.0, "seconds a disconnected session is kept")
+    grace: float = _setting(20.0, "seconds a disconnected member stays in its lobbies")
+    lobby_ttl: float = _setting(600.0, "seconds an empty lobby is kept")
+    max_participants: int = _setting(16, "default participant cap of a lobby (a mesh)")
+    history_limit: int = _setting(50, "chat messages replayed on join")
+    max_message_bytes: int = _setting(64 * 1024, "frames larger get a message_too_large error")
+    max_frame_bytes: int = _setting(1024 * 1024, "frames larger close the socket with 1009")
+    heartbeat: float = _setting(15.0, "seconds between WebSocket pings")
+    send_queue: int = _setting(1024, "frames queued for one slow client before it is dropped")
+    sweep_interval: float = _setting(1.0, "seconds between expiry sweeps")
+    integrity_interval: float = _setting(300.0, "seconds between integrity checks")
+    provider_key: str | None = _setting(None, "shared secret bot providers authenticate with")
+
+    def __post_init__(self) -> None:
+        base = "/" + self.base_path.strip("/")
+        object.__setattr__(self, "base_path", base.rstrip("/") + "/")
+        object.__setattr__(self, "data_dir", Path(self.data_dir))
+        for name in ("session_ttl", "grace", "lobby_ttl", "heartbeat", "sweep_interval",
+                     "integrity_interval"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive")
+        if not 2 <= self.max_participants <= 64:
+            raise ValueError("max_participants must be within 2..64")
+        if self.max_message_bytes > self.max_frame_bytes:
+            raise ValueError("max_message_bytes must not exceed max_frame_bytes")
+
+    @property
+    def db_path(self) -> Path:
+        return self.data_dir / "voicebot.sqlite3"
+
+    def url(self, path: str = "") -> str:
+        """The route ``path`` under the base path, e.g. ``url("api/health")``."""
+        return self.base_path + path.lstrip("/")
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] = os.environ, **overrides: Any) -> Self:
+        values: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):
+            raw = environ.get(f"VOICEBOT_{f.name.upper()}")
+            if raw is not None and raw != "":
+                values[f.name] = _convert(f, raw)
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)
+
+    @classmethod
+    def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
+        for f in dataclasses.fields(cls):
+            if f.name == "provider_key":  # a secret: environment only, never on a command line
+                continue
+            parser.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, default=None,
+                                type=lambda raw, f=f: _convert(f, raw),
+                                help=f"{f.metadata['help']} (env VOICEBOT_{f.name.upper()})")
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace, environ: Mapping[str, str] = os.environ) -> Self:
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls.from_env(environ, **{k: v for k, v in vars(args).items() if k in names})
+
+
+def _convert(f: dataclasses.Field[Any], raw: str) -> Any:
+    kind = type(f.default)
+    if kind is bool:
+        return raw.lower() in ("1", "true", "yes", "on")
+    if kind in (int, float):
+        return kind(raw)
+    if isinstance(f.default, Path):
+        return Path(raw)
+    return raw

@@ -1,0 +1,306 @@
+"""Durable state: the ``Store`` interface and its embedded SQLite implementation.
+
+The hub keeps the live picture in memory and writes through to a store; every write that the
+hub acknowledges to a client has been committed (and fsynced) first. A Redis backend implements
+the same interface.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import json
+import sqlite3
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+
+class StoreError(Exception):
+    """The store could not complete an operation (disk full, read-only, corrupt, ...)."""
+
+
+@dataclass
+class SessionRecord:
+    id: str
+    token_hash: str
+    name: str | None = None
+    name_key: str | None = None
+    bot: bool = False
+    created_at: float = field(default_factory=time.time)
+    last_seen: float = field(default_factory=time.time)
+
+
+@dataclass
+class NameClaim:
+    """A password-protected name; it outlives the session that holds it."""
+
+    key: str
+    display: str
+    password_hash: str
+    session_id: str | None = None
+
+
+@dataclass
+class LobbyRecord:
+    id: str
+    name: str
+    key: str
+    private: bool = False
+    password_hash: str | None = None
+    max_participants: int = 16
+    created_at: float = field(default_factory=time.time)
+    empty_since: float | None = None
+
+
+@dataclass(frozen=True)
+class ChatRecord:
+    id: int
+    lobby_id: str
+    session_id: str | None
+    name: str
+    text: str
+    ts: float
+    kind: str = "chat"
+    meta: dict[str, Any] | None = None
+
+
+@dataclass
+class Snapshot:
+    sessions: list[SessionRecord]
+    claims: list[NameClaim]
+    lobbies: list[LobbyRecord]
+    members: list[tuple[str, str]]  # (lobby_id, session_id)
+
+
+class Store(abc.ABC):
+    @abc.abstractmethod
+    async def open(self) -> Snapshot: ...
+
+    @abc.abstractmethod
+    async def close(self) -> None: ...
+
+    @abc.abstractmethod
+    async def save_session(self, session: SessionRecord) -> None: ...
+
+    @abc.abstractmethod
+    async def delete_sessions(self, ids: list[str]) -> None: ...
+
+    @abc.abstractmethod
+    async def save_claim(self, claim: NameClaim) -> None: ...
+
+    @abc.abstractmethod
+    async def delete_claim(self, key: str) -> None: ...
+
+    @abc.abstractmethod
+    async def save_lobby(self, lobby: LobbyRecord) -> None: ...
+
+    @abc.abstractmethod
+    async def delete_lobby(self, lobby_id: str) -> None:
+        """Deletes the lobby with its memberships and chat."""
+
+    @abc.abstractmethod
+    async def add_member(self, lobby_id: str, session_id: str) -> None: ...
+
+    @abc.abstractmethod
+    async def remove_member(self, lobby_id: str, session_id: str) -> None: ...
+
+    @abc.abstractmethod
+    async def add_chat(self, lobby_id: str, session_id: str | None, name: str, text: str,
+                       kind: str = "chat", meta: dict[str, Any] | None = None,
+                       client_ref: str | None = None) -> tuple[ChatRecord, bool]:
+        """Appends a message; returns ``(record, created)``.
+
+        ``client_ref`` makes a resend idempotent: the same session and ref returns the
+        existing record with ``created`` false.
+        """
+
+    @abc.abstractmethod
+    async def chat_history(self, lobby_id: str, *, before: int | None = None,
+                           after: int | None = None, limit: int = 50,
+                           kinds: tuple[str, ...] | None = None) -> list[ChatRecord]:
+        """Messages in ascending id order: the newest ``limit`` before ``before``, or the
+        oldest ``limit`` after ``after``."""
+
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS sessions (
+    id TEXT PRIMARY KEY, token_hash TEXT NOT NULL UNIQUE, name TEXT, name_key TEXT,
+    bot INTEGER NOT NULL DEFAULT 0, created_at REAL NOT NULL, last_seen REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS name_claims (
+    key TEXT PRIMARY KEY, display TEXT NOT NULL, password_hash TEXT NOT NULL, session_id TEXT);
+CREATE TABLE IF NOT EXISTS lobbies (
+    id TEXT PRIMARY KEY, name TEXT NOT NULL, key TEXT NOT NULL UNIQUE,
+    private INTEGER NOT NULL, password_hash TEXT, max_participants INTEGER NOT NULL,
+    created_at REAL NOT NULL, empty_since REAL);
+CREATE TABLE IF NOT EXISTS members (
+    lobby_id TEXT NOT NULL, session_id TEXT NOT NULL, joined_at REAL NOT NULL,
+    PRIMARY KEY (lobby_id, session_id));
+CREATE TABLE IF NOT EXISTS chat (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, lobby_id TEXT NOT NULL, session_id TEXT,
+    name TEXT NOT NULL, text TEXT NOT NULL, ts REAL NOT NULL, kind TEXT NOT NULL,
+    meta TEXT, client_ref TEXT);
+CREATE INDEX IF NOT EXISTS chat_by_lobby ON chat (lobby_id, id);
+CREATE UNIQUE INDEX IF NOT EXISTS chat_client_ref ON chat (session_id, client_ref)
+    WHERE client_ref IS NOT NULL;
+"""
+
+
+class SQLiteStore(Store):
+    """SQLite in WAL mode with ``synchronous=FULL``: a commit is on disk when it returns.
+
+    One worker thread owns the connection, so operations run in submission order and
+    never block the event loop.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite")
+        self._db: sqlite3.Connection | None = None
+
+    async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        def call() -> T:
+            assert self._db is not None, "store is not open"
+            try:
+                with self._db:  # one transaction, committed on success
+                    return fn(self._db)
+            except sqlite3.Error as exc:
+                raise StoreError(f"{type(exc).__name__}: {exc}") from exc
+
+        return await asyncio.get_running_loop().run_in_executor(self._executor, call)
+
+    async def open(self) -> Snapshot:
+        def connect() -> None:
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+                db.execute("PRAGMA journal_mode=WAL")
+                db.execute("PRAGMA synchronous=FULL")
+                db.execute("PRAGMA busy_timeout=5000")
+                db.executescript(_SCHEMA)
+                db.isolation_level = ""  # back to implicit transactions for `with db:`
+                self._db = db
+            except (sqlite3.Error, OSError) as exc:
+                raise StoreError(f"cannot open {self.path}: {exc}") from exc
+
+        await asyncio.get_running_loop().run_in_executor(self._executor, connect)
+        return await self._run(_load)
+
+    async def close(self) -> None:
+        def shut() -> None:
+            if self._db is not None:
+                self._db.close()
+                self._db = None
+
+        await asyncio.get_running_loop().run_in_executor(self._executor, shut)
+        self._executor.shutdown(wait=True)
+
+    async def save_session(self, s: SessionRecord) -> None:
+        await self._run(lambda db: db.execute(
+            "INSERT INTO sessions VALUES (?,?,?,?,?,?,?) ON CONFLICT(id) DO UPDATE SET"
+            " name=excluded.name, name_key=excluded.name_key, last_seen=excluded.last_seen",
+            (s.id, s.token_hash, s.name, s.name_key, int(s.bot), s.created_at, s.last_seen)))
+
+    async def delete_sessions(self, ids: list[str]) -> None:
+        def delete(db: sqlite3.Connection) -> None:
+            rows = [(i,) for i in ids]
+            db.executemany("DELETE FROM members WHERE session_id=?", rows)
+            db.executemany("UPDATE name_claims SET session_id=NULL WHERE session_id=?", rows)
+            db.executemany("DELETE FROM sessions WHERE id=?", rows)
+
+        await self._run(delete)
+
+    async def save_claim(self, c: NameClaim) -> None:
+        await self._run(lambda db: db.execute(
+            "INSERT OR REPLACE INTO name_claims VALUES (?,?,?,?)",
+            (c.key, c.display, c.password_hash, c.session_id)))
+
+    async def delete_claim(self, key: str) -> None:
+        await self._run(lambda db: db.execute("DELETE FROM name_claims WHERE key=?", (key,)))
+
+    async def save_lobby(self, lb: LobbyRecord) -> None:
+        await self._run(lambda db: db.execute(
+            "INSERT OR REPLACE INTO lobbies VALUES (?,?,?,?,?,?,?,?)",
+            (lb.id, lb.name, lb.key, int(lb.private), lb.password_hash, lb.max_participants,
+             lb.created_at, lb.empty_since)))
+
+    async def delete_lobby(self, lobby_id: str) -> None:
+        def delete(db: sqlite3.Connection) -> None:
+            for table, column in (("members", "lobby_id"), ("chat", "lobby_id"), ("lobbies", "id")):
+                db.execute(f"DELETE FROM {table} WHERE {column}=?", (lobby_id,))
+
+        await self._run(delete)
+
+    async def add_member(self, lobby_id: str, session_id: str) -> None:
+        await self._run(lambda db: db.execute(
+            "INSERT OR IGNORE INTO members VALUES (?,?,?)", (lobby_id, session_id, time.time())))
+
+    async def remove_member(self, lobby_id: str, session_id: str) -> None:
+        await self._run(lambda db: db.execute(
+            "DELETE FROM members WHERE lobby_id=? AND session_id=?", (lobby_id, session_id)))
+
+    async def add_chat(self, lobby_id: str, session_id: str | None, name: str, text: str,
+                       kind: str = "chat", meta: dict[str, Any] | None = None,
+                       client_ref: str | None = None) -> tuple[ChatRecord, bool]:
+        def add(db: sqlite3.Connection) -> tuple[ChatRecord, bool]:
+            if client_ref is not None:
+                row = db.execute(f"SELECT {_CHAT_COLUMNS} FROM chat WHERE session_id=? AND "
+                                 "client_ref=?", (session_id, client_ref)).fetchone()
+                if row is not None:
+                    return _chat(row), False
+            ts = time.time()
+            cur = db.execute(
+                "INSERT INTO chat (lobby_id, session_id, name, text, ts, kind, meta, client_ref)"
+                " VALUES (?,?,?,?,?,?,?,?)",
+                (lobby_id, session_id, name, text, ts, kind,
+                 json.dumps(meta) if meta is not None else None, client_ref))
+            assert cur.lastrowid is not None
+            return ChatRecord(cur.lastrowid, lobby_id, session_id, name, text, ts, kind, meta), True
+
+        return await self._run(add)
+
+    async def chat_history(self, lobby_id: str, *, before: int | None = None,
+                           after: int | None = None, limit: int = 50,
+                           kinds: tuple[str, ...] | None = None) -> list[ChatRecord]:
+        where, args = ["lobby_id=?"], [lobby_id]
+        if kinds:
+            where.append(f"kind IN ({','.join('?' * len(kinds))})")
+            args.extend(kinds)
+        if after is not None:
+            where.append("id>?")
+            args.append(after)
+            order = "ASC"
+        else:
+            order = "DESC"
+        if before is not None:
+            where.append("id<?")
+            args.append(before)
+        sql = (f"SELECT {_CHAT_COLUMNS} FROM chat WHERE {' AND '.join(where)} "
+               f"ORDER BY id {order} LIMIT ?")
+        rows = await self._run(lambda db: db.execute(sql, (*args, limit)).fetchall())
+        records = [_chat(r) for r in rows]
+        return records if order == "ASC" else records[::-1]
+
+
+_CHAT_COLUMNS = "id, lobby_id, session_id, name, text, ts, kind, meta"
+
+
+def _chat(row: tuple[Any, ...]) -> ChatRecord:
+    *head, meta = row
+    return ChatRecord(*head, meta=json.loads(meta) if meta else None)
+
+
+def _load(db: sqlite3.Connection) -> Snapshot:
+    return Snapshot(
+        sessions=[SessionRecord(i, th, n, nk, bool(b), c, ls) for i, th, n, nk, b, c, ls in
+                  db.execute("SELECT * FROM sessions")],
+        claims=[NameClaim(*row) for row in db.execute("SELECT * FROM name_claims")],
+        lobbies=[LobbyRecord(i, n, k, bool(p), ph, m, c, e) for i, n, k, p, ph, m, c, e in
+                 db.execute("SELECT * FROM lobbies")],
+        members=[(lb, s) for lb, s in db.execute("SELECT lobby_id, session_id FROM members")],
+    )

@@ -1,0 +1,125 @@
+"""The ``/ws`` endpoint: authenticate, then route each frame to its handler.
+
+Frames from one connection are handled one at a time, in order. Any bad frame gets an
+``error`` reply (with the frame's ``id`` as ``ref``) and the connection stays up.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+
+from aiohttp import WSMsgType, web
+
+from shared import protocol as p
+from shared.protocol import ErrorCode, MessageType, ProtocolError
+
+from .api import bearer_token, http_error
+from .connection import Connection
+from .hub import HUB, Hub, LiveSession
+from .store import StoreError
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[Hub, LiveSession, p.Message, str | None], Awaitable[None]]
+
+
+def reply(s: LiveSession, msg: p.Message, ref: str | None) -> None:
+    if s.conn is not None:
+        s.conn.send(p.encode(msg, ref))
+
+
+def send_error(conn: Connection, code: ErrorCode, message: str, ref: str | None) -> None:
+    conn.send(p.encode(p.Error(code=code.value, message=message, ref=ref), ref))
+
+
+async def on_set_name(hub: Hub, s: LiveSession, msg: p.Message, ref: str | None) -> None:
+    assert isinstance(msg, p.SetName)
+    reply(s, p.Session(session=await hub.set_name(s, msg.name, msg.password)), ref)
+
+
+async def on_join(hub: Hub, s: LiveSession, msg: p.Message, ref: str | None) -> None:
+    assert isinstance(msg, p.Join)
+    await hub.join(s, msg, ref)
+
+
+async def on_part(hub: Hub, s: LiveSession, msg: p.Message, ref: str | None) -> None:
+    assert isinstance(msg, p.Part)
+    await hub.part(s, msg.lobby_id)
+    reply(s, p.Ack(), ref)
+
+
+async def on_chat(hub: Hub, s: LiveSession, msg: p.Message, ref: str | None) -> None:
+    assert isinstance(msg, p.Chat)
+    lobby = hub.member_lobby(s, msg.lobby_id)
+    # the request id doubles as an idempotency key: a resend after a reconnect is stored once
+    rec = await hub.post(lobby, s, msg.text, client_ref=ref)
+    reply(s, p.Ack(result={"message_id": rec.id}), ref)
+
+
+async def on_relay(hub: Hub, s: LiveSession, msg: p.Message, ref: str | None) -> None:
+    assert isinstance(msg, (p.Sdp, p.Ice))
+    hub.relay(s, msg)
+    if ref is not None:
+        reply(s, p.Ack(), ref)
+
+
+async def on_ping(hub: Hub, s: LiveSession, msg: p.Message, ref: str | None) -> None:
+    reply(s, p.Pong(), ref)
+
+
+HANDLERS: dict[MessageType, Handler] = {
+    MessageType.SET_NAME: on_set_name,
+    MessageType.JOIN: on_join,
+    MessageType.PART: on_part,
+    MessageType.CHAT: on_chat,
+    MessageType.SDP: on_relay,
+    MessageType.ICE: on_relay,
+    MessageType.PING: on_ping,
+}
+
+
+async def dispatch(hub: Hub, s: LiveSession, conn: Connection, text: str) -> None:
+    conn.received += 1
+    if len(text) > hub.settings.max_message_bytes or \
+            len(text.encode()) > hub.settings.max_message_bytes:
+        send_error(conn, ErrorCode.MESSAGE_TOO_LARGE,
+                   f"frames are limited to {hub.settings.max_message_bytes} bytes", None)
+        return
+    ref = None
+    try:
+        msg, ref = p.decode(text, HANDLERS)
+        await HANDLERS[msg.type](hub, s, msg, ref)
+    except ProtocolError as exc:
+        send_error(conn, exc.code, exc.message, ref if ref is not None else p.frame_id(text))
+    except StoreError as exc:
+        log.error("session %s: storage failed: %s", s.id, exc)
+        send_error(conn, ErrorCode.UNAVAILABLE, "storage is unavailable; nothing was saved", ref)
+    except Exception:
+        log.exception("session %s: handler failed", s.id)
+        send_error(conn, ErrorCode.INTERNAL, "internal error", ref)
+
+
+async def websocket(request: web.Request) -> web.WebSocketResponse:
+    hub = request.app[HUB]
+    token = bearer_token(request)
+    session = hub.authenticate(token) if token else None
+    if session is None:
+        raise http_error(401, ErrorCode.UNAUTHORIZED, "a valid session token is required")
+    st = hub.settings
+    ws = web.WebSocketResponse(heartbeat=st.heartbeat, max_msg_size=st.max_frame_bytes)
+    await ws.prepare(request)
+    conn = Connection(ws, session.id, st.send_queue, request.remote)
+    try:
+        await hub.connect(session, conn)
+        async for frame in ws:
+            if frame.type is WSMsgType.TEXT:
+                await dispatch(hub, session, conn, frame.data)
+            elif frame.type is WSMsgType.BINARY:
+                send_error(conn, ErrorCode.BAD_FRAME, "binary frames are not accepted", None)
+            elif frame.type is WSMsgType.ERROR:
+                log.info("session %s: socket error: %s", session.id, ws.exception())
+    finally:
+        await hub.disconnect(session, conn)
+        await conn.finish()
+    return ws

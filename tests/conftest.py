@@ -1,0 +1,170 @@
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestServer
+
+from shared import protocol as p
+from shared.client import ClientConfig, SignalingClient
+from signaling.app import create_app
+from signaling.settings import Settings
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Inbox:
+    """Collects every message a client receives, to wait for the ones a test expects."""
+
+    def __init__(self, client: SignalingClient) -> None:
+        self.messages: list[p.Message] = []
+        self._changed = asyncio.Event()
+        for type_ in p.MessageType:
+            client.on(type_, self._add)
+
+    def _add(self, msg: p.Message) -> None:
+        self.messages.append(msg)
+        self._changed.set()
+
+    def of(self, type_: type[p.Message], **match: Any) -> list[Any]:
+        return [m for m in self.messages if isinstance(m, type_)
+                and all(getattr(m, k) == v for k, v in match.items())]
+
+    async def wait_for(self, type_: type[p.Message], predicate: Callable[[Any], bool] = lambda m: True,
+                       timeout: float = 10.0, **match: Any) -> Any:
+        deadline = time.monotonic() + timeout
+        while True:
+            for m in self.of(type_, **match):
+                if predicate(m):
+                    return m
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise AssertionError(f"no {type_.__name__} matching {match} in {timeout} s; "
+                                     f"got {[type(m).__name__ for m in self.messages][-20:]}")
+            self._changed.clear()
+            try:
+                await asyncio.wait_for(self._changed.wait(), remaining)
+            except asyncio.TimeoutError:
+                pass
+
+
+class Clients:
+    """Starts named clients against one server URL and closes them all at the end."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.started: list[SignalingClient] = []
+
+    async def new(self, name: str | None = None, password: str | None = None,
+                  **config: Any) -> tuple[SignalingClient, Inbox]:
+        client = SignalingClient(ClientConfig(url=self.url, **config))
+        inbox = Inbox(client)
+        self.started.append(client)
+        await client.start(wait=10)
+        if name is not None:
+            await client.set_name(name, password)
+        return client, inbox
+
+    async def close(self) -> None:
+        for client in self.started:
+            await client.close(drain=0)
+
+
+def make_settings(data_dir: Path, **overrides: Any) -> Settings:
+    defaults: dict[str, Any] = {"data_dir": data_dir, "grace": 5.0, "sweep_interval": 0.2}
+    return Settings(**(defaults | overrides))
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    return make_settings(tmp_path / "data")
+
+
+@pytest.fixture
+async def server(settings: Settings) -> AsyncIterator[TestServer]:
+    srv = TestServer(create_app(settings), host="127.0.0.1", port=free_port())
+    await srv.start_server()
+    yield srv
+    await srv.close()
+
+
+@pytest.fixture
+async def clients(server: TestServer) -> AsyncIterator[Clients]:
+    pool = Clients(str(server.make_url("/")))
+    yield pool
+    await pool.close()
+
+
+class ServerProcess:
+    """``voicebot serve`` in a child process, for tests that kill and restart it."""
+
+    def __init__(self, data_dir: Path, port: int | None = None, **env: str) -> None:
+        self.data_dir = data_dir
+        self.port = port or free_port()
+        self.env = env
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/"
+
+    def start(self, timeout: float = 20.0) -> None:
+        env = os.environ | {"VOICEBOT_SWEEP_INTERVAL": "0.2"} | self.env
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "signaling.cli", "serve", "--port", str(self.port),
+             "--data-dir", str(self.data_dir)], cwd=ROOT, env=env,
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited: {self.proc.stderr.read().decode()[-2000:]}")  # type: ignore[union-attr]
+            try:
+                urllib.request.urlopen(self.url + "api/health", timeout=1).read()
+                return
+            except OSError:
+                time.sleep(0.1)
+        raise RuntimeError("server did not come up")
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait()
+
+    def stop(self) -> int | None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        return self.proc.returncode if self.proc else None
+
+
+@pytest.fixture
+def server_process(tmp_path: Path) -> Any:
+    procs: list[ServerProcess] = []
+
+    def make(**env: str) -> ServerProcess:
+        proc = ServerProcess(tmp_path / "data", **env)
+        procs.append(proc)
+        return proc
+
+    yield make
+    for proc in procs:
+        proc.stop()

@@ -1,0 +1,125 @@
+"""Every kind of bad input gets a specific error code, and nobody loses anything."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp.test_utils import TestServer
+
+from shared import protocol as p
+
+from .conftest import Clients
+
+
+async def raw_socket(server: TestServer, http: aiohttp.ClientSession) -> aiohttp.ClientWebSocketResponse:
+    async with http.post(server.make_url("/api/sessions")) as r:
+        token = (await r.json())["token"]
+    ws = await http.ws_connect(server.make_url("/ws"), params={"token": token})
+    welcome = await ws.receive_json(timeout=5)
+    assert welcome["type"] == "welcome" and welcome["data"]["protocol"] == p.PROTOCOL_VERSION
+    return ws
+
+
+async def exchange(ws: aiohttp.ClientWebSocketResponse, frame: Any) -> dict[str, Any]:
+    await ws.send_str(frame if isinstance(frame, str) else json.dumps(frame))
+    return await ws.receive_json(timeout=5)
+
+
+BAD_FRAMES = [
+    ("{not json", "bad_json", None),
+    ('"just a string"', "bad_frame", None),
+    ({"data": {}}, "bad_frame", None),
+    ({"type": "teleport", "data": {}, "id": "r1"}, "unknown_type", "r1"),
+    ({"type": "welcome", "data": {}, "id": "r2"}, "not_allowed", "r2"),
+    ({"type": "ping", "id": 7}, "bad_frame", None),
+    ({"type": "set_name", "data": {}, "id": "r3"}, "invalid_payload", "r3"),
+    ({"type": "set_name", "data": {"name": 5}, "id": "r4"}, "invalid_payload", "r4"),
+    ({"type": "set_name", "data": {"name": "n" * 200}, "id": "r5"}, "invalid_payload", "r5"),
+    ({"type": "set_name", "data": {"name": "ok", "password": ""}, "id": "r6"}, "invalid_payload", "r6"),
+    ({"type": "join", "data": {"lobby_id": "a", "lobby_name": "b"}, "id": "r7"}, "invalid_payload", "r7"),
+    ({"type": "join", "data": {"lobby_name": "x"}, "id": "r8"}, "name_required", "r8"),
+    ({"type": "chat", "data": {"lobby_id": "x", "text": ""}, "id": "r9"}, "invalid_payload", "r9"),
+    ({"type": "chat", "data": {"lobby_id": "x", "text": "t" * 2001}, "id": "r10"}, "invalid_payload", "r10"),
+    ({"type": "chat", "data": {"lobby_id": "x", "text": "hi"}, "id": "r11"}, "not_in_lobby", "r11"),
+    ({"type": "sdp", "data": {"lobby_id": "x", "peer_id": "y", "description": {"type": "offer"}},
+      "id": "r12"}, "invalid_payload", "r12"),
+    ({"type": "ice", "data": {"lobby_id": "x", "peer_id": "y"}, "id": "r13"}, "not_in_lobby", "r13"),
+    ({"type": "part", "data": {"lobby_id": "nope"}, "id": "r14"}, "lobby_not_found", "r14"),
+    ({"type": "ping", "data": [], "id": "r15"}, "invalid_payload", "r15"),
+]
+
+
+async def test_bad_frames_get_specific_errors_and_the_connection_survives(
+        server: TestServer, clients: Clients) -> None:
+    bystander, inbox = await clients.new("Bystander")
+    lobby = (await bystander.join(lobby_name="calm")).lobby.id
+    async with aiohttp.ClientSession() as http:
+        ws = await raw_socket(server, http)
+        for frame, code, ref in BAD_FRAMES:
+            reply = await exchange(ws, frame)
+            assert reply["type"] == "error", (frame, reply)
+            assert reply["data"]["code"] == code, (frame, reply)
+            assert reply["data"]["ref"] == ref
+        await ws.send_bytes(b"\x00\x01")
+        assert (await ws.receive_json(timeout=5))["data"]["code"] == "bad_frame"
+        # still fully usable afterwards
+        assert (await exchange(ws, {"type": "ping", "id": "alive"}))["type"] == "pong"
+        await ws.close()
+    assert await bystander.chat(lobby, "still here") > 0
+    await bystander.request(p.Ping())
+
+
+async def test_oversized_frames(server: TestServer, settings) -> None:  # type: ignore[no-untyped-def]
+    async with aiohttp.ClientSession() as http:
+        ws = await raw_socket(server, http)
+        big = json.dumps({"type": "ping", "id": "big", "pad": "x" * settings.max_message_bytes})
+        reply = await exchange(ws, big)
+        assert reply["data"]["code"] == "message_too_large"
+        assert (await exchange(ws, {"type": "ping", "id": "ok"}))["type"] == "pong"
+        # past the transport limit the socket is closed with 1009, as RFC 6455 says
+        await ws.send_str("x" * (settings.max_frame_bytes + 1))
+        msg = await ws.receive(timeout=5)
+        assert msg.type is aiohttp.WSMsgType.CLOSE and msg.data == 1009
+        # and the server carries on
+        ws2 = await raw_socket(server, http)
+        assert (await exchange(ws2, {"type": "ping", "id": "ok"}))["type"] == "pong"
+        await ws2.close()
+
+
+@pytest.mark.parametrize("method,path,body,status,code", [
+    ("GET", "/api/nowhere", None, 404, "not_found"),
+    ("PUT", "/api/sessions", None, 405, "not_allowed"),
+    ("POST", "/api/sessions", "{oops", 400, "bad_json"),
+    ("POST", "/api/sessions", "[1]", 400, "invalid_payload"),
+    ("POST", "/api/sessions", '{"bot": "yes"}', 400, "invalid_payload"),
+    ("POST", "/api/sessions", '{"bot": true}', 403, "not_allowed"),
+    ("POST", "/api/lobbies", '{"name": "x"}', 401, "unauthorized"),
+    ("GET", "/api/lobbies/missing", None, 404, "lobby_not_found"),
+    ("GET", "/api/lobbies/missing/messages", None, 404, "lobby_not_found"),
+    ("GET", "/api/session", None, 401, "unauthorized"),
+    ("GET", "/ws?token=forged", None, 401, "unauthorized"),
+])
+async def test_http_errors_are_json(server: TestServer, method: str, path: str, body: str | None,
+                                    status: int, code: str) -> None:
+    async with aiohttp.ClientSession() as http:
+        async with http.request(method, server.make_url(path), data=body) as r:
+            assert r.status == status
+            assert r.content_type == "application/json"
+            err = (await r.json())["error"]
+            assert err["code"] == code and err["message"]
+
+
+async def test_http_lobby_validation(server: TestServer) -> None:
+    async with aiohttp.ClientSession() as http:
+        async with http.post(server.make_url("/api/sessions")) as r:
+            token = (await r.json())["token"]
+        headers = {"Authorization": f"Bearer {token}"}
+        for body, code in (({}, "invalid_payload"), ({"name": 3}, "invalid_payload"),
+                           ({"name": "<script>"}, "name_invalid"),
+                           ({"name": "ok", "max_participants": 500}, "invalid_payload")):
+            async with http.post(server.make_url("/api/lobbies"), json=body, headers=headers) as r:
+                assert r.status == 400, body
+                assert (await r.json())["error"]["code"] == code
