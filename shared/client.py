@@ -101,8 +101,8 @@ class ClientConfig:
     queue_ttl: float = 60.0
     dedupe_window: float = 300.0
     dedupe_max: int = 10_000
-    breaker_threshold: int = 5
-    breaker_cooldown: float = 30.0
+    breaker_threshold: int = 8  # ~8 s of outage at the default backoff
+    breaker_cooldown: float = 15.0
 
     def __post_init__(self) -> None:
         if not self.url.endswith("/"):

@@ -1,0 +1,249 @@
+"""The resilient client against a real server: restarts, dead links, queue limits, breaker."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+
+from shared import protocol as p
+from shared.client import (ClientConfig, NotDelivered, QueueFull, SignalingClient, backoff)
+
+from .conftest import Clients, Inbox, free_port
+
+
+def test_backoff_is_capped_full_jitter() -> None:
+    delays = backoff(initial=0.1, maximum=2.0)
+    values = [next(delays) for _ in range(200)]
+    assert all(0 <= d <= 2.0 for d in values)
+    assert max(values[:3]) <= 0.4  # grows from the initial delay
+    assert max(values[50:]) > 1.0  # reaches the cap, with spread below it
+    assert len({round(v, 6) for v in values}) > 150
+
+
+async def test_kill_and_restart_server_mid_chat(server_process: Any) -> None:
+    srv = server_process()
+    srv.start()
+    cfg = dict(backoff_initial=0.05, backoff_max=0.5, heartbeat=1.0, receive_timeout=3.0,
+               breaker_threshold=50)
+    writer = SignalingClient(ClientConfig(url=srv.url, name="Writer", **cfg))
+    inbox = Inbox(writer)
+    await writer.start(wait=10)
+    await writer.set_name("Writer")
+    lobby = (await writer.join(lobby_name="resilience")).lobby.id
+
+    texts = [f"line {i}" for i in range(40)]
+    results: list[Any] = []
+
+    async def chatter() -> None:
+        for text in texts:
+            results.append(await writer.chat(lobby, text))
+            await asyncio.sleep(0.02)
+
+    task = asyncio.create_task(chatter())
+    await asyncio.sleep(0.3)
+    srv.kill()  # no goodbye: SIGKILL
+    await asyncio.sleep(0.5)
+    srv.start()
+    restarted = time.monotonic()
+    await writer.wait_connected(5)
+    assert time.monotonic() - restarted < 5
+    await asyncio.wait_for(task, 30)
+    assert writer.stats.reconnects >= 1
+    assert lobby in writer.lobbies
+    # back in the lobby on the server side too
+    async with aiohttp.ClientSession() as http:
+        headers = {"Authorization": f"Bearer {writer.config.token}"}
+        async with http.get(srv.url + f"api/lobbies/{lobby}", headers=headers) as r:
+            names = [x["name"] for x in (await r.json())["participants"]]
+        assert names == ["Writer"]
+        async with http.get(srv.url + f"api/lobbies/{lobby}/messages?limit=500") as r:
+            stored = [m["text"] for m in (await r.json())["messages"]]
+    assert stored == texts  # every message exactly once, in order
+    assert len(set(results)) == len(texts)
+    await writer.close()
+
+
+class Blackhole:
+    """A TCP proxy that can stop forwarding without closing anything: a dead link."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.port = free_port()
+        self.frozen = False
+        self._server: asyncio.Server | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._writers: list[asyncio.StreamWriter] = []
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._handle, "127.0.0.1", self.port)
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
+        self._writers += [writer, up_writer]
+        for src, dst in ((reader, up_writer), (up_reader, writer)):
+            task = asyncio.create_task(self._pipe(src, dst))
+            self._tasks.add(task)
+
+    async def _pipe(self, src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(ConnectionError):
+            while data := await src.read(65536):
+                if not self.frozen:
+                    dst.write(data)
+                    await dst.drain()
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for w in self._writers:
+            w.close()
+        if self._server is not None:
+            self._server.close()
+
+
+async def test_dead_link_is_detected_within_the_timeout(server: TestServer) -> None:
+    proxy = Blackhole(server.port)  # type: ignore[arg-type]
+    await proxy.start()
+    client = SignalingClient(ClientConfig(url=f"http://127.0.0.1:{proxy.port}/", heartbeat=0.5,
+                                          receive_timeout=2.0, backoff_initial=0.05))
+    try:
+        await client.start(wait=10)
+        proxy.frozen = True  # packets vanish; no FIN, no close frame
+        frozen_at = time.monotonic()
+        while client.connected and time.monotonic() - frozen_at < 10:
+            await asyncio.sleep(0.05)
+        detected = time.monotonic() - frozen_at
+        assert not client.connected
+        assert detected <= 2.5, detected  # within receive_timeout (+ scheduling slack)
+        proxy.frozen = False  # the link heals: the client is back
+        await client.wait_connected(10)
+    finally:
+        await client.close(drain=0)
+        await proxy.close()
+
+
+async def test_queue_overflow_ttl_and_critical_frames(tmp_path: Path) -> None:
+    # nothing listens on this port: everything stays queued
+    client = SignalingClient(ClientConfig(url=f"http://127.0.0.1:{free_port()}/", queue_size=3,
+                                          queue_ttl=0.3, backoff_initial=0.05, backoff_max=0.1))
+    await client.start()
+    try:
+        critical = client.send(p.Ping(), critical=True)
+        plain = [client.send(p.Ping()) for _ in range(2)]
+        extra = client.send(p.Ping())  # full: the oldest non-critical frame goes
+        assert client.stats.dropped["overflow"] == 1
+        with pytest.raises(NotDelivered) as err:
+            await plain[0]
+        assert err.value.reason == "overflow"
+        client.send(p.Ping(), critical=True)
+        client.send(p.Ping(), critical=True)  # evicts the last two plain frames
+        with pytest.raises(QueueFull):
+            client.send(p.Ping(), critical=True)
+        assert client.stats.dropped["overflow"] == 3
+        # the TTL runs out while still disconnected: the critical sender learns of it
+        with pytest.raises(NotDelivered) as err:
+            await asyncio.wait_for(critical, 5)
+        assert err.value.reason == "ttl"
+        assert extra.done()
+        assert client.stats.dropped["ttl"] == 3 and client.stats.queued == 0
+    finally:
+        await client.close(drain=0)
+
+
+async def test_breaker_opens_then_closes(tmp_path: Path, settings: Any) -> None:
+    port = free_port()
+    client = SignalingClient(ClientConfig(url=f"http://127.0.0.1:{port}/", breaker_threshold=3,
+                                          breaker_cooldown=0.5, backoff_initial=0.01,
+                                          backoff_max=0.02))
+    await client.start()
+    srv = None
+    try:
+        for _ in range(100):
+            if client.stats.breaker == "open":
+                break
+            await asyncio.sleep(0.02)
+        assert client.stats.breaker == "open" and client.stats.breaker_opens == 1
+        failures = client.stats.connect_failures
+        await asyncio.sleep(0.3)  # open: no hammering while it waits
+        assert client.stats.connect_failures == failures
+        from signaling.app import create_app
+
+        srv = TestServer(create_app(settings), host="127.0.0.1", port=port)
+        await srv.start_server()
+        await client.wait_connected(5)
+        assert client.stats.breaker == "closed"
+    finally:
+        await client.close(drain=0)
+        if srv is not None:
+            await srv.close()
+
+
+async def test_garbage_and_stalls_from_a_broken_server() -> None:
+    """A server that sends junk, then stalls: the client survives, reconnects, never spins."""
+    connects = 0
+
+    async def sessions(request: web.Request) -> web.Response:
+        return web.json_response({"session_id": "x", "token": "t"}, status=201)
+
+    async def ws_handler(request: web.Request) -> web.WebSocketResponse:
+        nonlocal connects
+        connects += 1
+        ws = web.WebSocketResponse(autoping=False)
+        await ws.prepare(request)
+        welcome = p.Welcome(protocol=1, server="fake", session=p.SessionInfo(session_id="x"))
+        await ws.send_str(p.encode(welcome))
+        for junk in ("{nope", '{"type": "chat", "data": {"lobby_id": 1}}', '{"type": "zzz"}'):
+            await ws.send_str(junk)
+        await ws.send_bytes(b"\x00")
+        await asyncio.sleep(30)  # then stall, answering nothing (not even pings)
+        return ws
+
+    app = web.Application()
+    app.router.add_post("/api/sessions", sessions)
+    app.router.add_get("/ws", ws_handler)
+    srv = TestServer(app, host="127.0.0.1", port=free_port())
+    await srv.start_server()
+    client = SignalingClient(ClientConfig(url=str(srv.make_url("/")), heartbeat=0.3,
+                                          receive_timeout=0.6, backoff_initial=0.2,
+                                          backoff_max=0.4))
+    try:
+        await client.start(wait=5)
+        await asyncio.sleep(2.5)
+        assert client.stats.invalid >= 4
+        assert 2 <= connects <= 8  # reconnected after each stall, with backoff in between
+    finally:
+        await client.close(drain=0)
+        await srv.close()
+
+
+async def test_graceful_close_reports_unsent(clients: Clients) -> None:
+    client, _ = await clients.new("Closer")
+    lobby = (await client.join(lobby_name="closing")).lobby.id
+    client.send(p.Chat(lobby_id=lobby, text="sent before close"))
+    assert await client.close(drain=2) == []
+    offline = SignalingClient(ClientConfig(url=f"http://127.0.0.1:{free_port()}/"))
+    await offline.start()
+    offline.send(p.Ping())
+    unsent = await offline.close(drain=0.1)
+    assert [m.type for m in unsent] == [p.MessageType.PING]
+    assert offline.stats.dropped["closed"] == 1
+
+
+async def test_duplicates_are_dropped(clients: Clients) -> None:
+    writer, _ = await clients.new("Dupe writer")
+    lobby = (await writer.join(lobby_name="dupes")).lobby.id
+    await writer.chat(lobby, "once")
+    reader, inbox = await clients.new("Dupe reader")
+    await reader.join(lobby_id=lobby)
+    await inbox.wait_for(p.Chat, text="once")
+    await reader.join(lobby_id=lobby)  # the server replays history: the client drops repeats
+    await reader.request(p.Ping())
+    assert len(inbox.of(p.Chat, text="once")) == 1
+    assert reader.stats.duplicates >= 1
