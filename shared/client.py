@@ -63,6 +63,10 @@ class NotDelivered(ClientError):
         self.message = message
 
 
+class AuthError(ClientError):
+    """The server refused our credentials (provider key or session token); the client stops."""
+
+
 class QueueFull(ClientError):
     """The outgoing queue is full of critical frames; nothing could make room."""
 
@@ -90,6 +94,7 @@ class ClientConfig:
     password: str | None = None
     bot: bool = False
     provider_key: str | None = None
+    create_session: bool = True  # when the token is refused: start a new session, or stop
     connect_timeout: float = 5.0
     heartbeat: float = 5.0  # client pings; a missing pong ends the connection
     receive_timeout: float = 15.0  # no frame (or server ping) for this long: the link is dead
@@ -159,6 +164,8 @@ class SignalingClient:
         self._task: asyncio.Task[None] | None = None
         self._wakeup = asyncio.Event()
         self._connected = asyncio.Event()
+        self._stopped = asyncio.Event()
+        self.failure: ClientError | None = None
         self._closing = False
         self._ids = itertools.count(1)
         self._id_prefix = uuid.uuid4().hex[:8]
@@ -194,10 +201,22 @@ class SignalingClient:
             await self.wait_connected(wait)
 
     async def wait_connected(self, timeout: float) -> None:
-        try:
-            await asyncio.wait_for(self._connected.wait(), timeout)
-        except asyncio.TimeoutError:
-            raise RequestTimeout(f"not connected within {timeout} s") from None
+        """Returns once connected; raises the failure that stopped the client, if any."""
+        waiters = {asyncio.ensure_future(self._connected.wait()),
+                   asyncio.ensure_future(self._stopped.wait())}
+        done, pending = await asyncio.wait(waiters, timeout=timeout,
+                                           return_when=asyncio.FIRST_COMPLETED)
+        for w in pending:
+            w.cancel()
+        if self.failure is not None:
+            raise self.failure
+        if not done or not self.connected:
+            raise RequestTimeout(f"not connected within {timeout} s")
+
+    async def wait_stopped(self) -> ClientError | None:
+        """Waits until the connection loop ends (close, or a fatal ``AuthError``)."""
+        await self._stopped.wait()
+        return self.failure
 
     def send(self, message: p.Message, *, critical: bool = False,
              ttl: float | None = None) -> asyncio.Future[None]:
@@ -320,6 +339,16 @@ class SignalingClient:
     # --- connection loop ----------------------------------------------------------------------
 
     async def _run(self) -> None:
+        try:
+            await self._loop()
+        except AuthError as exc:
+            log.error("giving up: %s", exc)
+            self.failure = exc
+            self.stats.state = "failed"
+        finally:
+            self._stopped.set()
+
+    async def _loop(self) -> None:
         delays = self._backoff()
         failures = 0
         while True:
@@ -327,7 +356,7 @@ class SignalingClient:
             started = time.monotonic()
             try:
                 ws = await self._connect()
-            except asyncio.CancelledError:
+            except (asyncio.CancelledError, AuthError):
                 raise
             except Exception as exc:
                 failures += 1
@@ -387,7 +416,9 @@ class SignalingClient:
                                                 ws_close=cfg.connect_timeout),
                 max_msg_size=0)
         except aiohttp.WSServerHandshakeError as exc:
-            if exc.status == 401:  # the server no longer knows us: start a new session
+            if exc.status == 401:  # the server no longer knows us
+                if not cfg.create_session:
+                    raise AuthError("the server refused our session token") from None
                 log.warning("session token rejected; creating a new session")
                 cfg.token = None
             raise
@@ -404,6 +435,8 @@ class SignalingClient:
             body = await resp.json(content_type=None)
             if resp.status != 201:
                 error = body.get("error", {}) if isinstance(body, dict) else {}
+                if resp.status in (401, 403):
+                    raise AuthError(f"session refused: {error.get('message', resp.status)}")
                 raise ServerError(error.get("code", str(resp.status)), error.get("message", ""))
         self.config.token = body["token"]
         self.stats.sessions_created += 1

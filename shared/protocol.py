@@ -40,6 +40,11 @@ class MessageType(enum.StrEnum):
     SDP = "sdp"
     ICE = "ice"
     TRANSCRIPT = "transcript"
+    BOT_STATUS = "bot_status"
+    # bot providers <-> server
+    PROVIDER_HELLO = "provider_hello"
+    BOT_START = "bot_start"
+    BOT_STOP = "bot_stop"
     # server -> client
     WELCOME = "welcome"
     SESSION = "session"
@@ -74,6 +79,10 @@ class ErrorCode(enum.StrEnum):
     NOT_FOUND = "not_found"
     UNAVAILABLE = "unavailable"
     RATE_LIMITED = "rate_limited"
+    UNKNOWN_BOT_KIND = "unknown_bot_kind"
+    INVALID_CONFIG = "invalid_config"
+    NO_PROVIDER = "no_provider"
+    BOT_NOT_FOUND = "bot_not_found"
     INTERNAL = "internal_error"
 
 
@@ -404,10 +413,88 @@ class Error(Message):
     ref: str | None = None
 
 
+# --- bots and their providers ---------------------------------------------------------------
+
+BOT_STATUSES = ("pending", "starting", "loading", "live", "lagging", "failed", "stopped")
+
+
+@dataclass(frozen=True)
+class BotKind(Payload):
+    """A kind of bot a provider can run; ``config`` describes its settings (see bots.plugin)."""
+
+    kind: str
+    description: str = ""
+    config: dict = field(default_factory=dict)
+
+    def validate(self) -> None:
+        _check_len("kind", self.kind, MAX_ID_LEN, 1)
+        _check_len("description", self.description, 500)
+
+
+@dataclass(frozen=True)
+class RunningBot(Payload):
+    bot_id: str
+    kind: str
+    lobby_id: str
+
+
+@dataclass(frozen=True)
+class ProviderHello(Message):
+    """A provider announces what it runs; sent again after every reconnect."""
+
+    type: ClassVar[MessageType] = MessageType.PROVIDER_HELLO
+    name: str
+    capacity: int
+    kinds: list[BotKind]
+    running: list[RunningBot] = field(default_factory=list)
+
+    def validate(self) -> None:
+        _check_len("name", self.name, MAX_NAME_LEN * 2, 1)
+        if not 0 <= self.capacity <= 10_000:
+            raise _invalid("capacity must be within 0..10000")
+
+
+@dataclass(frozen=True)
+class BotStart(Message):
+    type: ClassVar[MessageType] = MessageType.BOT_START
+    bot_id: str
+    kind: str
+    lobby_id: str
+    token: str
+    name: str
+    config: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class BotStop(Message):
+    type: ClassVar[MessageType] = MessageType.BOT_STOP
+    bot_id: str
+
+
+@dataclass(frozen=True)
+class BotStatus(Message):
+    """From a provider: how a bot is doing. From the server to a lobby: the same, filled in."""
+
+    type: ClassVar[MessageType] = MessageType.BOT_STATUS
+    bot_id: str
+    status: str
+    detail: str = ""
+    lobby_id: str | None = None
+    kind: str | None = None
+    name: str | None = None
+    session_id: str | None = None
+
+    def validate(self) -> None:
+        if self.status not in BOT_STATUSES:
+            raise _invalid(f"status must be one of {BOT_STATUSES}")
+        _check_len("detail", self.detail, 1000)
+
+
 MESSAGES: dict[MessageType, type[Message]] = {
     cls.type: cls
     for cls in (SetName, Join, Part, Ping, Chat, Sdp, Ice, Welcome, Session, LobbyState,
-                PeerAdded, PeerRemoved, Ack, Pong, Error)
+                PeerAdded, PeerRemoved, Ack, Pong, Error, ProviderHello, BotStart, BotStop,
+                BotStatus)
 }
 
 

@@ -12,6 +12,7 @@ from aiohttp import web
 
 from shared.protocol import ErrorCode, ProtocolError
 
+from .dispatch import DISPATCHER
 from .hub import HUB, Hub, LiveSession, Lobby, chat_message
 from .store import StoreError
 
@@ -24,6 +25,11 @@ _STATUS = {
     ErrorCode.BAD_PASSWORD: 403,
     ErrorCode.NOT_FOUND: 404,
     ErrorCode.LOBBY_NOT_FOUND: 404,
+    ErrorCode.BOT_NOT_FOUND: 404,
+    ErrorCode.UNKNOWN_BOT_KIND: 400,
+    ErrorCode.INVALID_CONFIG: 400,
+    ErrorCode.NO_PROVIDER: 503,
+    ErrorCode.LOBBY_FULL: 409,
     ErrorCode.LOBBY_EXISTS: 409,
     ErrorCode.NAME_IN_USE: 409,
     ErrorCode.MESSAGE_TOO_LARGE: 413,
@@ -203,6 +209,50 @@ async def lobby_messages(request: web.Request) -> web.Response:
     return web.json_response(page)
 
 
+async def list_bot_kinds(request: web.Request) -> web.Response:
+    dispatcher = request.app[DISPATCHER]
+    return web.json_response({"kinds": dispatcher.kinds(),
+                              "providers": len(dispatcher.providers)})
+
+
+def member_lobby(request: web.Request, hub: Hub) -> Lobby:
+    """The lobby in the URL, for a caller who is a member of it."""
+    lobby = hub.lobbies.get(request.match_info["lobby_id"])
+    if lobby is None:
+        raise http_error(404, ErrorCode.LOBBY_NOT_FOUND, "no such lobby")
+    if session_from(request, hub).id not in lobby.members:
+        raise http_error(403, ErrorCode.NOT_ALLOWED, "only members of this lobby may do this")
+    return lobby
+
+
+async def lobby_bots(request: web.Request) -> web.Response:
+    hub = request.app[HUB]
+    lobby = readable_lobby(request, hub)
+    bots = request.app[DISPATCHER].lobby_bots(lobby.id)
+    return web.json_response({"bots": [b.to_dict() for b in bots]})
+
+
+async def add_bot(request: web.Request) -> web.Response:
+    hub = request.app[HUB]
+    lobby = member_lobby(request, hub)
+    body = await read_json(request)
+    kind = field(body, "kind", str)
+    if not kind:
+        raise http_error(400, ErrorCode.INVALID_PAYLOAD, "kind is required")
+    bot = await request.app[DISPATCHER].add(lobby.id, kind, body.get("config"),
+                                             field(body, "name", str))
+    return web.json_response(bot.to_dict(), status=201)
+
+
+async def remove_bot(request: web.Request) -> web.Response:
+    hub = request.app[HUB]
+    lobby = member_lobby(request, hub)
+    dispatcher = request.app[DISPATCHER]
+    bot = dispatcher.find(lobby.id, request.match_info["bot_id"])
+    await dispatcher.remove(bot)
+    return web.json_response({"bot_id": bot.id, "status": "stopped"})
+
+
 def add_routes(app: web.Application, base: str) -> None:
     api = base + "api/"
     app.router.add_post(api + "sessions", create_session)
@@ -212,3 +262,7 @@ def add_routes(app: web.Application, base: str) -> None:
     app.router.add_post(api + "lobbies", create_lobby)
     app.router.add_get(api + "lobbies/{lobby_id}", get_lobby)
     app.router.add_get(api + "lobbies/{lobby_id}/messages", lobby_messages)
+    app.router.add_get(api + "bots", list_bot_kinds)
+    app.router.add_get(api + "lobbies/{lobby_id}/bots", lobby_bots)
+    app.router.add_post(api + "lobbies/{lobby_id}/bots", add_bot)
+    app.router.add_delete(api + "lobbies/{lobby_id}/bots/{bot_id}", remove_bot)

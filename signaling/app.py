@@ -12,6 +12,7 @@ from pathlib import Path
 from aiohttp import WSCloseCode, web
 
 from . import api, ws
+from .dispatch import DISPATCHER, Dispatcher
 from .hub import HUB, Hub
 from .settings import Settings
 from .store import SQLiteStore, Store
@@ -25,7 +26,8 @@ SETTINGS = web.AppKey("settings", Settings)
 def create_app(settings: Settings, store: Store | None = None) -> web.Application:
     app = web.Application(middlewares=[api.json_errors], client_max_size=settings.max_message_bytes)
     app[SETTINGS] = settings
-    app[HUB] = Hub(settings, store or SQLiteStore(settings.db_path))
+    hub = app[HUB] = Hub(settings, store or SQLiteStore(settings.db_path))
+    app[DISPATCHER] = Dispatcher(hub)
     app.cleanup_ctx.append(_hub_lifetime)
     app.cleanup_ctx.append(_maintenance)
     app.on_shutdown.append(_close_sockets)
@@ -45,9 +47,11 @@ async def _index(request: web.Request) -> web.FileResponse:
 async def _hub_lifetime(app: web.Application) -> AsyncIterator[None]:
     hub = app[HUB]
     repairs = await hub.start()
-    log.info("store open: %d sessions, %d lobbies, %d integrity repairs",
-             len(hub.sessions), len(hub.lobbies), len(repairs))
+    app[DISPATCHER].load(hub.loaded_bots)
+    log.info("store open: %d sessions, %d lobbies, %d bots, %d integrity repairs",
+             len(hub.sessions), len(hub.lobbies), len(app[DISPATCHER].bots), len(repairs))
     yield
+    await app[DISPATCHER].close()
     await hub.store.close()
 
 

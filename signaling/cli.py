@@ -1,10 +1,16 @@
-"""The ``voicebot`` command."""
+"""The ``voicebot`` command: ``serve``, ``bots`` (a bot provider) and ``up`` (both at once)."""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
 import logging
+import os
+import secrets
+import signal
 import sys
+from collections.abc import AsyncIterator
 
 from aiohttp import web
 
@@ -15,17 +21,97 @@ from .store import StoreError
 log = logging.getLogger("voicebot")
 
 
-def _serve(args: argparse.Namespace) -> int:
-    settings = Settings.from_args(args)
+def _run_server(app: web.Application, settings: Settings) -> int:
     try:
-        web.run_app(create_app(settings), host=settings.host, port=settings.port,
-                    shutdown_timeout=5.0, print=lambda msg: log.info(
-                        "serving on http://%s:%d%s", settings.host, settings.port,
-                        settings.base_path))
+        web.run_app(app, host=settings.host, port=settings.port, shutdown_timeout=5.0,
+                    print=lambda _: log.info("serving on http://%s:%d%s", settings.host,
+                                             settings.port, settings.base_path))
     except StoreError as exc:
         log.error("cannot start: %s", exc)
         return 2
     return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    settings = Settings.from_args(args)
+    return _run_server(create_app(settings), settings)
+
+
+def _local_url(settings: Settings) -> str:
+    host = "127.0.0.1" if settings.host in ("0.0.0.0", "::", "") else settings.host
+    return f"http://{host}:{settings.port}{settings.base_path}"
+
+
+def _up(args: argparse.Namespace) -> int:
+    """The server plus a local bot provider, restarted if it dies."""
+    key = os.environ.get("VOICEBOT_PROVIDER_KEY") or secrets.token_urlsafe(24)
+    settings = Settings.from_args(args, os.environ | {"VOICEBOT_PROVIDER_KEY": key})
+    app = create_app(settings)
+    provider_cmd = [sys.executable, "-m", "signaling.cli", "--log-level", args.log_level, "bots",
+                    "--server", _local_url(settings), "--capacity", str(args.capacity)]
+
+    async def supervise(app: web.Application) -> AsyncIterator[None]:
+        task = asyncio.create_task(_keep_running(provider_cmd, os.environ | {
+            "VOICEBOT_PROVIDER_KEY": key}))
+        yield
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    app.cleanup_ctx.append(supervise)
+    return _run_server(app, settings)
+
+
+async def _keep_running(cmd: list[str], env: dict[str, str]) -> None:
+    from shared.client import backoff
+
+    delays = backoff(0.5, 10.0)
+    while True:
+        proc = await asyncio.create_subprocess_exec(*cmd, env=env)
+        try:
+            code = await proc.wait()
+        except asyncio.CancelledError:
+            with contextlib.suppress(ProcessLookupError):
+                proc.send_signal(signal.SIGTERM)
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(proc.wait(), 5)
+            if proc.returncode is None:
+                proc.kill()
+            raise
+        log.warning("bot provider exited with %s; restarting", code)
+        await asyncio.sleep(next(delays))
+
+
+def _bots(args: argparse.Namespace) -> int:
+    from bots.plugin import discover
+    from bots.provider import Provider
+
+    key = os.environ.get("VOICEBOT_PROVIDER_KEY")
+    if not key:
+        log.error("set VOICEBOT_PROVIDER_KEY to the server's provider key")
+        return 2
+    plugins = discover()
+    if args.plugin:
+        missing = set(args.plugin) - set(plugins)
+        if missing:
+            log.error("unknown or broken plugin(s): %s", ", ".join(sorted(missing)))
+            return 2
+        plugins = {k: v for k, v in plugins.items() if k in args.plugin}
+    log.info("bot plugins: %s", ", ".join(sorted(plugins)) or "none")
+    provider = Provider(args.server, key, plugins, capacity=args.capacity, name=args.name)
+
+    async def main() -> int:
+        loop = asyncio.get_running_loop()
+        task = asyncio.current_task()
+        assert task is not None
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, task.cancel)
+        try:
+            return await provider.run()
+        except asyncio.CancelledError:
+            return 0
+
+    return asyncio.run(main())
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -35,6 +121,16 @@ def build_parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="run the signaling server")
     Settings.add_arguments(serve)
     serve.set_defaults(run=_serve)
+    up = sub.add_parser("up", help="run the server and a local bot provider")
+    Settings.add_arguments(up)
+    up.add_argument("--capacity", type=int, default=4, help="bots the local provider runs")
+    up.set_defaults(run=_up)
+    prov = sub.add_parser("bots", help="run a bot provider (key in VOICEBOT_PROVIDER_KEY)")
+    prov.add_argument("--server", default="http://127.0.0.1:8080/", help="the server's URL")
+    prov.add_argument("--capacity", type=int, default=4, help="bots this provider runs at once")
+    prov.add_argument("--name", default=None, help="how the server lists this provider")
+    prov.add_argument("--plugin", action="append", help="offer only this kind (repeatable)")
+    prov.set_defaults(run=_bots)
     return parser
 
 

@@ -16,6 +16,7 @@ from aiohttp import web
 log = logging.getLogger(__name__)
 
 CLOSE_REPLACED = 4001  # the same session connected again elsewhere
+CLOSE_REMOVED = 4002  # the session was deleted (a bot removed from its lobby)
 CLOSE_SLOW_CONSUMER = 4008
 
 

@@ -24,10 +24,10 @@ from shared import protocol as p
 from shared.protocol import ErrorCode, ProtocolError
 
 from . import events
-from .connection import CLOSE_REPLACED, Connection
+from .connection import CLOSE_REMOVED, CLOSE_REPLACED, Connection
 from .names import clean_lobby_name, clean_name, hash_password, new_token, token_hash, verify_password
 from .settings import Settings
-from .store import ChatRecord, LobbyRecord, NameClaim, SessionRecord, Snapshot, Store
+from .store import BotRecord, ChatRecord, LobbyRecord, NameClaim, SessionRecord, Snapshot, Store
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +84,7 @@ class Hub:
         # membership and names change under one lock: their checks and writes span awaits
         self._lock = asyncio.Lock()
         self._orphan_members: list[tuple[str, str]] = []
+        self.loaded_bots: list[BotRecord] = []  # handed to the bot dispatcher at start-up
 
     # --- start-up -----------------------------------------------------------------------------
 
@@ -99,6 +100,7 @@ class Hub:
             self.sessions[rec.id] = LiveSession(rec, disconnected_at=now)
             self._by_token[rec.token_hash] = rec.id
         self.claims = {c.key: c for c in snap.claims}
+        self.loaded_bots = snap.bots
         for lrec in snap.lobbies:
             self.lobbies[lrec.id] = Lobby(lrec)
             self._lobby_keys[lrec.key] = lrec.id
@@ -159,6 +161,15 @@ class Hub:
         self.sessions[rec.id] = session
         self._by_token[rec.token_hash] = rec.id
         return session, token
+
+    async def rotate_token(self, s: LiveSession) -> str:
+        """Issues a new token for ``s``; the old one stops working."""
+        token = new_token()
+        self._by_token.pop(s.record.token_hash, None)
+        s.record.token_hash = token_hash(token)
+        self._by_token[s.record.token_hash] = s.id
+        await self.store.save_session(s.record)
+        return token
 
     def authenticate(self, token: str) -> LiveSession | None:
         session_id = self._by_token.get(token_hash(token))
@@ -225,6 +236,19 @@ class Hub:
                 self.claims[key] = claim
             await self._rename(s, display, key)
             return self.session_info(s)
+
+    async def assign_name(self, s: LiveSession, base: str) -> str:
+        """Gives ``s`` the first free name of ``base``, ``base 2``, ``base 3``… (for bots)."""
+        async with self._lock:
+            for n in range(1, 1000):
+                display, key = clean_name(base if n == 1 else f"{base[:28]} {n}")
+                holder = self._name_holder(key, exclude=s)
+                if key not in self.claims and (holder is None or not self.is_live(holder)):
+                    if holder is not None:
+                        await self._rename(holder, None, None)
+                    await self._rename(s, display, key)
+                    return display
+        raise ProtocolError(ErrorCode.NAME_IN_USE, f"no free name like {base!r}")
 
     def _name_holder(self, key: str, exclude: LiveSession) -> LiveSession | None:
         for other in self.sessions.values():
@@ -314,16 +338,7 @@ class Hub:
                                             "this lobby needs a password")
                     if not await verify_password(msg.password, lobby.record.password_hash):
                         raise ProtocolError(ErrorCode.BAD_PASSWORD, "wrong lobby password")
-                if len(lobby.members) >= lobby.record.max_participants:
-                    raise ProtocolError(ErrorCode.LOBBY_FULL,
-                                        f"the lobby is full ({lobby.record.max_participants})")
-                await self.store.add_member(lobby.id, s.id)
-                lobby.members.add(s.id)
-                s.lobbies.add(lobby.id)
-                if lobby.record.empty_since is not None:
-                    lobby.record.empty_since = None
-                    await self.store.save_lobby(lobby.record)
-                self.bus.emit(events.MemberJoined(lobby.id, s.id))
+                await self._add_member(s, lobby)
             conn = s.conn
             if conn is None:
                 return
@@ -331,6 +346,24 @@ class Hub:
             if lobby.id not in conn.announced:
                 self._announce(s, lobby)
         await self._send_history(conn, lobby.id, msg.history_since)
+
+    async def add_member(self, s: LiveSession, lobby: Lobby) -> None:
+        """Places ``s`` in ``lobby`` without a join (bots placed by the dispatcher)."""
+        async with self._lock:
+            if s.id not in lobby.members:
+                await self._add_member(s, lobby)
+
+    async def _add_member(self, s: LiveSession, lobby: Lobby) -> None:
+        if len(lobby.members) >= lobby.record.max_participants:
+            raise ProtocolError(ErrorCode.LOBBY_FULL,
+                                f"the lobby is full ({lobby.record.max_participants})")
+        await self.store.add_member(lobby.id, s.id)
+        lobby.members.add(s.id)
+        s.lobbies.add(lobby.id)
+        if lobby.record.empty_since is not None:
+            lobby.record.empty_since = None
+            await self.store.save_lobby(lobby.record)
+        self.bus.emit(events.MemberJoined(lobby.id, s.id))
 
     def _announce(self, s: LiveSession, lobby: Lobby) -> None:
         """Tells the joiner and the members about each other (see the module's rule)."""
@@ -359,6 +392,15 @@ class Hub:
             if s.id not in lobby.members:
                 raise ProtocolError(ErrorCode.NOT_IN_LOBBY, "not a member of this lobby")
             await self._remove_member(s, lobby)
+
+    async def remove_session(self, s: LiveSession) -> None:
+        """Takes ``s`` out of every lobby and deletes it (a bot being removed)."""
+        async with self._lock:
+            for lobby_id in sorted(s.lobbies):
+                await self._remove_member(s, self.lobbies[lobby_id])
+            if s.conn is not None:
+                await s.conn.close(CLOSE_REMOVED, "removed")
+            await self._expire_session(s)
 
     async def _remove_member(self, s: LiveSession, lobby: Lobby) -> None:
         await self.store.remove_member(lobby.id, s.id)
@@ -426,6 +468,18 @@ class Hub:
 
     # --- delivery -----------------------------------------------------------------------------
 
+    def send_to_lobby(self, lobby_id: str, msg: p.Message) -> None:
+        lobby = self.lobbies.get(lobby_id)
+        if lobby is not None:
+            self._send(lobby.members, msg)
+
+    def send_to_session(self, session_id: str, msg: p.Message) -> bool:
+        s = self.sessions.get(session_id)
+        if s is None or s.conn is None:
+            return False
+        s.conn.send(p.encode(msg))
+        return True
+
     def _send(self, session_ids: Iterable[str], msg: p.Message, id: str | None = None) -> None:
         text = p.encode(msg, id)  # encoded once for every recipient
         for sid in session_ids:
@@ -462,7 +516,7 @@ class Hub:
         for claim in self.claims.values():
             if claim.session_id == s.id:
                 claim.session_id = None
-        del self.sessions[s.id]
+        self.sessions.pop(s.id, None)
         self._by_token.pop(s.record.token_hash, None)
         log.info("session %s expired", s.id)
 

@@ -71,11 +71,25 @@ class ChatRecord:
 
 
 @dataclass
+class BotRecord:
+    """A bot placed in a lobby; which provider runs it is live state, not stored."""
+
+    id: str
+    lobby_id: str
+    kind: str
+    session_id: str
+    name: str
+    config: dict[str, Any] = field(default_factory=dict)
+    created_at: float = field(default_factory=time.time)
+
+
+@dataclass
 class Snapshot:
     sessions: list[SessionRecord]
     claims: list[NameClaim]
     lobbies: list[LobbyRecord]
     members: list[tuple[str, str]]  # (lobby_id, session_id)
+    bots: list[BotRecord] = field(default_factory=list)
 
 
 class Store(abc.ABC):
@@ -109,6 +123,12 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def remove_member(self, lobby_id: str, session_id: str) -> None: ...
+
+    @abc.abstractmethod
+    async def save_bot(self, bot: BotRecord) -> None: ...
+
+    @abc.abstractmethod
+    async def delete_bot(self, bot_id: str) -> None: ...
 
     @abc.abstractmethod
     async def add_chat(self, lobby_id: str, session_id: str | None, name: str, text: str,
@@ -145,6 +165,9 @@ CREATE TABLE IF NOT EXISTS chat (
     id INTEGER PRIMARY KEY AUTOINCREMENT, lobby_id TEXT NOT NULL, session_id TEXT,
     name TEXT NOT NULL, text TEXT NOT NULL, ts REAL NOT NULL, kind TEXT NOT NULL,
     meta TEXT, client_ref TEXT);
+CREATE TABLE IF NOT EXISTS bots (
+    id TEXT PRIMARY KEY, lobby_id TEXT NOT NULL, kind TEXT NOT NULL, session_id TEXT NOT NULL,
+    name TEXT NOT NULL, config TEXT NOT NULL, created_at REAL NOT NULL);
 CREATE INDEX IF NOT EXISTS chat_by_lobby ON chat (lobby_id, id);
 CREATE UNIQUE INDEX IF NOT EXISTS chat_client_ref ON chat (session_id, client_ref)
     WHERE client_ref IS NOT NULL;
@@ -231,7 +254,8 @@ class SQLiteStore(Store):
 
     async def delete_lobby(self, lobby_id: str) -> None:
         def delete(db: sqlite3.Connection) -> None:
-            for table, column in (("members", "lobby_id"), ("chat", "lobby_id"), ("lobbies", "id")):
+            for table, column in (("members", "lobby_id"), ("chat", "lobby_id"), ("bots", "lobby_id"),
+                                  ("lobbies", "id")):
                 db.execute(f"DELETE FROM {table} WHERE {column}=?", (lobby_id,))
 
         await self._run(delete)
@@ -243,6 +267,14 @@ class SQLiteStore(Store):
     async def remove_member(self, lobby_id: str, session_id: str) -> None:
         await self._run(lambda db: db.execute(
             "DELETE FROM members WHERE lobby_id=? AND session_id=?", (lobby_id, session_id)))
+
+    async def save_bot(self, b: BotRecord) -> None:
+        await self._run(lambda db: db.execute(
+            "INSERT OR REPLACE INTO bots VALUES (?,?,?,?,?,?,?)",
+            (b.id, b.lobby_id, b.kind, b.session_id, b.name, json.dumps(b.config), b.created_at)))
+
+    async def delete_bot(self, bot_id: str) -> None:
+        await self._run(lambda db: db.execute("DELETE FROM bots WHERE id=?", (bot_id,)))
 
     async def add_chat(self, lobby_id: str, session_id: str | None, name: str, text: str,
                        kind: str = "chat", meta: dict[str, Any] | None = None,
@@ -303,4 +335,6 @@ def _load(db: sqlite3.Connection) -> Snapshot:
         lobbies=[LobbyRecord(i, n, k, bool(p), ph, m, c, e) for i, n, k, p, ph, m, c, e in
                  db.execute("SELECT * FROM lobbies")],
         members=[(lb, s) for lb, s in db.execute("SELECT lobby_id, session_id FROM members")],
+        bots=[BotRecord(i, lb, k, s, n, json.loads(c), t) for i, lb, k, s, n, c, t in
+              db.execute("SELECT * FROM bots")],
     )

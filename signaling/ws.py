@@ -16,12 +16,13 @@ from shared.protocol import ErrorCode, MessageType, ProtocolError
 
 from .api import bearer_token, http_error
 from .connection import Connection
+from .dispatch import DISPATCHER
 from .hub import HUB, Hub, LiveSession
 from .store import StoreError
 
 log = logging.getLogger(__name__)
 
-Handler = Callable[[Hub, LiveSession, p.Message, str | None], Awaitable[None]]
+Handler = Callable[[web.Application, LiveSession, p.Message, str | None], Awaitable[None]]
 
 
 def reply(s: LiveSession, msg: p.Message, ref: str | None) -> None:
@@ -33,38 +34,58 @@ def send_error(conn: Connection, code: ErrorCode, message: str, ref: str | None)
     conn.send(p.encode(p.Error(code=code.value, message=message, ref=ref), ref))
 
 
-async def on_set_name(hub: Hub, s: LiveSession, msg: p.Message, ref: str | None) -> None:
+async def on_set_name(app: web.Application, s: LiveSession, msg: p.Message, ref: str | None) -> None:
     assert isinstance(msg, p.SetName)
-    reply(s, p.Session(session=await hub.set_name(s, msg.name, msg.password)), ref)
+    reply(s, p.Session(session=await app[HUB].set_name(s, msg.name, msg.password)), ref)
 
 
-async def on_join(hub: Hub, s: LiveSession, msg: p.Message, ref: str | None) -> None:
+async def on_join(app: web.Application, s: LiveSession, msg: p.Message, ref: str | None) -> None:
     assert isinstance(msg, p.Join)
-    await hub.join(s, msg, ref)
+    await app[HUB].join(s, msg, ref)
 
 
-async def on_part(hub: Hub, s: LiveSession, msg: p.Message, ref: str | None) -> None:
+async def on_part(app: web.Application, s: LiveSession, msg: p.Message, ref: str | None) -> None:
     assert isinstance(msg, p.Part)
-    await hub.part(s, msg.lobby_id)
+    await app[HUB].part(s, msg.lobby_id)
     reply(s, p.Ack(), ref)
 
 
-async def on_chat(hub: Hub, s: LiveSession, msg: p.Message, ref: str | None) -> None:
+async def on_chat(app: web.Application, s: LiveSession, msg: p.Message, ref: str | None) -> None:
     assert isinstance(msg, p.Chat)
-    lobby = hub.member_lobby(s, msg.lobby_id)
+    lobby = app[HUB].member_lobby(s, msg.lobby_id)
     # the request id doubles as an idempotency key: a resend after a reconnect is stored once
-    rec = await hub.post(lobby, s, msg.text, client_ref=ref)
+    rec = await app[HUB].post(lobby, s, msg.text, client_ref=ref)
     reply(s, p.Ack(result={"message_id": rec.id}), ref)
 
 
-async def on_relay(hub: Hub, s: LiveSession, msg: p.Message, ref: str | None) -> None:
+async def on_relay(app: web.Application, s: LiveSession, msg: p.Message, ref: str | None) -> None:
     assert isinstance(msg, (p.Sdp, p.Ice))
-    hub.relay(s, msg)
+    app[HUB].relay(s, msg)
     if ref is not None:
         reply(s, p.Ack(), ref)
 
 
-async def on_ping(hub: Hub, s: LiveSession, msg: p.Message, ref: str | None) -> None:
+def _provider_only(s: LiveSession) -> None:
+    if not s.record.bot:
+        raise ProtocolError(ErrorCode.NOT_ALLOWED, "only bot providers may send this")
+
+
+async def on_provider_hello(app: web.Application, s: LiveSession, msg: p.Message, ref: str | None) -> None:
+    assert isinstance(msg, p.ProviderHello)
+    _provider_only(s)
+    await app[DISPATCHER].hello(s.id, msg)
+    reply(s, p.Ack(), ref)
+
+
+async def on_bot_status(app: web.Application, s: LiveSession, msg: p.Message, ref: str | None) -> None:
+    assert isinstance(msg, p.BotStatus)
+    _provider_only(s)
+    app[DISPATCHER].bot_status(s.id, msg)
+    if ref is not None:
+        reply(s, p.Ack(), ref)
+
+
+async def on_ping(app: web.Application, s: LiveSession, msg: p.Message, ref: str | None) -> None:
     reply(s, p.Pong(), ref)
 
 
@@ -76,10 +97,13 @@ HANDLERS: dict[MessageType, Handler] = {
     MessageType.SDP: on_relay,
     MessageType.ICE: on_relay,
     MessageType.PING: on_ping,
+    MessageType.PROVIDER_HELLO: on_provider_hello,
+    MessageType.BOT_STATUS: on_bot_status,
 }
 
 
-async def dispatch(hub: Hub, s: LiveSession, conn: Connection, text: str) -> None:
+async def dispatch(app: web.Application, s: LiveSession, conn: Connection, text: str) -> None:
+    hub = app[HUB]
     conn.received += 1
     if len(text) > hub.settings.max_message_bytes or \
             len(text.encode()) > hub.settings.max_message_bytes:
@@ -89,7 +113,7 @@ async def dispatch(hub: Hub, s: LiveSession, conn: Connection, text: str) -> Non
     ref = None
     try:
         msg, ref = p.decode(text, HANDLERS)
-        await HANDLERS[msg.type](hub, s, msg, ref)
+        await HANDLERS[msg.type](app, s, msg, ref)
     except ProtocolError as exc:
         send_error(conn, exc.code, exc.message, ref if ref is not None else p.frame_id(text))
     except StoreError as exc:
@@ -114,7 +138,7 @@ async def websocket(request: web.Request) -> web.WebSocketResponse:
         await hub.connect(session, conn)
         async for frame in ws:
             if frame.type is WSMsgType.TEXT:
-                await dispatch(hub, session, conn, frame.data)
+                await dispatch(request.app, session, conn, frame.data)
             elif frame.type is WSMsgType.BINARY:
                 send_error(conn, ErrorCode.BAD_FRAME, "binary frames are not accepted", None)
             elif frame.type is WSMsgType.ERROR:

@@ -86,8 +86,12 @@ class Clients:
             await client.close(drain=0)
 
 
+PROVIDER_KEY = "test-provider-key"
+
+
 def make_settings(data_dir: Path, **overrides: Any) -> Settings:
-    defaults: dict[str, Any] = {"data_dir": data_dir, "grace": 5.0, "sweep_interval": 0.2}
+    defaults: dict[str, Any] = {"data_dir": data_dir, "grace": 5.0, "sweep_interval": 0.2,
+                                "provider_key": PROVIDER_KEY}
     return Settings(**(defaults | overrides))
 
 
@@ -154,6 +158,54 @@ class ServerProcess:
             except subprocess.TimeoutExpired:
                 self.kill()
         return self.proc.returncode if self.proc else None
+
+
+class ProviderProcess:
+    """``voicebot bots`` in a child process."""
+
+    def __init__(self, server_url: str, key: str = PROVIDER_KEY, capacity: int = 4,
+                 name: str = "test-provider", plugins: tuple[str, ...] = ()) -> None:
+        args = [sys.executable, "-m", "signaling.cli", "--log-level", "DEBUG", "bots",
+                "--server", server_url, "--capacity", str(capacity), "--name", name]
+        for plugin in plugins:
+            args += ["--plugin", plugin]
+        env = os.environ | {"VOICEBOT_PROVIDER_KEY": key,
+                            "VOICEBOT_MEDIA_DIRS": str(ROOT / "tests" / "data")}
+        self.log_path = Path(os.environ.get("TMPDIR", "/tmp")) / f"provider-{os.getpid()}-{name}.log"
+        self._log = open(self.log_path, "wb")
+        self.proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=self._log,
+                                     stderr=subprocess.STDOUT)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait()
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        self._log.close()
+
+
+@pytest.fixture
+def provider_process() -> Any:
+    procs: list[ProviderProcess] = []
+
+    def make(server_url: str, **kwargs: Any) -> ProviderProcess:
+        proc = ProviderProcess(server_url, **kwargs)
+        procs.append(proc)
+        return proc
+
+    yield make
+    for proc in procs:
+        proc.stop()
 
 
 @pytest.fixture

@@ -1,0 +1,319 @@
+"""A bot's side of the lobby mesh: one ``RTCPeerConnection`` per peer, negotiated over signaling.
+
+Roles follow the server's rule (the joiner offers). Glare — both sides offering at once, e.g.
+after both reconnected — is settled by session id: the side with the smaller id is polite and
+drops its own offer to answer the other's; the other ignores the incoming offer.
+
+aiortc gathers all of its candidates before ``setLocalDescription`` returns, so our SDP carries
+them and we send only the end-of-candidates marker; candidates trickled by browsers are added
+as they come (buffered until the remote description is set).
+
+Every queue between aiortc and the bot is bounded: received tracks are pumped continuously
+into a ``BoundedTrack`` that drops its oldest frame when the bot falls behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import fractions
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+import av
+from aiortc import (MediaStreamTrack, RTCIceCandidate, RTCPeerConnection,
+                    RTCSessionDescription)
+from aiortc.contrib.media import MediaRelay
+from aiortc.mediastreams import AudioStreamTrack, MediaStreamError
+from aiortc.sdp import candidate_from_sdp
+
+from shared import protocol as p
+from shared.client import SignalingClient
+
+from .plugin import Peer
+
+log = logging.getLogger(__name__)
+
+SAMPLE_RATE = 48_000
+
+
+class BoundedTrack(MediaStreamTrack):
+    """A received track behind a bounded queue; the oldest frame goes when it is full."""
+
+    kind = "audio"
+
+    def __init__(self, source: MediaStreamTrack, max_frames: int) -> None:
+        super().__init__()
+        self.source = source
+        self.dropped = 0
+        self.received = 0
+        self._queue: asyncio.Queue[av.AudioFrame | None] = asyncio.Queue(max_frames)
+        self._pump = asyncio.create_task(self._run(), name="bounded-track-pump")
+
+    def _put(self, frame: av.AudioFrame | None) -> None:
+        if self._queue.full():
+            self._queue.get_nowait()
+            self.dropped += 1
+        self._queue.put_nowait(frame)
+
+    async def _run(self) -> None:
+        try:
+            while True:
+                frame = await self.source.recv()
+                self.received += 1
+                self._put(frame)  # type: ignore[arg-type]
+        except (MediaStreamError, asyncio.CancelledError):
+            pass
+        finally:
+            self._put(None)
+
+    async def recv(self) -> av.AudioFrame:
+        if self.readyState != "live":
+            raise MediaStreamError
+        frame = await self._queue.get()
+        if frame is None:
+            self.stop()
+            raise MediaStreamError
+        return frame
+
+    def stop(self) -> None:
+        super().stop()
+        self._pump.cancel()
+
+
+class OutgoingAudio(MediaStreamTrack):
+    """What a bot sends to one peer: silence until a source is set, then the source.
+
+    Frames are converted to 48 kHz mono s16 (what aiortc's Opus encoder takes) and stamped
+    with one continuous clock, so switching sources never makes time jump.
+    """
+
+    kind = "audio"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._source: MediaStreamTrack | None = None
+        self._silence = AudioStreamTrack()
+        # PyAV resamplers are fixed to their first input's format: one per input format
+        self._resamplers: dict[tuple[str, str, int], av.AudioResampler] = {}
+        self._ready: collections.deque[av.AudioFrame] = collections.deque()
+        self._pts = 0
+
+    def set_source(self, track: MediaStreamTrack | None) -> None:
+        self._source = track
+
+    async def recv(self) -> av.AudioFrame:
+        while not self._ready:
+            frame = None
+            if self._source is not None:
+                try:
+                    frame = await self._source.recv()
+                except MediaStreamError:
+                    self._source = None  # the source ended: back to silence
+            if frame is None:
+                frame = await self._silence.recv()
+            frame.pts = None
+            key = (frame.format.name, frame.layout.name, frame.sample_rate)
+            resampler = self._resamplers.get(key)
+            if resampler is None:
+                resampler = self._resamplers[key] = av.AudioResampler(
+                    format="s16", layout="mono", rate=SAMPLE_RATE)
+            self._ready.extend(resampler.resample(frame))
+        out = self._ready.popleft()
+        out.pts, out.time_base = self._pts, fractions.Fraction(1, SAMPLE_RATE)
+        self._pts += out.samples
+        return out
+
+    def stop(self) -> None:
+        super().stop()
+        self._silence.stop()
+
+
+@dataclass
+class PeerLink:
+    peer: Peer
+    pc: RTCPeerConnection
+    outgoing: OutgoingAudio | None
+    pending_ice: list[RTCIceCandidate] = field(default_factory=list)
+    tracks: list[BoundedTrack] = field(default_factory=list)
+    connected: bool = False
+
+
+TrackHandler = Callable[[Peer, MediaStreamTrack], Awaitable[None]]
+PeerHandler = Callable[[Peer], Awaitable[None]]
+
+
+class Mesh:
+    """Peer connections of one bot session in one lobby."""
+
+    def __init__(self, client: SignalingClient, lobby_id: str, *, sends_audio: bool,
+                 on_track: TrackHandler, on_peer_connected: PeerHandler,
+                 on_peer_left: PeerHandler, max_frames: int = 100) -> None:
+        self.client = client
+        self.lobby_id = lobby_id
+        self.sends_audio = sends_audio
+        self.max_frames = max_frames
+        self.links: dict[str, PeerLink] = {}
+        self._on_track, self._on_peer_connected, self._on_peer_left = (
+            on_track, on_peer_connected, on_peer_left)
+        self._relay = MediaRelay()
+        self._source: MediaStreamTrack | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._closed = False
+        for type_, handler in ((p.MessageType.PEER_ADDED, self._peer_added),
+                               (p.MessageType.PEER_REMOVED, self._peer_removed),
+                               (p.MessageType.SDP, self._sdp), (p.MessageType.ICE, self._ice)):
+            client.on(type_, handler)
+
+    @property
+    def me(self) -> str:
+        return self.client.session_id or ""
+
+    def set_source(self, track: MediaStreamTrack) -> None:
+        """Sends ``track`` to every peer, present and future (one relayed copy each)."""
+        if not self.sends_audio:
+            raise RuntimeError("this bot kind does not send audio (set sends_audio = True)")
+        self._source = track
+        for link in self.links.values():
+            if link.outgoing is not None:
+                link.outgoing.set_source(self._relay.subscribe(track))
+
+    def connected_peers(self) -> list[Peer]:
+        return [link.peer for link in self.links.values() if link.connected]
+
+    # --- signaling ----------------------------------------------------------------------------
+
+    async def _peer_added(self, msg: p.Message) -> None:
+        assert isinstance(msg, p.PeerAdded)
+        if msg.lobby_id != self.lobby_id or self._closed:
+            return
+        peer = Peer(msg.peer.session_id, msg.peer.name, msg.peer.bot)
+        link = await self._new_link(peer)
+        if msg.create_offer:
+            await link.pc.setLocalDescription(await link.pc.createOffer())
+            await self._send_description(link)
+
+    async def _peer_removed(self, msg: p.Message) -> None:
+        assert isinstance(msg, p.PeerRemoved)
+        if msg.lobby_id == self.lobby_id:
+            await self._drop(msg.peer_id, left=True)
+
+    async def _sdp(self, msg: p.Message) -> None:
+        assert isinstance(msg, p.Sdp)
+        if msg.lobby_id != self.lobby_id or self._closed:
+            return
+        link = self.links.get(msg.peer_id)
+        desc = RTCSessionDescription(sdp=msg.description.sdp, type=msg.description.type)
+        if desc.type == "offer":
+            glare = link is not None and link.pc.signalingState == "have-local-offer"
+            if glare and self.me > msg.peer_id:
+                log.info("glare with %s: keeping our offer", msg.peer_id)
+                return
+            if link is None or glare:  # aiortc can't roll back: the polite side starts afresh
+                peer = link.peer if link else Peer(msg.peer_id, msg.peer_id)
+                link = await self._new_link(peer)
+            await link.pc.setRemoteDescription(desc)
+            await self._flush_ice(link)
+            await link.pc.setLocalDescription(await link.pc.createAnswer())
+            await self._send_description(link)
+        elif desc.type == "answer" and link is not None and \
+                link.pc.signalingState == "have-local-offer":
+            await link.pc.setRemoteDescription(desc)
+            await self._flush_ice(link)
+
+    async def _ice(self, msg: p.Message) -> None:
+        assert isinstance(msg, p.Ice)
+        link = self.links.get(msg.peer_id)
+        if msg.lobby_id != self.lobby_id or link is None or msg.candidate is None:
+            return
+        raw = msg.candidate.candidate
+        if not raw:
+            return
+        cand = candidate_from_sdp(raw.split(":", 1)[1] if raw.startswith("candidate:") else raw)
+        cand.sdpMid, cand.sdpMLineIndex = msg.candidate.sdpMid, msg.candidate.sdpMLineIndex
+        if link.pc.remoteDescription is None:
+            link.pending_ice.append(cand)
+        else:
+            await link.pc.addIceCandidate(cand)
+
+    async def _flush_ice(self, link: PeerLink) -> None:
+        for cand in link.pending_ice:
+            await link.pc.addIceCandidate(cand)
+        link.pending_ice.clear()
+
+    async def _send_description(self, link: PeerLink) -> None:
+        desc = link.pc.localDescription
+        self.client.send(p.Sdp(lobby_id=self.lobby_id, peer_id=link.peer.session_id,
+                               description=p.SessionDescription(type=desc.type, sdp=desc.sdp)))
+        self.client.send(p.Ice(lobby_id=self.lobby_id, peer_id=link.peer.session_id,
+                               candidate=None))
+
+    # --- peer connections ---------------------------------------------------------------------
+
+    async def _new_link(self, peer: Peer) -> PeerLink:
+        await self._drop(peer.session_id, left=False)
+        pc = RTCPeerConnection()
+        outgoing = None
+        if self.sends_audio:
+            outgoing = OutgoingAudio()
+            if self._source is not None:
+                outgoing.set_source(self._relay.subscribe(self._source))
+            pc.addTransceiver(outgoing, direction="sendrecv")
+        else:
+            pc.addTransceiver("audio", direction="recvonly")
+        link = PeerLink(peer, pc, outgoing)
+        self.links[peer.session_id] = link
+
+        @pc.on("track")
+        def on_track(track: MediaStreamTrack) -> None:
+            if track.kind != "audio":
+                return
+            bounded = BoundedTrack(track, self.max_frames)
+            link.tracks.append(bounded)
+            self._spawn(self._on_track(peer, bounded))
+
+        @pc.on("connectionstatechange")
+        async def on_state() -> None:
+            if pc.connectionState == "connected" and not link.connected:
+                link.connected = True
+                self._spawn(self._on_peer_connected(peer))
+            elif pc.connectionState == "failed" and self.links.get(peer.session_id) is link:
+                log.info("connection to %s failed", peer.session_id)
+                await self._drop(peer.session_id, left=False)
+
+        return link
+
+    async def _drop(self, peer_id: str, *, left: bool) -> None:
+        link = self.links.pop(peer_id, None)
+        if link is None:
+            return
+        for track in link.tracks:
+            track.stop()
+        if link.outgoing is not None:
+            link.outgoing.stop()
+        await link.pc.close()
+        if left:
+            self._spawn(self._on_peer_left(link.peer))
+
+    def _spawn(self, coro: Awaitable[None]) -> None:
+        async def guarded() -> None:
+            try:
+                await coro
+            except Exception:
+                log.exception("bot hook failed")
+
+        task = asyncio.ensure_future(guarded())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def close(self) -> None:
+        self._closed = True
+        for peer_id in list(self.links):
+            await self._drop(peer_id, left=False)
+        for task in list(self._tasks):
+            task.cancel()
+        for task in list(self._tasks):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task

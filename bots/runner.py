@@ -1,0 +1,122 @@
+"""Runs one bot instance: its own signaling session, its mesh, and the plugin's hooks.
+
+An exception in a hook is logged and reported as the bot's status; it never reaches the
+provider. The instance lives until it is stopped or its session is refused.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+
+from aiortc import MediaStreamTrack
+
+from shared import protocol as p
+from shared.client import ClientConfig, SignalingClient
+
+from .mesh import Mesh
+from .plugin import Bot, BotConfig, InvalidConfig, LobbyAccess, Peer
+
+log = logging.getLogger(__name__)
+
+StatusReporter = Callable[[p.BotStatus], None]
+
+
+class BotRunner(LobbyAccess):
+    def __init__(self, start: p.BotStart, cls: type[Bot], server_url: str,
+                 report: StatusReporter, client_options: dict[str, object] | None = None) -> None:
+        self.start_msg = start
+        self.bot_id = start.bot_id
+        self.lobby_id = start.lobby_id
+        self.name = start.name
+        self.session_id = ""
+        self.cls = cls
+        self.status = "starting"
+        self._report = report
+        self.client = SignalingClient(ClientConfig(url=server_url, token=start.token,
+                                                   create_session=False,
+                                                   **(client_options or {})))  # type: ignore[arg-type]
+        self.bot: Bot | None = None
+        self.mesh: Mesh | None = None
+        self._members: dict[str, Peer] = {}
+
+    # --- LobbyAccess --------------------------------------------------------------------------
+
+    def peers(self) -> dict[str, Peer]:
+        return dict(self._members)
+
+    async def post_chat(self, text: str) -> None:
+        await self.client.chat(self.lobby_id, text)
+
+    async def post_transcript(self, message: p.Message) -> None:
+        if getattr(message, "final", False):  # finals must land: acknowledged, re-sent if lost
+            await self.client.request(message, critical=True)
+        else:
+            self.client.send(message)
+
+    def add_track(self, track: MediaStreamTrack) -> None:
+        assert self.mesh is not None
+        self.mesh.set_source(track)
+
+    def set_status(self, status: str, detail: str = "") -> None:
+        self.status = status
+        self._report(p.BotStatus(bot_id=self.bot_id, status=status, detail=detail[:1000]))
+
+    # --- lifecycle ----------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Runs until cancelled; reports ``failed`` if the bot can't start."""
+        try:
+            config: BotConfig = self.cls.Config.parse(self.start_msg.config)
+        except InvalidConfig as exc:
+            self.set_status("failed", f"invalid config: {exc}")
+            return
+        self.set_status("starting")
+        bot = self.bot = self.cls(self, config)
+        self.mesh = Mesh(self.client, self.lobby_id, sends_audio=self.cls.sends_audio,
+                         on_track=bot.on_track, on_peer_connected=self._peer_connected,
+                         on_peer_left=bot.on_peer_left)
+        self.client.on(p.MessageType.CHAT, self._chat)
+        self.client.on(p.MessageType.LOBBY_STATE, self._roster)
+        try:
+            await self.client.start(wait=30)
+            self.session_id = self.client.session_id or ""
+            await self.client.join(lobby_id=self.lobby_id)
+            await bot.on_joined()
+            if self.status == "starting":
+                self.set_status("live")
+            failure = await self.client.wait_stopped()
+            if failure is not None:
+                self.set_status("failed", str(failure))
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.exception("bot %s (%s) failed", self.bot_id, self.cls.kind)
+            self.set_status("failed", f"{type(exc).__name__}: {exc}")
+        finally:
+            await self._shutdown()
+
+    async def _shutdown(self) -> None:
+        if self.bot is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.bot.on_stop(), 5)
+        if self.mesh is not None:
+            await self.mesh.close()
+        await self.client.close(drain=1.0)
+
+    async def _chat(self, msg: p.Message) -> None:
+        assert isinstance(msg, p.Chat)
+        if msg.lobby_id == self.lobby_id and self.bot is not None:
+            await self.bot.on_chat(msg)
+
+    def _roster(self, msg: p.Message) -> None:
+        assert isinstance(msg, p.LobbyState)
+        if msg.lobby.id == self.lobby_id:
+            self._members = {x.session_id: Peer(x.session_id, x.name, x.bot)
+                             for x in msg.participants if x.session_id != self.client.session_id}
+
+    async def _peer_connected(self, peer: Peer) -> None:
+        if self.bot is not None:
+            await self.bot.on_peer_connected(peer)

@@ -1,0 +1,89 @@
+"""A fake lobby to test a bot against, without a server or a network.
+
+    lobby = FakeLobby()
+    bot = EchoBot(lobby, EchoBot.Config.parse({"prefix": "!"}))
+    await lobby.start(bot)
+    await lobby.say("Ann", "!hi")
+    assert lobby.chat == ["hi"]
+
+It implements the same ``LobbyAccess`` a bot gets in a real lobby, and drives the bot's hooks
+the way the runner does.
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any
+
+from aiortc import MediaStreamTrack
+
+from shared import protocol as p
+
+from .plugin import Bot, LobbyAccess, Peer
+
+
+class FakeLobby(LobbyAccess):
+    def __init__(self, lobby_id: str = "fake-lobby", name: str = "Bot") -> None:
+        self.lobby_id = lobby_id
+        self.session_id = "bot-session"
+        self.name = name
+        self.chat: list[str] = []
+        self.transcripts: list[p.Message] = []
+        self.tracks: list[MediaStreamTrack] = []
+        self.statuses: list[tuple[str, str]] = []
+        self.bot: Bot[Any] | None = None
+        self._peers: dict[str, Peer] = {}
+        self._ids = itertools.count(1)
+
+    # --- what the bot sees ---------------------------------------------------------------------
+
+    def peers(self) -> dict[str, Peer]:
+        return dict(self._peers)
+
+    async def post_chat(self, text: str) -> None:
+        self.chat.append(text)
+
+    async def post_transcript(self, message: p.Message) -> None:
+        self.transcripts.append(message)
+
+    def add_track(self, track: MediaStreamTrack) -> None:
+        self.tracks.append(track)
+
+    def set_status(self, status: str, detail: str = "") -> None:
+        if status not in p.BOT_STATUSES:
+            raise ValueError(f"unknown status {status!r}")
+        self.statuses.append((status, detail))
+
+    # --- what the test does ---------------------------------------------------------------------
+
+    async def start(self, bot: Bot[Any]) -> None:
+        self.bot = bot
+        await bot.on_joined()
+
+    async def add_peer(self, name: str, track: MediaStreamTrack | None = None,
+                       *, bot: bool = False) -> Peer:
+        """A peer joins and connects; ``track`` is its audio, if any."""
+        assert self.bot is not None, "call start(bot) first"
+        peer = Peer(f"peer-{next(self._ids)}", name, bot)
+        self._peers[peer.session_id] = peer
+        await self.bot.on_peer_connected(peer)
+        if track is not None:
+            await self.bot.on_track(peer, track)
+        return peer
+
+    async def remove_peer(self, peer: Peer) -> None:
+        assert self.bot is not None
+        self._peers.pop(peer.session_id, None)
+        await self.bot.on_peer_left(peer)
+
+    async def say(self, name: str, text: str) -> None:
+        """A chat message from a peer called ``name`` (added if unknown)."""
+        assert self.bot is not None
+        peer = next((x for x in self._peers.values() if x.name == name), None)
+        session_id = peer.session_id if peer else f"peer-{next(self._ids)}"
+        await self.bot.on_chat(p.Chat(lobby_id=self.lobby_id, text=text, session_id=session_id,
+                                      name=name, message_id=next(self._ids)))
+
+    async def stop(self) -> None:
+        if self.bot is not None:
+            await self.bot.on_stop()

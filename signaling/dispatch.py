@@ -1,0 +1,260 @@
+"""Bot dispatch: which providers are connected, which bots run where, and moving them.
+
+A bot is a session of its own, placed in its lobby by the server. Each time a bot is handed
+to a provider, its session gets a fresh token, so only the newest instance can connect; an
+old instance (a provider that was cut off, not dead) is refused and stops by itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+from shared import protocol as p
+from shared.protocol import ErrorCode, ProtocolError
+
+from . import events
+from .hub import Hub
+from .store import BotRecord
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ProviderInfo:
+    session_id: str
+    name: str
+    capacity: int
+    kinds: dict[str, p.BotKind]
+    bots: set[str] = field(default_factory=set)
+
+    def has_room(self, kind: str) -> bool:
+        return kind in self.kinds and len(self.bots) < self.capacity
+
+
+@dataclass
+class BotInstance:
+    record: BotRecord
+    provider: str | None = None
+    status: str = "pending"
+    detail: str = ""
+
+    @property
+    def id(self) -> str:
+        return self.record.id
+
+    def to_dict(self) -> dict[str, Any]:
+        r = self.record
+        return {"bot_id": r.id, "kind": r.kind, "lobby_id": r.lobby_id, "name": r.name,
+                "session_id": r.session_id, "config": r.config, "status": self.status,
+                "detail": self.detail, "provider": self.provider is not None}
+
+
+def check_config(kind: p.BotKind, config: Any) -> dict[str, Any]:
+    """Checks ``config`` against the schema the provider announced for ``kind``."""
+    if not isinstance(config, dict):
+        raise ProtocolError(ErrorCode.INVALID_CONFIG, "config must be an object")
+    json_types: dict[str, tuple[type, ...]] = {"string": (str,), "integer": (int,),
+                                               "number": (int, float), "boolean": (bool,)}
+    for key, value in config.items():
+        spec = kind.config.get(key)
+        if not isinstance(spec, dict):
+            known = ", ".join(sorted(kind.config)) or "none"
+            raise ProtocolError(ErrorCode.INVALID_CONFIG,
+                                f"{kind.kind} has no setting {key!r} (known: {known})")
+        if value is None and spec.get("nullable"):
+            continue
+        expected = json_types.get(spec.get("type", "string"), (str,))
+        if not isinstance(value, expected) or (isinstance(value, bool) and bool not in expected):
+            raise ProtocolError(ErrorCode.INVALID_CONFIG,
+                                f"{key} must be of type {spec.get('type', 'string')}")
+    return config
+
+
+class Dispatcher:
+    def __init__(self, hub: Hub) -> None:
+        self.hub = hub
+        self.providers: dict[str, ProviderInfo] = {}
+        self.bots: dict[str, BotInstance] = {}
+        self._lock = asyncio.Lock()
+        self._tasks: set[asyncio.Task[None]] = set()
+        hub.bus.subscribe(events.SessionDisconnected, self._on_disconnect)
+        hub.bus.subscribe(events.MemberLeft, self._on_member_left)
+
+    def load(self, records: list[BotRecord]) -> None:
+        for rec in records:
+            if rec.session_id in self.hub.sessions and rec.lobby_id in self.hub.lobbies:
+                self.bots[rec.id] = BotInstance(rec)
+            else:
+                self._spawn(self.hub.store.delete_bot(rec.id))
+
+    # --- queries ------------------------------------------------------------------------------
+
+    def kinds(self) -> list[dict[str, Any]]:
+        merged: dict[str, dict[str, Any]] = {}
+        for prov in self.providers.values():
+            for kind in prov.kinds.values():
+                entry = merged.setdefault(kind.kind, kind.to_dict() | {"providers": 0, "free": 0})
+                entry["providers"] += 1
+                entry["free"] += max(0, prov.capacity - len(prov.bots))
+        return sorted(merged.values(), key=lambda k: k["kind"])
+
+    def lobby_bots(self, lobby_id: str) -> list[BotInstance]:
+        return [b for b in self.bots.values() if b.record.lobby_id == lobby_id]
+
+    def find(self, lobby_id: str, bot_id: str) -> BotInstance:
+        bot = self.bots.get(bot_id)
+        if bot is None or bot.record.lobby_id != lobby_id:
+            raise ProtocolError(ErrorCode.BOT_NOT_FOUND, "no such bot in this lobby")
+        return bot
+
+    # --- requests -----------------------------------------------------------------------------
+
+    async def add(self, lobby_id: str, kind: str, config: Any, name: str | None) -> BotInstance:
+        lobby = self.hub.find_lobby(lobby_id)
+        announced = next((prov.kinds[kind] for prov in self.providers.values()
+                          if kind in prov.kinds), None)
+        if announced is None:
+            known = ", ".join(k["kind"] for k in self.kinds()) or "none"
+            raise ProtocolError(ErrorCode.UNKNOWN_BOT_KIND,
+                                f"no provider offers a {kind!r} bot (available: {known})")
+        config = check_config(announced, config if config is not None else {})
+        if self._pick(kind) is None:
+            await self.hub.post_system(lobby_id, f"Could not add a {kind} bot: no provider has room")
+            raise ProtocolError(ErrorCode.NO_PROVIDER, f"no provider has room for a {kind!r} bot")
+        session, _ = await self.hub.create_session(bot=True)
+        try:
+            display = await self.hub.assign_name(session, name or kind.replace("_", " ").title())
+            await self.hub.add_member(session, lobby)
+        except BaseException:
+            await self.hub.remove_session(session)
+            raise
+        rec = BotRecord(id=secrets.token_hex(6), lobby_id=lobby.id, kind=kind,
+                        session_id=session.id, name=display, config=config)
+        await self.hub.store.save_bot(rec)
+        bot = self.bots[rec.id] = BotInstance(rec)
+        await self._dispatch(bot)
+        return bot
+
+    async def remove(self, bot: BotInstance, reason: str = "removed") -> None:
+        self.bots.pop(bot.id, None)
+        if bot.provider is not None:
+            prov = self.providers.get(bot.provider)
+            if prov is not None:
+                prov.bots.discard(bot.id)
+            self.hub.send_to_session(bot.provider, p.BotStop(bot_id=bot.id))
+        await self.hub.store.delete_bot(bot.id)
+        self._set_status(bot, "stopped", reason)
+        session = self.hub.sessions.get(bot.record.session_id)
+        if session is not None:
+            await self.hub.remove_session(session)
+
+    # --- providers ----------------------------------------------------------------------------
+
+    async def hello(self, provider_session: str, msg: p.ProviderHello) -> None:
+        prov = ProviderInfo(provider_session, msg.name, msg.capacity,
+                            {k.kind: k for k in msg.kinds})
+        self.providers[provider_session] = prov
+        log.info("provider %s connected: %s, capacity %d", msg.name,
+                 ", ".join(prov.kinds) or "no kinds", msg.capacity)
+        for running in msg.running:
+            bot = self.bots.get(running.bot_id)
+            if bot is not None and bot.provider in (None, provider_session):
+                bot.provider = provider_session  # a server restart: the bot never stopped
+                prov.bots.add(bot.id)
+            else:  # moved elsewhere meanwhile, or removed: only one instance may run
+                self.hub.send_to_session(provider_session, p.BotStop(bot_id=running.bot_id))
+        await self.dispatch_pending()
+
+    def bot_status(self, provider_session: str, msg: p.BotStatus) -> None:
+        bot = self.bots.get(msg.bot_id)
+        if bot is None or bot.provider != provider_session:
+            return
+        self._set_status(bot, msg.status, msg.detail)
+        if msg.status == "failed":
+            prov = self.providers.get(provider_session)
+            if prov is not None:
+                prov.bots.discard(bot.id)
+            bot.provider = None
+            self._spawn(self.hub.post_system(bot.record.lobby_id,
+                                             f"{bot.record.name} failed: {msg.detail}"))
+
+    def _set_status(self, bot: BotInstance, status: str, detail: str = "") -> None:
+        bot.status, bot.detail = status, detail
+        r = bot.record
+        self.hub.send_to_lobby(r.lobby_id, p.BotStatus(
+            bot_id=r.id, status=status, detail=detail, lobby_id=r.lobby_id, kind=r.kind,
+            name=r.name, session_id=r.session_id))
+
+    def _pick(self, kind: str) -> ProviderInfo | None:
+        candidates = [prov for prov in self.providers.values() if prov.has_room(kind)]
+        return min(candidates, key=lambda prov: (len(prov.bots) / max(prov.capacity, 1),
+                                                 len(prov.bots)), default=None)
+
+    async def _dispatch(self, bot: BotInstance) -> bool:
+        prov = self._pick(bot.record.kind)
+        session = self.hub.sessions.get(bot.record.session_id)
+        if prov is None or session is None:
+            return False
+        token = await self.hub.rotate_token(session)
+        bot.provider = prov.session_id
+        prov.bots.add(bot.id)
+        r = bot.record
+        self.hub.send_to_session(prov.session_id, p.BotStart(
+            bot_id=r.id, kind=r.kind, lobby_id=r.lobby_id, token=token, name=r.name,
+            config=r.config))
+        self._set_status(bot, "starting", f"on {prov.name}")
+        return True
+
+    async def dispatch_pending(self) -> None:
+        async with self._lock:
+            for bot in list(self.bots.values()):
+                if bot.provider is None and bot.id in self.bots:
+                    if not await self._dispatch(bot) and bot.status != "pending":
+                        self._set_status(bot, "pending", "waiting for a provider with room")
+
+    def _on_disconnect(self, event: events.SessionDisconnected) -> None:
+        prov = self.providers.pop(event.session_id, None)
+        if prov is None:
+            return
+        log.warning("provider %s disconnected; moving its %d bot(s)", prov.name, len(prov.bots))
+        for bot_id in prov.bots:
+            bot = self.bots.get(bot_id)
+            if bot is not None:
+                bot.provider = None
+                self._set_status(bot, "pending", "its provider went away")
+        self._spawn(self.dispatch_pending())
+
+    def _on_member_left(self, event: events.MemberLeft) -> None:
+        """Bots leave with the last human, so the lobby can empty and expire."""
+        lobby = self.hub.lobbies.get(event.lobby_id)
+        if lobby is None:
+            return
+        if any(not self.hub.sessions[m].record.bot for m in lobby.members):
+            return
+        for bot in self.lobby_bots(event.lobby_id):
+            self._spawn(self.remove(bot, "everyone left"))
+
+    def _spawn(self, coro: Any) -> None:
+        async def guarded() -> None:
+            try:
+                await coro
+            except Exception:
+                log.exception("dispatcher task failed")
+
+        task = asyncio.create_task(guarded())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+DISPATCHER = web.AppKey("dispatcher", Dispatcher)

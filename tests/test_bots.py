@@ -1,0 +1,293 @@
+"""The bot platform with real processes: providers, dispatch, the player bot, re-dispatch."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import aiohttp
+import numpy as np
+import pytest
+from aiortc import MediaStreamTrack
+from aiohttp.test_utils import TestServer
+
+from bots.echo import EchoBot
+from bots.mesh import Mesh
+from bots.plugin import BotConfig, InvalidConfig, Peer, discover, setting
+from bots.testing import FakeLobby
+from shared import protocol as p
+from signaling.dispatch import DISPATCHER
+
+from .conftest import ROOT, Clients, Inbox
+
+SPEECH = str(ROOT / "tests" / "data" / "speaker_a.wav")
+
+
+async def wait_until(predicate: Any, timeout: float = 10.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.05)
+
+
+async def bot_kinds(url: str) -> list[str]:
+    async with aiohttp.ClientSession() as http:
+        async with http.get(url + "api/bots") as r:
+            return [k["kind"] for k in (await r.json())["kinds"]]
+
+
+async def api(method: str, url: str, token: str | None, body: Any = None) -> tuple[int, Any]:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    async with aiohttp.ClientSession() as http:
+        async with http.request(method, url, json=body, headers=headers) as r:
+            return r.status, await r.json()
+
+
+class Listener:
+    """A test peer: joins over the shared client and measures the audio energy it receives."""
+
+    def __init__(self, client: Any, lobby_id: str) -> None:
+        self.energy: dict[str, list[float]] = {}
+        self.mesh = Mesh(client, lobby_id, sends_audio=False, on_track=self._track,
+                         on_peer_connected=self._noop, on_peer_left=self._noop)
+
+    async def _noop(self, peer: Peer) -> None:
+        pass
+
+    async def _track(self, peer: Peer, track: MediaStreamTrack) -> None:
+        series = self.energy.setdefault(peer.name, [])
+        try:
+            while True:
+                frame = await track.recv()
+                pcm = frame.to_ndarray().astype(np.float32) / 32768.0  # type: ignore[union-attr]
+                series.append(float(np.sqrt(np.mean(pcm ** 2))))
+        except Exception:
+            return
+
+
+# --- the plugin API, without a server ----------------------------------------------------------
+
+
+async def test_echo_bot_in_a_fake_lobby() -> None:
+    lobby = FakeLobby()
+    bot = EchoBot(lobby, EchoBot.Config.parse({"prefix": "!"}))
+    await lobby.start(bot)
+    assert lobby.statuses[-1][0] == "live"
+    await lobby.add_peer("Ann")
+    await lobby.say("Ann", "!hi there")
+    await lobby.say("Ann", "no prefix")
+    assert lobby.chat == ["Hello, Ann!", "hi there"]
+
+
+def test_config_schema_and_validation() -> None:
+    from dataclasses import dataclass
+
+    @dataclass(frozen=True)
+    class Cfg(BotConfig):
+        rate: float = setting(1.0, "speed")
+        label: str | None = setting(None, "a label")
+        count: int = setting(3, "how many")
+
+    assert Cfg.schema()["rate"] == {"type": "number", "nullable": False, "default": 1.0,
+                                    "help": "speed"}
+    assert Cfg.schema()["label"]["nullable"]
+    assert Cfg.parse({"count": 5}).count == 5
+    for bad in ({"count": "5"}, {"colour": "red"}, {"count": True}):
+        with pytest.raises(InvalidConfig):
+            Cfg.parse(bad)
+
+
+def test_discovery_includes_builtins_and_the_example_plugin() -> None:
+    found = discover()
+    assert {"player", "echo"} <= set(found)
+    # examples/countdown-bot is a separate distribution, installed by .ci/run
+    assert "countdown" in found, "pip install -e examples/countdown-bot"
+
+
+def test_a_broken_plugin_is_logged_and_skipped(tmp_path: Any, monkeypatch: Any,
+                                               caplog: Any) -> None:
+    dist = tmp_path / "broken_plugin-1.0.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: broken-plugin\nVersion: 1.0\n")
+    (dist / "entry_points.txt").write_text(
+        "[ai_voicebot.bots]\nbroken = no_such_module:Bot\nwrong = json:JSONDecoder\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    found = discover()
+    assert "broken" not in found and "wrong" not in found and "echo" in found
+    assert "bot plugin 'broken'" in caplog.text and "bot plugin 'wrong'" in caplog.text
+
+
+async def test_countdown_example_runs() -> None:
+    cls = discover()["countdown"]
+    lobby = FakeLobby()
+    await lobby.start(cls(lobby, cls.Config.parse({"start": 3, "interval": 0.01})))
+    await lobby.say("Ann", "!countdown")
+    await wait_until(lambda: len(lobby.chat) >= 4, 5, "countdown")
+    assert lobby.chat == ["3", "2", "1", "Liftoff!"]
+
+
+# --- real processes ------------------------------------------------------------------------------
+
+
+async def test_provider_player_bot_reaches_a_peer(server: TestServer, clients: Clients,
+                                                  provider_process: Any) -> None:
+    url = str(server.make_url("/"))
+    provider_process(url)
+    await wait_until(lambda: "player" in server.app[DISPATCHER].kinds().__repr__(), 30,
+                     "the provider to register")
+    assert {"player", "echo"} <= set(await bot_kinds(url))
+
+    human, inbox = await clients.new("Listener")
+    lobby = (await human.join(lobby_name="with a bot")).lobby.id
+    listener = Listener(human, lobby)
+    status, bot = await api("POST", url + f"api/lobbies/{lobby}/bots", human.config.token,
+                            {"kind": "player", "config": {"path": SPEECH, "delay": 0.2}})
+    assert status == 201, bot
+    state = await inbox.wait_for(p.LobbyState, lambda m: any(
+        x.bot and x.connected for x in m.participants))
+    bot_participant = next(x for x in state.participants if x.bot)
+    assert bot_participant.name == "Player" and bot_participant.session_id == bot["session_id"]
+    await inbox.wait_for(p.BotStatus, lambda m: m.status == "live" and "playing" in m.detail,
+                         timeout=30)
+    # the speech arrives: clearly louder than silence for a good part of a second
+    await wait_until(lambda: sum(e > 0.02 for e in listener.energy.get("Player", [])) > 25,
+                     20, "speech energy from the player")
+    assert listener.mesh.links[bot["session_id"]].pc.connectionState == "connected"
+
+    status, _ = await api("DELETE", url + f"api/lobbies/{lobby}/bots/{bot['bot_id']}",
+                          human.config.token)
+    assert status == 200
+    await inbox.wait_for(p.PeerRemoved, peer_id=bot["session_id"])
+    await wait_until(lambda: not listener.mesh.links, 10, "the peer connection to close")
+    await inbox.wait_for(p.LobbyState, lambda m: not any(x.bot for x in m.participants))
+    status, listing = await api("GET", url + f"api/lobbies/{lobby}/bots", None)
+    assert listing == {"bots": []}
+    await listener.mesh.close()
+
+
+async def test_provider_killed_bot_moves_to_another(server: TestServer, clients: Clients,
+                                                    provider_process: Any) -> None:
+    url = str(server.make_url("/"))
+    dispatcher = server.app[DISPATCHER]
+    first = provider_process(url, name="first")
+    await wait_until(lambda: len(dispatcher.providers) == 1, 30, "the first provider")
+    human, inbox = await clients.new("Host")
+    lobby = (await human.join(lobby_name="failover")).lobby.id
+    listener = Listener(human, lobby)  # the greeting comes once the WebRTC link is up
+    status, bot = await api("POST", url + f"api/lobbies/{lobby}/bots", human.config.token,
+                            {"kind": "echo", "name": "Parrot"})
+    assert status == 201
+    await inbox.wait_for(p.Chat, text="Hello, Host!", timeout=30)
+    provider_process(url, name="second")
+    await wait_until(lambda: len(dispatcher.providers) == 2, 30, "the second provider")
+
+    first.kill()
+    killed = time.monotonic()
+    # the same bot (same session, same name) is back, running on the second provider
+    await wait_until(lambda: dispatcher.bots[bot["bot_id"]].status == "live" and
+                     len(dispatcher.providers) == 1, 10, "the bot to come back")
+    assert time.monotonic() - killed < 5
+    moved_to = dispatcher.bots[bot["bot_id"]].provider
+    assert moved_to is not None and dispatcher.providers[moved_to].name == "second"
+    await human.chat(lobby, "!echo still here")
+    await inbox.wait_for(p.Chat, text="still here", name="Parrot", timeout=10)
+    await listener.mesh.close()
+
+
+async def test_bot_request_errors(server: TestServer, clients: Clients,
+                                  provider_process: Any) -> None:
+    url = str(server.make_url("/"))
+    human, inbox = await clients.new("Asker")
+    lobby = (await human.join(lobby_name="errors")).lobby.id
+    path = url + f"api/lobbies/{lobby}/bots"
+    status, body = await api("POST", path, human.config.token, {"kind": "player"})
+    assert (status, body["error"]["code"]) == (400, "unknown_bot_kind")
+
+    provider_process(url, capacity=1, plugins=("echo", "player"))
+    await wait_until(lambda: server.app[DISPATCHER].providers, 30, "the provider")
+    status, body = await api("POST", path, human.config.token,
+                             {"kind": "echo", "config": {"volume": 11}})
+    assert (status, body["error"]["code"]) == (400, "invalid_config")
+    status, body = await api("POST", path, human.config.token,
+                             {"kind": "echo", "config": {"prefix": 5}})
+    assert (status, body["error"]["code"]) == (400, "invalid_config")
+    status, body = await api("POST", path, None, {"kind": "echo"})
+    assert status == 401
+    status, _ = await api("POST", path, human.config.token, {"kind": "echo"})
+    assert status == 201
+    status, body = await api("POST", path, human.config.token, {"kind": "echo"})
+    assert (status, body["error"]["code"]) == (503, "no_provider")
+    await inbox.wait_for(p.Chat, lambda m: m.kind == "system" and "no provider" in m.text)
+    # a config only the provider can check (the file does not exist): failed, said in the lobby
+    status, body = await api("DELETE", path + "/" + (await api("GET", path, None))[1]["bots"][0]["bot_id"],
+                             human.config.token)
+    assert status == 200
+    status, body = await api("POST", path, human.config.token,
+                             {"kind": "player", "config": {"path": "/nonexistent.wav"}})
+    assert status == 201
+    await inbox.wait_for(p.BotStatus, lambda m: m.status == "failed" and "media" in m.detail)
+    await inbox.wait_for(p.Chat, lambda m: m.kind == "system" and "failed" in m.text)
+    status, body = await api("DELETE", path + "/nope", human.config.token)
+    assert (status, body["error"]["code"]) == (404, "bot_not_found")
+
+
+async def test_wrong_provider_key_is_refused(server: TestServer, provider_process: Any) -> None:
+    proc = provider_process(str(server.make_url("/")), key="wrong")
+    await wait_until(lambda: proc.proc.poll() is not None, 30, "the provider to exit")
+    assert proc.proc.returncode != 0
+    assert "provider key" in proc.log()
+    assert not server.app[DISPATCHER].providers
+
+
+async def test_bots_leave_with_the_last_human(tmp_path: Any, provider_process: Any) -> None:
+    from .test_persistence import start
+    from .conftest import free_port
+
+    srv = await start(tmp_path, free_port(), grace=0.3)
+    pool = Clients(str(srv.make_url("/")))
+    try:
+        provider_process(str(srv.make_url("/")))
+        await wait_until(lambda: srv.app[DISPATCHER].providers, 30, "the provider")
+        human, inbox = await pool.new("Only human")
+        lobby = (await human.join(lobby_name="emptying")).lobby.id
+        await api("POST", str(srv.make_url(f"/api/lobbies/{lobby}/bots")), human.config.token,
+                  {"kind": "echo"})
+        await inbox.wait_for(p.BotStatus, lambda m: m.status == "live", timeout=30)
+        await human.part(lobby)
+        dispatcher = srv.app[DISPATCHER]
+        await wait_until(lambda: not dispatcher.bots and not dispatcher.hub.lobbies[lobby].members,
+                         10, "the bot to leave")
+    finally:
+        await pool.close()
+        await srv.close()
+
+
+async def test_voicebot_up_runs_server_and_provider(tmp_path: Any) -> None:
+    """The README's first command: the server with a local provider that registers."""
+    import os
+    import subprocess
+    import sys
+
+    from .conftest import free_port
+
+    port = free_port()
+    env = os.environ | {"VOICEBOT_PROVIDER_KEY": ""}
+    proc = subprocess.Popen([sys.executable, "-m", "signaling.cli", "up", "--port", str(port),
+                             "--data-dir", str(tmp_path / "data")], cwd=ROOT, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        deadline = time.monotonic() + 60
+        kinds: list[str] = []
+        while time.monotonic() < deadline and "player" not in kinds:
+            await asyncio.sleep(0.3)
+            try:
+                kinds = await bot_kinds(url)
+            except aiohttp.ClientError:
+                pass
+        assert {"player", "echo"} <= set(kinds)
+    finally:
+        proc.terminate()
+        assert proc.wait(20) == 0
