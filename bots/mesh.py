@@ -32,6 +32,7 @@ from aiortc.sdp import candidate_from_sdp
 from shared import protocol as p
 from shared.client import SignalingClient
 
+from .audio import Converter
 from .plugin import Peer
 
 log = logging.getLogger(__name__)
@@ -96,8 +97,7 @@ class OutgoingAudio(MediaStreamTrack):
         super().__init__()
         self._source: MediaStreamTrack | None = None
         self._silence = AudioStreamTrack()
-        # PyAV resamplers are fixed to their first input's format: one per input format
-        self._resamplers: dict[tuple[str, str, int], av.AudioResampler] = {}
+        self._converter = Converter("s16", "mono", SAMPLE_RATE)
         self._ready: collections.deque[av.AudioFrame] = collections.deque()
         self._pts = 0
 
@@ -115,12 +115,7 @@ class OutgoingAudio(MediaStreamTrack):
             if frame is None:
                 frame = await self._silence.recv()
             frame.pts = None
-            key = (frame.format.name, frame.layout.name, frame.sample_rate)
-            resampler = self._resamplers.get(key)
-            if resampler is None:
-                resampler = self._resamplers[key] = av.AudioResampler(
-                    format="s16", layout="mono", rate=SAMPLE_RATE)
-            self._ready.extend(resampler.resample(frame))
+            self._ready.extend(self._converter.convert(frame))
         out = self._ready.popleft()
         out.pts, out.time_base = self._pts, fractions.Fraction(1, SAMPLE_RATE)
         self._pts += out.samples

@@ -13,13 +13,17 @@ the way the runner does.
 from __future__ import annotations
 
 import itertools
+import threading
+from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 from aiortc import MediaStreamTrack
 
 from shared import protocol as p
 
 from .plugin import Bot, LobbyAccess, Peer
+from .stt import STT, Recognition
 
 
 class FakeLobby(LobbyAccess):
@@ -87,3 +91,28 @@ class FakeLobby(LobbyAccess):
     async def stop(self) -> None:
         if self.bot is not None:
             await self.bot.on_stop()
+
+
+class ScriptedSTT(STT):
+    """A fake engine: answers with ``script(audio, final)`` after ``delay`` seconds of "work".
+
+    ``gate``, when given, holds every call until it is set, to test what happens under load.
+    """
+
+    name = "scripted"
+
+    def __init__(self, script: Callable[[np.ndarray, bool], str] | None = None,
+                 delay: float = 0.0, gate: threading.Event | None = None) -> None:
+        self.script = script or (lambda audio, final: f"{len(audio)} samples")
+        self.delay = delay
+        self.gate = gate
+        self.calls: list[tuple[int, bool]] = []
+
+    def recognize(self, audio: np.ndarray, *, final: bool) -> Recognition:
+        if self.gate is not None:
+            self.gate.wait(10)
+        if self.delay:
+            threading.Event().wait(self.delay)
+        self.calls.append((len(audio), final))
+        return Recognition(text=self.script(audio, final), language="en", no_speech_prob=0.0,
+                           avg_logprob=0.0, audio_s=len(audio) / 16000, inference_s=self.delay)

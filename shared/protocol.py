@@ -413,6 +413,37 @@ class Error(Message):
     ref: str | None = None
 
 
+@dataclass(frozen=True)
+class Transcript(Message):
+    """Speech of one speaker. Interims (``final`` false) are replaced in place by segment id,
+    an empty interim clears it; finals are stored with the lobby's chat and replayed."""
+
+    type: ClassVar[MessageType] = MessageType.TRANSCRIPT
+    lobby_id: str
+    segment_id: str
+    speaker_id: str
+    text: str
+    final: bool
+    speaker_name: str = ""
+    start: float = 0.0  # seconds since the epoch
+    end: float = 0.0
+    model: str = ""
+    language: str | None = None
+    message_id: int | None = None  # set by the server on stored finals
+    bot_id: str | None = None  # the bot session that transcribed it (set by the server)
+
+    def validate(self) -> None:
+        _check_len("lobby_id", self.lobby_id, MAX_ID_LEN, 1)
+        _check_len("segment_id", self.segment_id, MAX_ID_LEN * 2, 1)
+        _check_len("speaker_id", self.speaker_id, MAX_ID_LEN, 1)
+        _check_len("text", self.text, MAX_TRANSCRIPT_LEN, 1 if self.final else 0)
+        _check_len("speaker_name", self.speaker_name, MAX_NAME_LEN * 2)
+        _check_len("model", self.model, MAX_ID_LEN)
+        _check_len("language", self.language, 16)
+        if self.end < self.start:
+            raise _invalid("end must not be before start")
+
+
 # --- bots and their providers ---------------------------------------------------------------
 
 BOT_STATUSES = ("pending", "starting", "loading", "live", "lagging", "failed", "stopped")
@@ -494,14 +525,8 @@ MESSAGES: dict[MessageType, type[Message]] = {
     cls.type: cls
     for cls in (SetName, Join, Part, Ping, Chat, Sdp, Ice, Welcome, Session, LobbyState,
                 PeerAdded, PeerRemoved, Ack, Pong, Error, ProviderHello, BotStart, BotStop,
-                BotStatus)
+                BotStatus, Transcript)
 }
-
-
-def register(cls: type[Message]) -> type[Message]:
-    """Adds a message class defined elsewhere (e.g. transcripts) to the decoder's table."""
-    MESSAGES[cls.type] = cls
-    return cls
 
 
 def encode(message: Message, id: str | None = None) -> str:

@@ -10,10 +10,12 @@ from typing import Any
 
 from aiohttp import web
 
+from shared import protocol as p
 from shared.protocol import ErrorCode, ProtocolError
 
 from .dispatch import DISPATCHER
-from .hub import HUB, Hub, LiveSession, Lobby, chat_message
+from . import export
+from .hub import HUB, Hub, LiveSession, Lobby, stored_message
 from .store import StoreError
 
 log = logging.getLogger(__name__)
@@ -202,11 +204,32 @@ async def lobby_messages(request: web.Request) -> web.Response:
     assert limit is not None
     before, after = int_query(request, "before"), int_query(request, "after")
     records = await hub.store.chat_history(lobby.id, before=before, after=after, limit=limit)
-    messages = [chat_message(r).to_dict() for r in records]
+    messages = [stored_message(r).to_dict() | {"kind": r.kind} for r in records]
     page: dict[str, Any] = {"messages": messages}
     if records and len(records) == limit:
         page["next"] = {"after": records[-1].id} if after is not None else {"before": records[0].id}
     return web.json_response(page)
+
+
+async def lobby_transcript(request: web.Request) -> web.StreamResponse:
+    hub = request.app[HUB]
+    lobby = readable_lobby(request, hub)
+    fmt = request.query.get("format", "json")
+    if fmt not in export.FORMATS:
+        raise http_error(400, ErrorCode.INVALID_PAYLOAD,
+                         f"format must be one of {', '.join(export.FORMATS)}")
+    records, after = [], 0
+    while True:  # page through: a long meeting has many finals
+        page = await hub.store.chat_history(lobby.id, after=after, limit=500, kinds=("transcript",))
+        records.extend(page)
+        if len(page) < 500:
+            break
+        after = page[-1].id
+    finals = [m for m in map(stored_message, records) if isinstance(m, p.Transcript)]
+    body, content_type = export.render(fmt, lobby.record.name, finals)
+    filename = f"transcript-{lobby.id}.{fmt}"
+    return web.Response(text=body, content_type=content_type, charset="utf-8",
+                        headers={"Content-Disposition": f'attachment; filename="{filename}"'})
 
 
 async def list_bot_kinds(request: web.Request) -> web.Response:
@@ -262,6 +285,7 @@ def add_routes(app: web.Application, base: str) -> None:
     app.router.add_post(api + "lobbies", create_lobby)
     app.router.add_get(api + "lobbies/{lobby_id}", get_lobby)
     app.router.add_get(api + "lobbies/{lobby_id}/messages", lobby_messages)
+    app.router.add_get(api + "lobbies/{lobby_id}/transcript", lobby_transcript)
     app.router.add_get(api + "bots", list_bot_kinds)
     app.router.add_get(api + "lobbies/{lobby_id}/bots", lobby_bots)
     app.router.add_post(api + "lobbies/{lobby_id}/bots", add_bot)

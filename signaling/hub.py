@@ -66,7 +66,16 @@ class Lobby:
                            max_participants=r.max_participants)
 
 
-def chat_message(rec: ChatRecord) -> p.Chat:
+TRANSCRIPT_FIELDS = ("segment_id", "speaker_id", "speaker_name", "start", "end", "model",
+                     "language")
+
+
+def stored_message(rec: ChatRecord) -> p.Chat | p.Transcript:
+    """A stored lobby message as it goes on the wire: chat, or a final transcript."""
+    if rec.kind == "transcript":
+        meta = {k: v for k, v in (rec.meta or {}).items() if k in TRANSCRIPT_FIELDS}
+        return p.Transcript(lobby_id=rec.lobby_id, text=rec.text, final=True, message_id=rec.id,
+                            bot_id=rec.session_id, **meta)
     return p.Chat(lobby_id=rec.lobby_id, text=rec.text, message_id=rec.id,
                   session_id=rec.session_id, name=rec.name, ts=rec.ts, kind=rec.kind)
 
@@ -384,7 +393,7 @@ class Hub:
         history = await self.store.chat_history(lobby_id, after=since,
                                                 limit=self.settings.history_limit)
         for rec in history:
-            conn.send(p.encode(chat_message(rec), f"m{rec.id}"))
+            conn.send(p.encode(stored_message(rec), f"m{rec.id}"))
 
     async def part(self, s: LiveSession, lobby_id: str) -> None:
         async with self._lock:
@@ -432,17 +441,14 @@ class Hub:
         return lobby
 
     async def post(self, lobby: Lobby, s: LiveSession | None, text: str, *, kind: str = "chat",
-                   meta: dict[str, Any] | None = None, client_ref: str | None = None,
-                   message: p.Message | None = None) -> ChatRecord:
-        """Persists a lobby message, then delivers it to every connected member.
-
-        ``message`` overrides what is broadcast (e.g. a transcript carrying more fields).
-        """
+                   meta: dict[str, Any] | None = None,
+                   client_ref: str | None = None) -> ChatRecord:
+        """Persists a lobby message, then delivers it to every connected member."""
         name = s.record.name or "" if s is not None else "system"
         rec, created = await self.store.add_chat(lobby.id, s.id if s else None, name, text,
                                                  kind=kind, meta=meta, client_ref=client_ref)
         if created:
-            self._send(lobby.members, message or chat_message(rec), f"m{rec.id}")
+            self._send(lobby.members, stored_message(rec), f"m{rec.id}")
             self.bus.emit(events.ChatPosted(lobby.id, rec.id, rec.session_id, kind))
         return rec
 

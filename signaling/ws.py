@@ -6,6 +6,7 @@ Frames from one connection are handled one at a time, in order. Any bad frame ge
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Awaitable, Callable
 
@@ -85,6 +86,25 @@ async def on_bot_status(app: web.Application, s: LiveSession, msg: p.Message, re
         reply(s, p.Ack(), ref)
 
 
+async def on_transcript(app: web.Application, s: LiveSession, msg: p.Message,
+                        ref: str | None) -> None:
+    assert isinstance(msg, p.Transcript)
+    _provider_only(s)
+    hub = app[HUB]
+    lobby = hub.member_lobby(s, msg.lobby_id)
+    speaker = hub.sessions.get(msg.speaker_id)
+    name = speaker.record.name if speaker is not None and speaker.record.name else msg.speaker_name
+    if msg.final:
+        meta = {"segment_id": msg.segment_id, "speaker_id": msg.speaker_id, "speaker_name": name,
+                "start": msg.start, "end": msg.end, "model": msg.model, "language": msg.language}
+        rec = await hub.post(lobby, s, msg.text, kind="transcript", meta=meta, client_ref=ref)
+        reply(s, p.Ack(result={"message_id": rec.id}), ref)
+        return
+    hub.send_to_lobby(lobby.id, dataclasses.replace(msg, speaker_name=name, bot_id=s.id))
+    if ref is not None:
+        reply(s, p.Ack(), ref)
+
+
 async def on_ping(app: web.Application, s: LiveSession, msg: p.Message, ref: str | None) -> None:
     reply(s, p.Pong(), ref)
 
@@ -99,6 +119,7 @@ HANDLERS: dict[MessageType, Handler] = {
     MessageType.PING: on_ping,
     MessageType.PROVIDER_HELLO: on_provider_hello,
     MessageType.BOT_STATUS: on_bot_status,
+    MessageType.TRANSCRIPT: on_transcript,
 }
 
 

@@ -164,13 +164,15 @@ class ProviderProcess:
     """``voicebot bots`` in a child process."""
 
     def __init__(self, server_url: str, key: str = PROVIDER_KEY, capacity: int = 4,
-                 name: str = "test-provider", plugins: tuple[str, ...] = ()) -> None:
+                 name: str = "test-provider", plugins: tuple[str, ...] = (),
+                 media_dirs: tuple[Path, ...] = ()) -> None:
         args = [sys.executable, "-m", "signaling.cli", "--log-level", "DEBUG", "bots",
                 "--server", server_url, "--capacity", str(capacity), "--name", name]
         for plugin in plugins:
             args += ["--plugin", plugin]
         env = os.environ | {"VOICEBOT_PROVIDER_KEY": key,
-                            "VOICEBOT_MEDIA_DIRS": str(ROOT / "tests" / "data")}
+                            "VOICEBOT_MEDIA_DIRS": os.pathsep.join(
+                                map(str, (ROOT / "tests" / "data", *media_dirs)))}
         self.log_path = Path(os.environ.get("TMPDIR", "/tmp")) / f"provider-{os.getpid()}-{name}.log"
         self._log = open(self.log_path, "wb")
         self.proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=self._log,

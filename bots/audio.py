@@ -1,0 +1,74 @@
+"""Audio conversion for bots: PyAV resampling to a fixed format, and a bounded sample buffer."""
+
+from __future__ import annotations
+
+import av
+import numpy as np
+
+SPEECH_RATE = 16_000  # what Whisper and Silero take
+
+
+class Converter:
+    """Converts frames of any format to one target format.
+
+    A PyAV resampler is fixed to its first input's format, and a track may change format
+    (e.g. silence, then a file): one resampler per input format.
+    """
+
+    def __init__(self, format: str, layout: str, rate: int) -> None:
+        self.format, self.layout, self.rate = format, layout, rate
+        self._resamplers: dict[tuple[str, str, int], av.AudioResampler] = {}
+
+    def convert(self, frame: av.AudioFrame) -> list[av.AudioFrame]:
+        key = (frame.format.name, frame.layout.name, frame.sample_rate)
+        resampler = self._resamplers.get(key)
+        if resampler is None:
+            resampler = self._resamplers[key] = av.AudioResampler(
+                format=self.format, layout=self.layout, rate=self.rate)
+        return resampler.resample(frame)
+
+
+class SpeechResampler:
+    """aiortc frames (48 kHz Opus-decoded, any layout) → 16 kHz mono float32 samples."""
+
+    def __init__(self) -> None:
+        self._converter = Converter("flt", "mono", SPEECH_RATE)
+
+    def __call__(self, frame: av.AudioFrame) -> np.ndarray:
+        frame.pts = None  # we keep our own sample clock; input timestamps may jump
+        out = [f.to_ndarray().reshape(-1) for f in self._converter.convert(frame)]
+        if not out:
+            return np.zeros(0, dtype=np.float32)
+        return out[0] if len(out) == 1 else np.concatenate(out)
+
+
+class SampleBuffer:
+    """A bounded window of a stream's samples, addressed by absolute sample index."""
+
+    def __init__(self, max_samples: int) -> None:
+        self.max_samples = max_samples
+        self._data = np.zeros(0, dtype=np.float32)
+        self.start = 0  # absolute index of _data[0]
+
+    @property
+    def end(self) -> int:
+        return self.start + len(self._data)
+
+    def append(self, samples: np.ndarray) -> None:
+        self._data = np.concatenate([self._data, samples.astype(np.float32, copy=False)])
+        excess = len(self._data) - self.max_samples
+        if excess > 0:
+            self._data = self._data[excess:]
+            self.start += excess
+
+    def slice(self, begin: int, end: int | None = None) -> np.ndarray:
+        """Samples ``[begin, end)`` (clipped to what is still held), as a copy."""
+        lo = max(begin, self.start) - self.start
+        hi = (self.end if end is None else min(end, self.end)) - self.start
+        return self._data[lo:max(lo, hi)].copy()
+
+    def discard_before(self, index: int) -> None:
+        cut = min(max(0, index - self.start), len(self._data))
+        if cut:
+            self._data = self._data[cut:]
+            self.start += cut

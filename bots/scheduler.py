@@ -1,0 +1,155 @@
+"""Orders recognition work from every speaker onto a bounded pool of worker threads.
+
+Finals go first, oldest first. Interim requests wait for spare capacity and are coalesced per
+speaker: a newer request replaces an older one that has not started. A final whose audio is
+older than ``max_lag`` when its turn comes is skipped (counted per speaker) so that a
+backlog never grows into minutes of delay.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import itertools
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .stt import STT, Recognition
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Job:
+    speaker: str
+    audio: np.ndarray
+    final: bool
+    audio_end: float  # monotonic time the last sample arrived
+    future: asyncio.Future[Recognition | None]
+    stt: STT
+    seq: int = 0
+
+
+@dataclass
+class SpeakerStats:
+    finals: int = 0
+    interims: int = 0
+    skipped: int = 0
+    replaced: int = 0
+    lag: float = 0.0  # how old the audio of the latest job was when it finished
+    max_lag: float = 0.0
+
+
+@dataclass
+class SchedulerStats:
+    busy_s: float = 0.0
+    jobs: int = 0
+    speakers: dict[str, SpeakerStats] = field(default_factory=lambda: collections.defaultdict(SpeakerStats))
+
+
+class Scheduler:
+    def __init__(self, workers: int = 1, max_lag: float = 8.0) -> None:
+        if workers < 1:
+            raise ValueError("workers must be >= 1")
+        self.workers = workers
+        self.max_lag = max_lag
+        self.stats = SchedulerStats()
+        self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="stt")
+        self._finals: collections.deque[Job] = collections.deque()
+        self._interims: dict[str, Job] = {}  # one pending interim per speaker, oldest first
+        self._idle = workers
+        self._seq = itertools.count()
+
+    @property
+    def pending(self) -> int:
+        return len(self._finals) + len(self._interims)
+
+    def submit(self, stt: STT, speaker: str, audio: np.ndarray, *, final: bool,
+               audio_end: float | None = None) -> asyncio.Future[Recognition | None]:
+        """Queues a recognition; the future gives ``None`` if it was skipped or replaced."""
+        loop = asyncio.get_running_loop()
+        job = Job(speaker, audio, final, audio_end or time.monotonic(), loop.create_future(),
+                  stt, next(self._seq))
+        if final:
+            self._finals.append(job)
+        else:
+            old = self._interims.pop(speaker, None)
+            if old is not None:
+                self.stats.speakers[speaker].replaced += 1
+                old.future.set_result(None)
+            self._interims[speaker] = job
+        self._pump()
+        return job.future
+
+    def lag(self, speaker: str) -> float:
+        """Age of the speaker's oldest waiting final (or the last finished job's lag)."""
+        waiting = [time.monotonic() - j.audio_end for j in self._finals if j.speaker == speaker]
+        return max(waiting, default=self.stats.speakers[speaker].lag)
+
+    def forget(self, speaker: str) -> None:
+        """Drops a departed speaker's queued work."""
+        for job in [j for j in self._finals if j.speaker == speaker]:
+            self._finals.remove(job)
+            job.future.cancel()
+        job_ = self._interims.pop(speaker, None)
+        if job_ is not None:
+            job_.future.cancel()
+
+    def _next(self) -> Job | None:
+        now = time.monotonic()
+        while self._finals:
+            job = self._finals.popleft()
+            if now - job.audio_end > self.max_lag:
+                self.stats.speakers[job.speaker].skipped += 1
+                log.warning("speaker %s: skipping %.1f s of audio %.1f s behind live",
+                            job.speaker, len(job.audio) / 16000, now - job.audio_end)
+                job.future.set_result(None)
+                continue
+            return job
+        if self._interims:  # spare capacity: the speaker who has waited longest
+            speaker = min(self._interims, key=lambda s: self._interims[s].seq)
+            return self._interims.pop(speaker)
+        return None
+
+    def _pump(self) -> None:
+        while self._idle > 0:
+            job = self._next()
+            if job is None:
+                return
+            self._idle -= 1
+            asyncio.ensure_future(self._run(job))
+
+    async def _run(self, job: Job) -> None:
+        started = time.monotonic()
+        try:
+            result = await asyncio.get_running_loop().run_in_executor(
+                self._executor, lambda: job.stt.recognize(job.audio, final=job.final))
+        except Exception as exc:
+            if not job.future.done():
+                job.future.set_exception(exc)
+        else:
+            stats = self.stats.speakers[job.speaker]
+            stats.lag = time.monotonic() - job.audio_end
+            stats.max_lag = max(stats.max_lag, stats.lag)
+            if job.final:
+                stats.finals += 1
+            else:
+                stats.interims += 1
+            if not job.future.done():
+                job.future.set_result(result)
+        finally:
+            self.stats.busy_s += time.monotonic() - started
+            self.stats.jobs += 1
+            self._idle += 1
+            self._pump()
+
+    def close(self) -> None:
+        for job in [*self._finals, *self._interims.values()]:
+            job.future.cancel()
+        self._finals.clear()
+        self._interims.clear()
+        self._executor.shutdown(wait=False, cancel_futures=True)

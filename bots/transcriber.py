@@ -1,0 +1,287 @@
+"""``transcriber``: live captions for every speaker, posted to the lobby as transcripts.
+
+Per speaker: WebRTC frames → 16 kHz mono (PyAV) → Silero VAD segmentation → the shared
+scheduler → Whisper. While someone speaks, an interim result about every second (when there is
+spare capacity); when they pause, the final. A pause starts a speculative final at once, so the
+final is usually ready when the silence has confirmed the end of the utterance.
+
+The model is loaded once per provider process and shared by every lobby and speaker, and so is
+the scheduler's worker pool (``VOICEBOT_STT_WORKERS`` threads, 1 by default).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass
+
+from aiortc import MediaStreamTrack
+from aiortc.mediastreams import MediaStreamError
+
+from shared import protocol as p
+from shared.protocol import ErrorCode, ProtocolError
+
+from .audio import SpeechResampler
+from .plugin import Bot, BotConfig, LobbyAccess, Peer, setting
+from .scheduler import Scheduler
+from .stt import STT, Recognition, WhisperSTT, load_whisper
+from .vad import Segmenter, Utterance, VadConfig
+
+log = logging.getLogger(__name__)
+
+_scheduler: Scheduler | None = None
+_scheduler_lock = threading.Lock()
+
+
+def shared_scheduler() -> Scheduler:
+    global _scheduler
+    with _scheduler_lock:
+        if _scheduler is None:
+            _scheduler = Scheduler(workers=int(os.environ.get("VOICEBOT_STT_WORKERS", "1")),
+                                   max_lag=float(os.environ.get("VOICEBOT_STT_MAX_LAG", "8")))
+        return _scheduler
+
+
+@dataclass(frozen=True)
+class TranscriberConfig(BotConfig):
+    model: str = setting("tiny.en", "model name (in models/ or bundled) or a model directory")
+    compute_type: str = setting("int8", "CTranslate2 compute type: int8, int8_float32, float32")
+    threads: int = setting(0, "CPU threads per inference (0: one per core, at most 4)")
+    beam_size: int = setting(1, "beam size (1 is greedy: fastest)")
+    language: str | None = setting("en", "language spoken")
+    final_window: str = setting("full", "encoder window for finals: full (30 s) or dynamic")
+    interim_interval: float = setting(1.0, "seconds between interim results; 0 turns them off")
+    interim_after: float = setting(0.5, "seconds of speech before the first interim")
+    min_silence_ms: int = setting(300, "a pause this long ends an utterance")
+    max_utterance_s: float = setting(15.0, "longer utterances are cut")
+    lag_warning_s: float = setting(3.0, "report 'lagging' when a speaker is this far behind")
+
+    def validate(self) -> None:
+        def bad(message: str) -> ProtocolError:
+            return ProtocolError(ErrorCode.INVALID_CONFIG, message)
+
+        if self.final_window not in ("full", "dynamic"):
+            raise bad("final_window must be full or dynamic")
+        if not 1 <= self.beam_size <= 10:
+            raise bad("beam_size must be within 1..10")
+        if not 0 <= self.threads <= 64:
+            raise bad("threads must be within 0..64")
+        if self.interim_interval and not 0.3 <= self.interim_interval <= 10:
+            raise bad("interim_interval must be 0 or within 0.3..10")
+        if not 100 <= self.min_silence_ms <= 5000:
+            raise bad("min_silence_ms must be within 100..5000")
+        if not 2 <= self.max_utterance_s <= 30:
+            raise bad("max_utterance_s must be within 2..30")
+
+
+class TranscriberBot(Bot[TranscriberConfig]):
+    kind = "transcriber"
+    description = "Live captions: transcribes every speaker with Whisper, interim and final."
+    Config = TranscriberConfig
+
+    def __init__(self, lobby: LobbyAccess, config: TranscriberConfig) -> None:
+        super().__init__(lobby, config)
+        self.scheduler = shared_scheduler()
+        self.stt_final: STT | None = None
+        self.stt_interim: STT | None = None
+        self.streams: dict[str, SpeakerStream] = {}
+        self._monitor: asyncio.Task[None] | None = None
+
+    async def on_joined(self) -> None:
+        cfg = self.config
+        self.lobby.set_status("loading", f"loading {cfg.model}")
+        model = await asyncio.to_thread(load_whisper, cfg.model, compute_type=cfg.compute_type,
+                                        threads=cfg.threads)
+        self.stt_final = WhisperSTT(model, name=cfg.model, language=cfg.language,
+                                    beam_size=cfg.beam_size, window=cfg.final_window)
+        self.stt_interim = WhisperSTT(model, name=cfg.model, language=cfg.language,
+                                      beam_size=1, window="dynamic")
+        self.lobby.set_status("live", f"{cfg.model}, listening")
+        self._monitor = asyncio.create_task(self._watch_lag())
+
+    async def on_track(self, peer: Peer, track: MediaStreamTrack) -> None:
+        if self.stt_final is None or self.stt_interim is None:
+            return
+        old = self.streams.pop(peer.session_id, None)
+        if old is not None:
+            old.stop()
+        stream = SpeakerStream(self, peer, track)
+        self.streams[peer.session_id] = stream
+        await stream.run()
+
+    async def on_peer_left(self, peer: Peer) -> None:
+        stream = self.streams.pop(peer.session_id, None)
+        if stream is not None:
+            stream.stop()
+
+    async def on_stop(self) -> None:
+        if self._monitor is not None:
+            self._monitor.cancel()
+        for stream in list(self.streams.values()):
+            stream.stop()
+        self.streams.clear()
+
+    async def _watch_lag(self) -> None:
+        lagging = False
+        while True:
+            await asyncio.sleep(1.0)
+            worst = max((s.lag() for s in self.streams.values()), default=0.0)
+            skipped = sum(s.skipped for s in self.streams.values())
+            if worst > self.config.lag_warning_s or (skipped and not lagging):
+                lagging = True
+                self.lobby.set_status("lagging", f"{worst:.1f} s behind; "
+                                                 f"{skipped} utterance(s) skipped to stay live")
+            elif lagging and worst < self.config.lag_warning_s / 2:
+                lagging = False
+                self.lobby.set_status("live", f"{self.config.model}, caught up")
+
+
+class SpeakerStream:
+    """One speaker's audio, from frames to posted transcripts."""
+
+    def __init__(self, bot: TranscriberBot, peer: Peer, track: MediaStreamTrack) -> None:
+        cfg = bot.config
+        self.bot = bot
+        self.peer = peer
+        self.track = track
+        self.key = f"{bot.lobby.lobby_id}:{peer.session_id}"
+        self.segmenter = Segmenter(VadConfig(min_silence_ms=cfg.min_silence_ms,
+                                             max_utterance_s=cfg.max_utterance_s))
+        self.resample = SpeechResampler()
+        self.nonce = f"{int(time.time() * 1000):x}"
+        self.skipped = 0
+        self.finals_posted = 0
+        self._interim_future: asyncio.Future[Recognition | None] | None = None
+        self._last_interim_at = 0.0
+        self._shown: dict[int, str] = {}  # utterance index -> interim text on screen
+        self._speculative: tuple[tuple[int, int, int], asyncio.Future[Recognition | None]] | None = None
+        self._posting: asyncio.Future[None] | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._closed = False
+
+    def lag(self) -> float:
+        return self.bot.scheduler.lag(self.key)
+
+    def stop(self) -> None:
+        self._closed = True
+        self.bot.scheduler.forget(self.key)
+        self.track.stop()
+        if self._task is not None:
+            self._task.cancel()
+
+    async def run(self) -> None:
+        self._task = asyncio.current_task()
+        try:
+            while not self._closed:
+                frame = await self.track.recv()
+                samples = self.resample(frame)  # type: ignore[arg-type]
+                for utt in self.segmenter.feed(samples):
+                    self._utterance(utt)
+                self._maybe_interim()
+        except MediaStreamError:
+            pass  # the peer's track ended
+        finally:
+            self._task = None
+
+    # --- scheduling ---------------------------------------------------------------------------
+
+    def _times(self, start: int, end: int) -> tuple[float, float, float]:
+        """Wall-clock start and end of samples ``[start, end)``, and the monotonic end."""
+        behind = (self.segmenter.buffer.end - end) / 16000
+        now_wall, now_mono = time.time(), time.monotonic()
+        return (now_wall - behind - (end - start) / 16000, now_wall - behind, now_mono - behind)
+
+    def _maybe_interim(self) -> None:
+        cfg, seg = self.bot.config, self.segmenter
+        if not cfg.interim_interval or not seg.in_speech or self._interim_future is not None:
+            return
+        audio = seg.current_audio()
+        now = time.monotonic()
+        if len(audio) < cfg.interim_after * 16000 or now - self._last_interim_at < cfg.interim_interval:
+            return
+        assert self.bot.stt_interim is not None and seg.speech_start is not None
+        self._last_interim_at = now
+        index, start, end = seg.utterance_index, seg.speech_start, seg.scored
+        future = self.bot.scheduler.submit(self.bot.stt_interim, self.key, audio, final=False)
+        self._interim_future = future
+        future.add_done_callback(lambda f: self._interim_done(f, index, start, end))
+
+    def _interim_done(self, future: asyncio.Future[Recognition | None], index: int, start: int,
+                      end: int) -> None:
+        self._interim_future = None
+        if future.cancelled() or future.exception() is not None or self._closed:
+            return
+        result = future.result()
+        if result is None or not result.text or index < self.segmenter.utterance_index:
+            return  # replaced, empty, or its utterance has already ended
+        if self._shown.get(index) == result.text:
+            return
+        self._shown[index] = result.text
+        self._send(index, start, end, result, final=False)
+
+    def _utterance(self, utt: Utterance) -> None:
+        assert self.bot.stt_final is not None
+        bounds = (utt.index, utt.start, utt.end)
+        if not utt.final:
+            if self.bot.scheduler.pending == 0:  # only on spare capacity: it may be wasted
+                future = self.bot.scheduler.submit(self.bot.stt_final, self.key, utt.audio,
+                                                   final=True, audio_end=self._times(*bounds[1:])[2])
+                self._speculative = (bounds, future)
+            return
+        if self._speculative is not None and self._speculative[0] == bounds:
+            future = self._speculative[1]
+        else:
+            future = self.bot.scheduler.submit(self.bot.stt_final, self.key, utt.audio,
+                                               final=True, audio_end=self._times(*bounds[1:])[2])
+        self._speculative = None
+        previous = self._posting
+        self._posting = asyncio.ensure_future(self._post_final(previous, future, utt))
+
+    async def _post_final(self, previous: asyncio.Future[None] | None,
+                          future: asyncio.Future[Recognition | None], utt: Utterance) -> None:
+        if previous is not None:  # finals of one speaker are posted in order
+            with contextlib.suppress(Exception, asyncio.CancelledError):
+                await previous
+        try:
+            result = await future
+        except asyncio.CancelledError:
+            return
+        except Exception:
+            log.exception("recognition failed for %s", self.key)
+            result = None
+        shown = self._shown.pop(utt.index, None)
+        if result is None:
+            self.skipped += 1
+        if result is None or not result.text:
+            if shown:  # take the interim off the screen
+                self._send(utt.index, utt.start, utt.end, None, final=False)
+            return
+        self.finals_posted += 1
+        await self._send_async(utt.index, utt.start, utt.end, result, final=True)
+
+    # --- posting ------------------------------------------------------------------------------
+
+    def _message(self, index: int, start: int, end: int, result: Recognition | None,
+                 final: bool) -> p.Transcript:
+        t_start, t_end, _ = self._times(start, end)
+        return p.Transcript(lobby_id=self.bot.lobby.lobby_id,
+                            segment_id=f"{self.peer.session_id}-{self.nonce}-{index}",
+                            speaker_id=self.peer.session_id, speaker_name=self.peer.name,
+                            text=result.text if result else "", final=final,
+                            start=t_start, end=t_end, model=self.bot.config.model,
+                            language=result.language if result else None)
+
+    def _send(self, index: int, start: int, end: int, result: Recognition | None,
+              final: bool) -> None:
+        asyncio.ensure_future(self._send_async(index, start, end, result, final))
+
+    async def _send_async(self, index: int, start: int, end: int, result: Recognition | None,
+                          final: bool) -> None:
+        try:
+            await self.bot.lobby.post_transcript(self._message(index, start, end, result, final))
+        except Exception:
+            log.exception("could not post a transcript for %s", self.key)

@@ -1,0 +1,281 @@
+"""The transcription pipeline: segmentation, scheduling, Whisper, and the bot end to end."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from aiohttp.test_utils import TestServer
+from faster_whisper.audio import decode_audio
+
+from bots.scheduler import Scheduler
+from bots.stt import ModelError, WhisperSTT, available_models, load_whisper, resolve_model
+from bots.testing import FakeLobby, ScriptedSTT
+from bots.transcriber import TranscriberBot
+from bots.vad import Segmenter
+from shared import protocol as p
+from signaling.dispatch import DISPATCHER
+
+from .conftest import Clients
+from .speech import DATA, noise, reference, wer, words, write_wav
+from .test_bots import Listener, api, wait_until
+
+WER_BOUND = 0.15  # tiny.en on our synthetic speech: ~2-5 %; the bound leaves room for jitter
+
+
+def feed(segmenter: Segmenter, audio: np.ndarray, step: int = 320) -> list[Any]:
+    out = []
+    for i in range(0, len(audio), step):
+        out += segmenter.feed(audio[i:i + step])
+    return out
+
+
+def test_segmenter_finds_utterances_and_ignores_silence_and_noise() -> None:
+    audio = np.concatenate([decode_audio(str(DATA / "speaker_a.wav"), 16000),
+                            np.zeros(16000, np.float32)])
+    finals = [u for u in feed(Segmenter(), audio) if u.final]
+    assert len(finals) == 2
+    assert 0.2 < finals[0].start / 16000 < 0.6 and 3.5 < finals[0].end / 16000 < 4.3
+    assert not feed(Segmenter(), np.zeros(10 * 16000, np.float32))
+    assert not feed(Segmenter(), noise(10))
+
+
+def test_segmenter_offers_a_tentative_end_before_the_final() -> None:
+    audio = np.concatenate([decode_audio(str(DATA / "short.wav"), 16000),
+                            np.zeros(16000, np.float32)])
+    events = feed(Segmenter(), audio)
+    last_tentative = [u for u in events if not u.final][-1]
+    final = next(u for u in events if u.final)
+    assert (last_tentative.start, last_tentative.end) == (final.start, final.end)
+    assert events.index(last_tentative) < events.index(final)
+
+
+def test_segmenter_cuts_long_speech() -> None:
+    from bots.vad import VadConfig
+
+    speech = decode_audio(str(DATA / "speaker_b.wav"), 16000)
+    finals = [u for u in feed(Segmenter(VadConfig(max_utterance_s=2.0)), speech) if u.final]
+    assert any(u.forced for u in finals)
+    assert all(u.duration <= 2.1 for u in finals)
+
+
+async def test_scheduler_finals_first_interims_coalesced_and_lag_skipped() -> None:
+    gate = threading.Event()
+    stt = ScriptedSTT(script=lambda audio, final: f"{'F' if final else 'I'}{len(audio)}", gate=gate)
+    sched = Scheduler(workers=1, max_lag=0.5)
+    blocker = sched.submit(stt, "a", np.zeros(1), final=True)  # occupies the only worker
+    interim_old = sched.submit(stt, "b", np.zeros(2), final=False)
+    interim_new = sched.submit(stt, "b", np.zeros(3), final=False)  # replaces the older one
+    final_b = sched.submit(stt, "b", np.zeros(4), final=True)
+    stale = sched.submit(stt, "c", np.zeros(5), final=True, audio_end=time.monotonic() - 5)
+    assert await interim_old is None
+    gate.set()
+    assert (await blocker).text == "F1"
+    assert (await final_b).text == "F4"
+    assert await stale is None  # too far behind live: skipped, and counted
+    assert (await interim_new).text == "I3"
+    assert [n for n, _ in stt.calls] == [1, 4, 3]  # the final ran before the waiting interim
+    assert sched.stats.speakers["c"].skipped == 1 and sched.stats.speakers["b"].replaced == 1
+    sched.close()
+
+
+def test_model_resolution_and_errors(tmp_path: Path) -> None:
+    bundled = resolve_model("tiny.en", tmp_path)
+    assert Path(bundled, "model.bin").is_file()
+    assert any(m["name"] == "tiny.en" for m in available_models(tmp_path))
+    with pytest.raises(ModelError, match="not a CTranslate2 Whisper model"):
+        resolve_model(str(tmp_path))
+    corrupt = tmp_path / "corrupt"
+    corrupt.mkdir()
+    (corrupt / "config.json").write_text("{}")
+    (corrupt / "model.bin").write_bytes(b"\0" * 1024)
+    with pytest.raises(ModelError, match="cannot load model"):
+        load_whisper(str(corrupt))
+    with pytest.raises(ModelError, match="English-only"):
+        WhisperSTT(load_whisper("tiny.en"), name="tiny.en", language="de")
+
+
+@pytest.mark.parametrize("window", ["full", "dynamic"])
+def test_whisper_recognizes_fixture_speech(window: str) -> None:
+    stt = WhisperSTT(load_whisper("tiny.en"), name="tiny.en", window=window)
+    audio = decode_audio(str(DATA / "short.wav"), 16000)
+    result = stt.recognize(audio, final=True)
+    assert wer(reference("short.wav"), result.text) <= WER_BOUND, result.text
+    silent = stt.recognize(np.zeros(32000, np.float32), final=True)
+    assert silent.text == "" and silent.dropped == "no speech"
+
+
+class FileTrack:
+    """Frames of a WAV file at 48 kHz, paced faster than real time (the pipeline keeps up)."""
+
+    kind = "audio"
+
+    def __init__(self, path: Path, pace: float = 0.004) -> None:
+        import av
+
+        self.frames = []
+        with av.open(str(path)) as container:
+            resampler = av.AudioResampler(format="s16", layout="stereo", rate=48000,
+                                          frame_size=960)
+            for frame in container.decode(audio=0):
+                self.frames += resampler.resample(frame)
+        silence = np.zeros((1, 960 * 2), dtype=np.int16)
+        for _ in range(60):  # 1.2 s of silence closes the last utterance
+            f = av.AudioFrame.from_ndarray(silence, format="s16", layout="stereo")
+            f.sample_rate = 48000
+            self.frames.append(f)
+        self.pace = pace
+        self.stopped = False
+
+    async def recv(self) -> Any:
+        from aiortc.mediastreams import MediaStreamError
+
+        if not self.frames or self.stopped:
+            raise MediaStreamError
+        await asyncio.sleep(self.pace)
+        return self.frames.pop(0)
+
+    def stop(self) -> None:
+        self.stopped = True
+
+
+async def test_transcriber_in_a_fake_lobby() -> None:
+    lobby = FakeLobby()
+    bot = TranscriberBot(lobby, TranscriberBot.Config.parse({}))
+    await lobby.start(bot)
+    assert [s for s, _ in lobby.statuses] == ["loading", "live"]
+    await lobby.add_peer("Alice", FileTrack(DATA / "speaker_a.wav"))  # type: ignore[arg-type]
+    await wait_until(lambda: len([t for t in lobby.transcripts if t.final]) >= 2, 30, "finals")
+    finals = [t for t in lobby.transcripts if isinstance(t, p.Transcript) and t.final]
+    assert all(t.speaker_name == "Alice" and t.model == "tiny.en" for t in finals)
+    assert wer(reference("speaker_a.wav"), " ".join(t.text for t in finals)) <= WER_BOUND
+    assert finals[0].end > finals[0].start
+    await lobby.stop()
+
+
+# --- end to end with real processes --------------------------------------------------------------
+
+
+async def start_transcriber(url: str, token: str, lobby: str, **config: Any) -> dict[str, Any]:
+    status, bot = await api("POST", url + f"api/lobbies/{lobby}/bots", token,
+                            {"kind": "transcriber", "config": config})
+    assert status == 201, bot
+    return bot
+
+
+async def start_player(url: str, token: str, lobby: str, path: Path, name: str) -> dict[str, Any]:
+    status, bot = await api("POST", url + f"api/lobbies/{lobby}/bots", token,
+                            {"kind": "player", "name": name,
+                             "config": {"path": str(path), "delay": 1.0}})
+    assert status == 201, bot
+    return bot
+
+
+def finals_of(inbox: Any, speaker: str) -> list[p.Transcript]:
+    return [t for t in inbox.of(p.Transcript, final=True) if t.speaker_name == speaker]
+
+
+async def test_end_to_end_live_captions(server: TestServer, clients: Clients,
+                                        provider_process: Any) -> None:
+    url = str(server.make_url("/"))
+    provider_process(url, capacity=6)
+    await wait_until(lambda: server.app[DISPATCHER].providers, 30, "the provider")
+    human, inbox = await clients.new("Host")
+    lobby = (await human.join(lobby_name="captions")).lobby.id
+    await start_transcriber(url, human.config.token, lobby)
+    await inbox.wait_for(p.BotStatus, lambda m: m.kind == "transcriber" and m.status == "live",
+                         timeout=60)
+    player = await start_player(url, human.config.token, lobby, DATA / "speaker_a.wav", "Alice")
+    await wait_until(lambda: len(finals_of(inbox, "Alice")) >= 2, 60, "two finals")
+
+    finals = finals_of(inbox, "Alice")
+    assert all(t.speaker_id == player["session_id"] and t.message_id for t in finals)
+    assert wer(reference("speaker_a.wav"), " ".join(t.text for t in finals)) <= WER_BOUND
+    # interims came first, for the same segment, and were partial text of it
+    first = finals[0]
+    interims = [t for t in inbox.of(p.Transcript, final=False) if t.segment_id == first.segment_id]
+    assert interims, "no interim before the first final"
+    assert inbox.messages.index(interims[0]) < inbox.messages.index(first)
+    assert set(words(interims[0].text).split()) & set(words(first.text).split())
+
+    # a late joiner gets the finals from the lobby's history
+    late, late_inbox = await clients.new("Late")
+    await late.join(lobby_id=lobby)
+    await late_inbox.wait_for(p.Transcript, lambda t: t.final and t.text == first.text)
+
+    status, srt = await api_text(url + f"api/lobbies/{lobby}/transcript?format=srt")
+    assert status == 200 and "00:00:00,000 --> " in srt and "Alice: " in srt
+    status, body = await api("GET", url + f"api/lobbies/{lobby}/transcript?format=json", None)
+    assert [s["speaker"] for s in body["segments"]] == ["Alice"] * len(body["segments"])
+    status, vtt = await api_text(url + f"api/lobbies/{lobby}/transcript?format=vtt")
+    assert vtt.startswith("WEBVTT") and "<v Alice>" in vtt
+    status, body = await api("GET", url + f"api/lobbies/{lobby}/transcript?format=doc", None)
+    assert status == 400
+
+
+async def api_text(url: str) -> tuple[int, str]:
+    import aiohttp
+
+    async with aiohttp.ClientSession() as http:
+        async with http.get(url) as r:
+            return r.status, await r.text()
+
+
+async def test_two_speakers_at_once_are_attributed(server: TestServer, clients: Clients,
+                                                   provider_process: Any) -> None:
+    url = str(server.make_url("/"))
+    provider_process(url, capacity=6)
+    await wait_until(lambda: server.app[DISPATCHER].providers, 30, "the provider")
+    human, inbox = await clients.new("Host")
+    lobby = (await human.join(lobby_name="crosstalk")).lobby.id
+    await start_transcriber(url, human.config.token, lobby)
+    await inbox.wait_for(p.BotStatus, lambda m: m.kind == "transcriber" and m.status == "live",
+                         timeout=60)
+    await asyncio.gather(
+        start_player(url, human.config.token, lobby, DATA / "speaker_a.wav", "Alice"),
+        start_player(url, human.config.token, lobby, DATA / "speaker_b.wav", "Bob"))
+    await wait_until(lambda: len(finals_of(inbox, "Alice")) >= 2 and
+                     len(finals_of(inbox, "Bob")) >= 2, 90, "finals of both")
+    for speaker, fixture in (("Alice", "speaker_a.wav"), ("Bob", "speaker_b.wav")):
+        text = " ".join(t.text for t in finals_of(inbox, speaker))
+        assert wer(reference(fixture), text) <= WER_BOUND, (speaker, text)
+
+
+async def test_silence_and_noise_give_no_transcripts(server: TestServer, clients: Clients,
+                                                     provider_process: Any,
+                                                     tmp_path: Path) -> None:
+    url = str(server.make_url("/"))
+    write_wav(tmp_path / "silence.wav", np.zeros(10 * 16000, np.float32))
+    write_wav(tmp_path / "noise.wav", noise(10))
+    provider_process(url, capacity=6, media_dirs=(tmp_path,))
+    await wait_until(lambda: server.app[DISPATCHER].providers, 30, "the provider")
+    human, inbox = await clients.new("Host")
+    lobby = (await human.join(lobby_name="quiet")).lobby.id
+    await start_transcriber(url, human.config.token, lobby)
+    await inbox.wait_for(p.BotStatus, lambda m: m.kind == "transcriber" and m.status == "live",
+                         timeout=60)
+    await start_player(url, human.config.token, lobby, tmp_path / "silence.wav", "Silence")
+    await start_player(url, human.config.token, lobby, tmp_path / "noise.wav", "Noise")
+    await inbox.wait_for(p.BotStatus, lambda m: "finished silence" in m.detail, timeout=60)
+    await inbox.wait_for(p.BotStatus, lambda m: "finished noise" in m.detail, timeout=60)
+    await asyncio.sleep(2.0)  # anything still in flight would arrive by now
+    assert inbox.of(p.Transcript) == []
+
+
+async def test_missing_model_fails_clearly_in_the_lobby(server: TestServer, clients: Clients,
+                                                        provider_process: Any) -> None:
+    url = str(server.make_url("/"))
+    provider = provider_process(url)
+    await wait_until(lambda: server.app[DISPATCHER].providers, 30, "the provider")
+    human, inbox = await clients.new("Host")
+    lobby = (await human.join(lobby_name="no model")).lobby.id
+    await start_transcriber(url, human.config.token, lobby, model="/nonexistent/model")
+    failed = await inbox.wait_for(p.BotStatus, lambda m: m.status == "failed", timeout=60)
+    assert "not a CTranslate2 Whisper model" in failed.detail
+    await inbox.wait_for(p.Chat, lambda m: m.kind == "system" and "/nonexistent/model" in m.text)
+    await wait_until(lambda: "not a CTranslate2 Whisper model" in provider.log(), 10, "the log")
