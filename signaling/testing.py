@@ -1,0 +1,110 @@
+"""Real server and provider processes, for integration tests and benchmarks.
+
+    server = ServerProcess(tmp_path / "data")
+    server.start()                        # returns once /api/health answers
+    provider = ProviderProcess(server.url, key="…")
+    …
+    provider.stop(); server.stop()
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class ServerProcess:
+    """``voicebot serve`` in a child process, for tests that kill and restart it."""
+
+    def __init__(self, data_dir: Path, port: int | None = None, **env: str) -> None:
+        self.data_dir = data_dir
+        self.port = port or free_port()
+        self.env = env
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/"
+
+    def start(self, timeout: float = 20.0) -> None:
+        env = os.environ | self.env
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "signaling.cli", "serve", "--port", str(self.port),
+             "--data-dir", str(self.data_dir)], cwd=ROOT, env=env,
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited: {self.proc.stderr.read().decode()[-2000:]}")  # type: ignore[union-attr]
+            try:
+                urllib.request.urlopen(self.url + "api/health", timeout=1).read()
+                return
+            except OSError:
+                time.sleep(0.1)
+        raise RuntimeError("server did not come up")
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait()
+
+    def stop(self) -> int | None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        return self.proc.returncode if self.proc else None
+
+
+class ProviderProcess:
+    """``voicebot bots`` in a child process."""
+
+    def __init__(self, server_url: str, key: str, capacity: int = 4,
+                 name: str = "provider", plugins: tuple[str, ...] = (),
+                 media_dirs: tuple[Path, ...] = (), **env: str) -> None:
+        args = [sys.executable, "-m", "signaling.cli", "--log-level", "DEBUG", "bots",
+                "--server", server_url, "--capacity", str(capacity), "--name", name]
+        for plugin in plugins:
+            args += ["--plugin", plugin]
+        env = os.environ | env | {"VOICEBOT_PROVIDER_KEY": key}
+        if media_dirs:
+            env["VOICEBOT_MEDIA_DIRS"] = os.pathsep.join(map(str, media_dirs))
+        fd, path = tempfile.mkstemp(prefix=f"voicebot-{name}-", suffix=".log")
+        self.log_path = Path(path)
+        self._log = os.fdopen(fd, "wb")
+        self.proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=self._log,
+                                     stderr=subprocess.STDOUT)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait()
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        self._log.close()
