@@ -1,8 +1,9 @@
 """Orders recognition work from every speaker onto a bounded pool of worker threads.
 
 Finals go first, oldest first. Interim requests wait for spare capacity and are coalesced per
-speaker: a newer request replaces an older one that has not started. A final whose audio is
-older than ``max_lag`` when its turn comes is skipped (counted per speaker) so that a
+speaker: a newer request replaces an older one that has not started. Under load a final may
+name a faster ``fallback`` engine, used when other finals wait behind it. A final whose audio
+is older than ``max_lag`` when its turn comes is skipped (counted per speaker) so that a
 backlog never grows into minutes of delay.
 """
 
@@ -32,6 +33,7 @@ class Job:
     future: asyncio.Future[Recognition | None]
     stt: STT
     seq: int = 0
+    fallback: STT | None = None
 
 
 @dataclass
@@ -40,6 +42,7 @@ class SpeakerStats:
     interims: int = 0
     skipped: int = 0
     replaced: int = 0
+    degraded: int = 0  # finals run on the fallback engine because others were waiting
     lag: float = 0.0  # how old the audio of the latest job was when it finished
     max_lag: float = 0.0
 
@@ -69,11 +72,12 @@ class Scheduler:
         return len(self._finals) + len(self._interims)
 
     def submit(self, stt: STT, speaker: str, audio: np.ndarray, *, final: bool,
-               audio_end: float | None = None) -> asyncio.Future[Recognition | None]:
+               audio_end: float | None = None,
+               fallback: STT | None = None) -> asyncio.Future[Recognition | None]:
         """Queues a recognition; the future gives ``None`` if it was skipped or replaced."""
         loop = asyncio.get_running_loop()
         job = Job(speaker, audio, final, audio_end or time.monotonic(), loop.create_future(),
-                  stt, next(self._seq))
+                  stt, next(self._seq), fallback)
         if final:
             self._finals.append(job)
         else:
@@ -109,6 +113,9 @@ class Scheduler:
                             job.speaker, len(job.audio) / 16000, now - job.audio_end)
                 job.future.set_result(None)
                 continue
+            if job.fallback is not None and self._finals:  # others wait: be quick
+                job.stt = job.fallback
+                self.stats.speakers[job.speaker].degraded += 1
             return job
         if self._interims:  # spare capacity: the speaker who has waited longest
             speaker = min(self._interims, key=lambda s: self._interims[s].seq)

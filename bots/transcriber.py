@@ -53,7 +53,9 @@ class TranscriberConfig(BotConfig):
     threads: int = setting(0, "CPU threads per inference (0: one per core, at most 4)")
     beam_size: int = setting(1, "beam size (1 is greedy: fastest)")
     language: str | None = setting("en", "language spoken")
-    final_window: str = setting("full", "encoder window for finals: full (30 s) or dynamic")
+    final_window: str = setting("auto", "encoder window for finals: full (Whisper's 30 s), "
+                                "dynamic (fitted to the utterance: ~3x faster), or auto "
+                                "(full, dynamic while other finals wait)")
     interim_interval: float = setting(1.0, "seconds between interim results; 0 turns them off")
     interim_after: float = setting(0.5, "seconds of speech before the first interim")
     min_silence_ms: int = setting(300, "a pause this long ends an utterance")
@@ -64,8 +66,8 @@ class TranscriberConfig(BotConfig):
         def bad(message: str) -> ProtocolError:
             return ProtocolError(ErrorCode.INVALID_CONFIG, message)
 
-        if self.final_window not in ("full", "dynamic"):
-            raise bad("final_window must be full or dynamic")
+        if self.final_window not in ("full", "dynamic", "auto"):
+            raise bad("final_window must be full, dynamic or auto")
         if not 1 <= self.beam_size <= 10:
             raise bad("beam_size must be within 1..10")
         if not 0 <= self.threads <= 64:
@@ -88,6 +90,7 @@ class TranscriberBot(Bot[TranscriberConfig]):
         self.scheduler = shared_scheduler()
         self.stt_final: STT | None = None
         self.stt_interim: STT | None = None
+        self.stt_fallback: STT | None = None
         self.streams: dict[str, SpeakerStream] = {}
         self._monitor: asyncio.Task[None] | None = None
 
@@ -96,10 +99,12 @@ class TranscriberBot(Bot[TranscriberConfig]):
         self.lobby.set_status("loading", f"loading {cfg.model}")
         model = await asyncio.to_thread(load_whisper, cfg.model, compute_type=cfg.compute_type,
                                         threads=cfg.threads)
+        full_window = "dynamic" if cfg.final_window == "dynamic" else "full"
         self.stt_final = WhisperSTT(model, name=cfg.model, language=cfg.language,
-                                    beam_size=cfg.beam_size, window=cfg.final_window)
+                                    beam_size=cfg.beam_size, window=full_window)
         self.stt_interim = WhisperSTT(model, name=cfg.model, language=cfg.language,
                                       beam_size=1, window="dynamic")
+        self.stt_fallback = self.stt_interim if cfg.final_window == "auto" else None
         self.lobby.set_status("live", f"{cfg.model}, listening")
         self._monitor = asyncio.create_task(self._watch_lag())
 
@@ -127,8 +132,13 @@ class TranscriberBot(Bot[TranscriberConfig]):
 
     async def _watch_lag(self) -> None:
         lagging = False
+        ticks = 0
         while True:
             await asyncio.sleep(1.0)
+            ticks += 1
+            if ticks % 10 == 0:
+                for stream in self.streams.values():
+                    log.info("%s: %s", stream.key, stream.describe())
             worst = max((s.lag() for s in self.streams.values()), default=0.0)
             skipped = sum(s.skipped for s in self.streams.values())
             if worst > self.config.lag_warning_s or (skipped and not lagging):
@@ -165,6 +175,14 @@ class SpeakerStream:
 
     def lag(self) -> float:
         return self.bot.scheduler.lag(self.key)
+
+    def describe(self) -> str:
+        track = self.track
+        dropped = getattr(track, "dropped", 0)
+        received = getattr(track, "received", 0)
+        return (f"{received} frames ({dropped} dropped), {self.segmenter.utterance_index} "
+                f"utterances, {self.finals_posted} finals, {self.skipped} skipped, "
+                f"lag {self.lag():.1f} s")
 
     def stop(self) -> None:
         self._closed = True
@@ -228,18 +246,21 @@ class SpeakerStream:
         bounds = (utt.index, utt.start, utt.end)
         if not utt.final:
             if self.bot.scheduler.pending == 0:  # only on spare capacity: it may be wasted
-                future = self.bot.scheduler.submit(self.bot.stt_final, self.key, utt.audio,
-                                                   final=True, audio_end=self._times(*bounds[1:])[2])
-                self._speculative = (bounds, future)
+                self._speculative = (bounds, self._submit_final(utt))
             return
         if self._speculative is not None and self._speculative[0] == bounds:
             future = self._speculative[1]
         else:
-            future = self.bot.scheduler.submit(self.bot.stt_final, self.key, utt.audio,
-                                               final=True, audio_end=self._times(*bounds[1:])[2])
+            future = self._submit_final(utt)
         self._speculative = None
         previous = self._posting
         self._posting = asyncio.ensure_future(self._post_final(previous, future, utt))
+
+    def _submit_final(self, utt: Utterance) -> asyncio.Future[Recognition | None]:
+        assert self.bot.stt_final is not None
+        return self.bot.scheduler.submit(self.bot.stt_final, self.key, utt.audio, final=True,
+                                         audio_end=self._times(utt.start, utt.end)[2],
+                                         fallback=self.bot.stt_fallback)
 
     async def _post_final(self, previous: asyncio.Future[None] | None,
                           future: asyncio.Future[Recognition | None], utt: Utterance) -> None:
@@ -256,6 +277,8 @@ class SpeakerStream:
         shown = self._shown.pop(utt.index, None)
         if result is None:
             self.skipped += 1
+        elif not result.text:
+            log.info("%s: %.1f s utterance dropped (%s)", self.key, utt.duration, result.dropped)
         if result is None or not result.text:
             if shown:  # take the interim off the screen
                 self._send(utt.index, utt.start, utt.end, None, final=False)

@@ -78,8 +78,8 @@ class ProviderProcess:
 
     def __init__(self, server_url: str, key: str, capacity: int = 4,
                  name: str = "provider", plugins: tuple[str, ...] = (),
-                 media_dirs: tuple[Path, ...] = (), **env: str) -> None:
-        args = [sys.executable, "-m", "signaling.cli", "--log-level", "DEBUG", "bots",
+                 media_dirs: tuple[Path, ...] = (), log_level: str = "INFO", **env: str) -> None:
+        args = [sys.executable, "-m", "signaling.cli", "--log-level", log_level, "bots",
                 "--server", server_url, "--capacity", str(capacity), "--name", name]
         for plugin in plugins:
             args += ["--plugin", plugin]

@@ -121,7 +121,8 @@ async def test_dead_link_is_detected_within_the_timeout(server: TestServer) -> N
             await asyncio.sleep(0.05)
         detected = time.monotonic() - frozen_at
         assert not client.connected
-        assert detected <= 2.5, detected  # within receive_timeout (+ scheduling slack)
+        # within the receive timeout, plus slack for a loaded 2-core box
+        assert detected <= 2.0 + 1.5, detected
         proxy.frozen = False  # the link heals: the client is back
         await client.wait_connected(10)
     finally:

@@ -1,0 +1,387 @@
+"""Transcription benchmark: offline faster-whisper vs the live WebRTC path, in one run.
+
+    python -m bench.transcribe            # full run (~4 minutes on 2 cores)
+    python -m bench.transcribe --smoke    # seconds: one fixture, one speaker
+
+(a) Offline: ``WhisperModel.transcribe`` over each whole file — the quality baseline.
+(b) Live: a real server and providers; ``player`` bots speak the same files into a lobby and
+    the ``transcriber`` bot captions them; a client measures what arrives.
+(c) Window lever: finals with Whisper's full 30 s window vs a window fitted to the utterance,
+    on held-out sentences (not the ones the tests use).
+(d) Concurrency sweep: 1..N players talking continuously at once.
+
+TTFS is time to final: the final received by a client minus the end of the speech (the
+transcript's ``end`` less the segmenter's 96 ms post-roll; both clocks are this machine's).
+First interim: its arrival minus the start of speech. CPU: the transcriber provider process's
+CPU seconds per second of speech it heard.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import tempfile
+import time
+import wave
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import jiwer
+import numpy as np
+
+from shared import protocol as p
+from shared.client import ClientConfig, SignalingClient
+from signaling.testing import ROOT, ProviderProcess, ServerProcess
+
+DATA = ROOT / "tests" / "data"
+POST_ROLL = 0.096
+PRE_ROLL = 0.192
+KEY = "bench-provider-key"
+
+HELD_OUT = [
+    "The train to the city leaves at the north platform every morning.",
+    "Could you please close the window before the rain starts?",
+    "Our team shipped the new release after a long week of testing.",
+    "She bought fresh bread and a bag of green apples at the market.",
+    "The meeting has been moved to the large room on the second floor.",
+    "I think we should ask the customer what they really need.",
+    "The children played in the garden until the sun went down.",
+    "Let me share my screen so everyone can see the chart.",
+    "He forgot his umbrella and got completely wet on the way home.",
+    "The budget for next quarter needs to be approved by Friday.",
+    "Music was playing softly in the background of the cafe.",
+    "Please write down the main points and send them to the group.",
+]
+
+
+def words(text: str) -> str:
+    return " ".join(re.sub(r"[^a-z0-9' ]", " ", text.lower()).split())
+
+
+def wer(refs: list[str], hyps: list[str]) -> float:
+    return float(jiwer.wer(words(" ".join(refs)), words(" ".join(hyps))))
+
+
+def pct(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    return float(np.percentile(values, q))
+
+
+@dataclass
+class Clip:
+    path: Path
+    utterances: list[str]
+
+
+def fixture_clips(smoke: bool) -> list[Clip]:
+    import json
+
+    spec = json.loads((DATA / "fixtures.json").read_text())
+    names = ["short.wav"] if smoke else list(spec)
+    return [Clip(DATA / n, spec[n]["utterances"]) for n in names]
+
+
+def held_out_clips(workdir: Path, count: int) -> list[Clip]:
+    """Synthesizes held-out sentences with festival, alternating two voices."""
+    if shutil.which("text2wave") is None or shutil.which("sox") is None:
+        raise SystemExit("the held-out set needs festival and sox: "
+                         "apt-get install festival festvox-us-slt-hts festvox-kallpc16k sox")
+    clips = []
+    for i, text in enumerate(HELD_OUT[:count]):
+        voice = "voice_cmu_us_slt_arctic_hts" if i % 2 == 0 else "voice_kal_diphone"
+        txt, raw, out = workdir / f"h{i}.txt", workdir / f"h{i}.raw.wav", workdir / f"h{i}.wav"
+        txt.write_text(text)
+        subprocess.run(["text2wave", "-eval", f"({voice})", str(txt), "-o", str(raw)], check=True,
+                       capture_output=True)
+        subprocess.run(["sox", str(raw), "-r", "16000", "-c", "1", "-b", "16", str(out),
+                        "pad", "0.4", "0.8"], check=True, capture_output=True)
+        clips.append(Clip(out, [text]))
+    return clips
+
+
+def duration(path: Path) -> float:
+    with wave.open(str(path)) as w:
+        return w.getnframes() / w.getframerate()
+
+
+def concat(clips: list[Clip], out: Path) -> Clip:
+    subprocess.run(["sox", *[str(c.path) for c in clips], str(out)], check=True)
+    return Clip(out, [u for c in clips for u in c.utterances])
+
+
+# --- (a) and (c): offline ----------------------------------------------------------------------
+
+
+def offline(clips: list[Clip], held_out: list[Clip]) -> dict[str, Any]:
+    from faster_whisper.audio import decode_audio
+
+    from bots.stt import WhisperSTT, load_whisper
+    from bots.vad import Segmenter
+
+    model: Any = load_whisper("tiny.en")
+    hyps, audio_s, busy = [], 0.0, 0.0
+    for clip in clips:
+        started = time.perf_counter()
+        segments, _ = model.transcribe(str(clip.path), beam_size=1, language="en")
+        hyps.append(" ".join(s.text for s in segments))
+        busy += time.perf_counter() - started
+        audio_s += len(decode_audio(str(clip.path), 16000)) / 16000
+    out: dict[str, Any] = {"wer": wer([u for c in clips for u in c.utterances], hyps),
+                           "rtf": busy / audio_s}
+    for window in ("full", "dynamic"):
+        stt = WhisperSTT(model, name="tiny.en", window=window)
+        texts, times = [], []
+        for clip in held_out:
+            audio = np.concatenate([decode_audio(str(clip.path), 16000),
+                                    np.zeros(16000, np.float32)])
+            seg = Segmenter()
+            for i in range(0, len(audio), 320):
+                for utt in seg.feed(audio[i:i + 320]):
+                    if utt.final:
+                        result = stt.recognize(utt.audio, final=True)
+                        texts.append(result.text)
+                        times.append(result.inference_s)
+        out[f"held_out_wer_{window}"] = wer([u for c in held_out for u in c.utterances], texts)
+        out[f"inference_s_{window}"] = statistics.mean(times) if times else float("nan")
+    return out
+
+
+# --- (b) and (d): live ---------------------------------------------------------------------------
+
+
+@dataclass
+class Observer:
+    """A lobby member that records transcripts and statuses as they arrive."""
+
+    finals: list[tuple[float, p.Transcript]] = field(default_factory=list)
+    first_interim: dict[str, float] = field(default_factory=dict)
+    statuses: list[p.BotStatus] = field(default_factory=list)
+
+    def attach(self, client: SignalingClient) -> None:
+        client.on(p.MessageType.TRANSCRIPT, self._transcript)
+        client.on(p.MessageType.BOT_STATUS, self.statuses.append)
+
+    def _transcript(self, msg: p.Message) -> None:
+        assert isinstance(msg, p.Transcript)
+        now = time.time()
+        if msg.final:
+            self.finals.append((now, msg))
+        elif msg.text:
+            self.first_interim.setdefault(msg.segment_id, now)
+
+    def ttfs(self) -> list[float]:
+        return [at - (t.end - POST_ROLL) for at, t in self.finals]
+
+    def interim_delays(self) -> list[float]:
+        starts = {t.segment_id: t.start + PRE_ROLL for _, t in self.finals}
+        return [at - starts[seg] for seg, at in self.first_interim.items() if seg in starts]
+
+    def status_of(self, name: str) -> p.BotStatus | None:
+        """The latest status of the bot called ``name`` or of kind ``name``."""
+        return next((s for s in reversed(self.statuses) if name in (s.name, s.kind)), None)
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def add_bot(http: aiohttp.ClientSession, url: str, token: str, lobby: str, kind: str,
+                  name: str | None = None, **config: Any) -> dict[str, Any]:
+    async with http.post(f"{url}api/lobbies/{lobby}/bots", json={
+            "kind": kind, "name": name, "config": config},
+            headers={"Authorization": f"Bearer {token}"}) as r:
+        body = await r.json()
+        if r.status != 201:
+            raise RuntimeError(f"adding {kind}: {body}")
+        return body
+
+
+async def wait_for(predicate: Any, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.05)
+
+
+async def providers_ready(url: str, kinds: set[str], timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    async with aiohttp.ClientSession() as http:
+        while time.monotonic() < deadline:
+            async with http.get(url + "api/bots") as r:
+                if kinds <= {k["kind"] for k in (await r.json())["kinds"]}:
+                    return
+            await asyncio.sleep(0.2)
+    raise TimeoutError(f"providers for {kinds} did not register")
+
+
+async def live_lobby(url: str, name: str) -> tuple[SignalingClient, Observer, str]:
+    client = SignalingClient(ClientConfig(url=url, name=f"Observer {name}"))
+    observer = Observer()
+    observer.attach(client)
+    await client.start(wait=20)
+    await client.set_name(f"Observer {name}")
+    lobby = (await client.join(lobby_name=name)).lobby.id
+    return client, observer, lobby
+
+
+async def live(url: str, clips: list[Clip], transcriber_pid: int) -> dict[str, Any]:
+    client, observer, lobby = await live_lobby(url, "live")
+    assert client.config.token is not None
+    async with aiohttp.ClientSession() as http:
+        await add_bot(http, url, client.config.token, lobby, "transcriber")
+        await wait_for(lambda: (s := observer.status_of("transcriber")) is not None and
+                       s.status == "live", 120, "the transcriber")
+        cpu0, audio_s = cpu_seconds(transcriber_pid), 0.0
+        for i, clip in enumerate(clips):
+            name = f"Speaker {i + 1}"
+            bot = await add_bot(http, url, client.config.token, lobby, "player", name,
+                                path=str(clip.path), delay=0.3)
+            await wait_for(lambda: (s := observer.status_of(name)) is not None and
+                           s.detail.startswith("finished"), 120, f"{name} to finish")
+            await asyncio.sleep(1.5)  # time for the last final
+            async with http.delete(f"{url}api/lobbies/{lobby}/bots/{bot['bot_id']}",
+                                   headers={"Authorization": f"Bearer {client.config.token}"}):
+                pass
+            audio_s += duration(clip.path)
+        cpu = cpu_seconds(transcriber_pid) - cpu0
+    await client.close()
+    refs = [u for c in clips for u in c.utterances]
+    hyps = [t.text for _, t in sorted(observer.finals, key=lambda f: f[1].start)]
+    ttfs = observer.ttfs()
+    delays = observer.interim_delays()
+    return {"wer": wer(refs, hyps), "finals": len(hyps), "utterances": len(refs),
+            "ttfs_p50": pct(ttfs, 50), "ttfs_p95": pct(ttfs, 95),
+            "first_interim_p50": pct(delays, 50), "first_interim_p95": pct(delays, 95),
+            "interim_coverage": len(delays) / max(1, len(hyps)),
+            "cpu_per_stream": cpu / max(audio_s, 1e-9), "audio_s": audio_s}
+
+
+async def sweep(url: str, clips: list[Clip], speakers: int, seconds: float) -> dict[str, Any]:
+    """``speakers`` players talking at once, continuously (looping), for ``seconds``."""
+    client, observer, lobby = await live_lobby(url, f"sweep {speakers}")
+    assert client.config.token is not None
+    async with aiohttp.ClientSession() as http:
+        await add_bot(http, url, client.config.token, lobby, "transcriber")
+        await wait_for(lambda: (s := observer.status_of("transcriber")) is not None and
+                       s.status == "live", 120, "the transcriber")
+        for i in range(speakers):
+            await add_bot(http, url, client.config.token, lobby, "player", f"Talker {i + 1}",
+                          path=str(clips[i % len(clips)].path), loop=True, delay=0.3)
+        # the clock starts once everyone is talking (connecting 6 peers takes a while)
+        await wait_for(lambda: all((s := observer.status_of(f"Talker {i + 1}")) is not None and
+                                   s.detail.startswith("playing") for i in range(speakers)),
+                       120, "every talker to start")
+        observer.finals.clear()
+        await asyncio.sleep(seconds)
+        lag = [float(m.group(1)) for s in observer.statuses if s.status == "lagging"
+               and (m := re.match(r"([0-9.]+) s behind", s.detail))]
+        skipped = max([int(m.group(1)) for s in observer.statuses
+                       if (m := re.search(r"; (\d+) utterance", s.detail))], default=0)
+    await client.close()
+    ttfs = observer.ttfs()
+    per_speaker = {}
+    for _, t in observer.finals:
+        per_speaker[t.speaker_name] = per_speaker.get(t.speaker_name, 0) + 1
+    return {"speakers": speakers, "finals": len(ttfs), "ttfs_p50": pct(ttfs, 50),
+            "ttfs_p95": pct(ttfs, 95), "max_lag": max(lag, default=0.0), "skipped": skipped,
+            "min_finals_per_speaker": min(per_speaker.values(), default=0)
+            if len(per_speaker) == speakers else 0}
+
+
+def table(rows: list[list[str]]) -> str:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows)
+
+
+async def main_async(args: argparse.Namespace) -> int:
+    workdir = Path(tempfile.mkdtemp(prefix="bench-transcribe-"))
+    clips = fixture_clips(args.smoke)
+    held_out = held_out_clips(workdir, 2 if args.smoke else len(HELD_OUT))
+    live_clips = clips if args.smoke else [*clips, concat(held_out, workdir / "held_out.wav")]
+    off: dict[str, Any] = {}
+    if not args.sweep_only:
+        print("== (a) offline faster-whisper, (c) encoder window on held-out speech")
+        off = offline(live_clips, held_out)
+        print(table([["offline WER", "offline RTF", "held-out WER full", "held-out WER dynamic",
+                      "s/utt full", "s/utt dynamic"],
+                     [f"{off['wer']:.3f}", f"{off['rtf']:.3f}", f"{off['held_out_wer_full']:.3f}",
+                      f"{off['held_out_wer_dynamic']:.3f}", f"{off['inference_s_full']:.3f}",
+                      f"{off['inference_s_dynamic']:.3f}"]]), flush=True)
+
+    server = ServerProcess(workdir / "data", VOICEBOT_PROVIDER_KEY=KEY)
+    server.start()
+    transcriber = ProviderProcess(server.url, KEY, capacity=4, name="transcribers",
+                                  plugins=("transcriber",), log_level=args.log_level)
+    players = ProviderProcess(server.url, KEY, capacity=16, name="players", plugins=("player",),
+                              media_dirs=(DATA, workdir), log_level="WARNING")
+    on_air: dict[str, Any] = {}
+    rows = [["speakers", "finals", "TTFS p50", "TTFS p95", "max lag", "skipped",
+             "min finals/speaker"]]
+    try:
+        await providers_ready(server.url, {"transcriber", "player"})
+        if not args.sweep_only:
+            print("\n== (b) live: players → WebRTC → transcriber → lobby")
+            on_air = await live(server.url, live_clips, transcriber.proc.pid)
+            print(table([["live WER", "finals/utts", "TTFS p50", "TTFS p95", "1st interim p50",
+                          "1st interim p95", "CPU/stream"],
+                         [f"{on_air['wer']:.3f}", f"{on_air['finals']}/{on_air['utterances']}",
+                          f"{on_air['ttfs_p50']:.3f}", f"{on_air['ttfs_p95']:.3f}",
+                          f"{on_air['first_interim_p50']:.3f}",
+                          f"{on_air['first_interim_p95']:.3f}",
+                          f"{on_air['cpu_per_stream']:.3f}"]]), flush=True)
+        print(f"\n== (d) concurrency sweep: continuous speakers, {args.seconds:.0f} s each",
+              flush=True)
+        for k in args.speakers:
+            r = await sweep(server.url, [*clips, *held_out], k, args.seconds)
+            rows.append([str(k), str(r["finals"]), f"{r['ttfs_p50']:.3f}", f"{r['ttfs_p95']:.3f}",
+                         f"{r['max_lag']:.1f}", str(r["skipped"]),
+                         str(r["min_finals_per_speaker"])])
+        print(table(rows))
+    finally:
+        players.stop()
+        transcriber.stop()
+        server.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+        if args.log_level != "WARNING":
+            print(f"transcriber log: {transcriber.log_path}")
+
+    print("\n== against the targets")
+    if on_air:
+        print(f"live WER - offline WER (same files): {on_air['wer'] - off['wer']:+.3f} "
+              "(target <= +0.010)")
+        print(f"TTFS p50 {on_air['ttfs_p50']:.3f} s (target <= 0.6), "
+              f"p95 {on_air['ttfs_p95']:.3f} s (target <= 1.0)")
+        print(f"first interim p50 {on_air['first_interim_p50']:.3f} s (target <= 1.0)")
+    last = rows[-1]
+    print(f"{last[0]} continuous speakers: finals p95 {last[3]} s (target <= 2.0), "
+          f"max lag {last[4]} s, {last[5]} skipped")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--smoke", action="store_true", help="seconds, not minutes")
+    parser.add_argument("--speakers", type=int, nargs="+", default=None,
+                        help="sweep these speaker counts (default 1 2 4 6)")
+    parser.add_argument("--seconds", type=float, default=None, help="seconds per sweep step")
+    parser.add_argument("--sweep-only", action="store_true", help="only the concurrency sweep")
+    parser.add_argument("--log-level", default="WARNING", help="the transcriber's log level")
+    args = parser.parse_args(argv)
+    args.speakers = args.speakers or ([1] if args.smoke else [1, 2, 4, 6])
+    args.seconds = args.seconds or (6.0 if args.smoke else 25.0)
+    return asyncio.run(main_async(args))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
