@@ -41,6 +41,9 @@ class BotRunner(LobbyAccess):
         self.bot: Bot | None = None
         self.mesh: Mesh | None = None
         self._members: dict[str, Peer] = {}
+        # peer hooks wait for on_joined: a bot may still be loading (a model, say) when the
+        # first peer's audio arrives
+        self._joined = asyncio.Event()
 
     # --- LobbyAccess --------------------------------------------------------------------------
 
@@ -76,8 +79,8 @@ class BotRunner(LobbyAccess):
         self.set_status("starting")
         bot = self.bot = self.cls(self, config)
         self.mesh = Mesh(self.client, self.lobby_id, sends_audio=self.cls.sends_audio,
-                         on_track=bot.on_track, on_peer_connected=self._peer_connected,
-                         on_peer_left=bot.on_peer_left)
+                         on_track=self._track, on_peer_connected=self._peer_connected,
+                         on_peer_left=self._peer_left)
         self.client.on(p.MessageType.CHAT, self._chat)
         self.client.on(p.MessageType.LOBBY_STATE, self._roster)
         try:
@@ -85,6 +88,7 @@ class BotRunner(LobbyAccess):
             self.session_id = self.client.session_id or ""
             await self.client.join(lobby_id=self.lobby_id)
             await bot.on_joined()
+            self._joined.set()
             if self.status == "starting":
                 self.set_status("live")
             failure = await self.client.wait_stopped()
@@ -108,8 +112,18 @@ class BotRunner(LobbyAccess):
 
     async def _chat(self, msg: p.Message) -> None:
         assert isinstance(msg, p.Chat)
-        if msg.lobby_id == self.lobby_id and self.bot is not None:
+        if msg.lobby_id == self.lobby_id and self.bot is not None and self._joined.is_set():
             await self.bot.on_chat(msg)
+
+    async def _track(self, peer: Peer, track: MediaStreamTrack) -> None:
+        await self._joined.wait()
+        assert self.bot is not None
+        await self.bot.on_track(peer, track)
+
+    async def _peer_left(self, peer: Peer) -> None:
+        await self._joined.wait()
+        assert self.bot is not None
+        await self.bot.on_peer_left(peer)
 
     def _roster(self, msg: p.Message) -> None:
         assert isinstance(msg, p.LobbyState)
@@ -118,5 +132,6 @@ class BotRunner(LobbyAccess):
                              for x in msg.participants if x.session_id != self.client.session_id}
 
     async def _peer_connected(self, peer: Peer) -> None:
-        if self.bot is not None:
-            await self.bot.on_peer_connected(peer)
+        await self._joined.wait()
+        assert self.bot is not None
+        await self.bot.on_peer_connected(peer)

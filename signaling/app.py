@@ -34,14 +34,19 @@ def create_app(settings: Settings, store: Store | None = None) -> web.Applicatio
     base = settings.base_path
     api.add_routes(app, base)
     app.router.add_get(base + "ws", ws.websocket)
-    if (STATIC_DIR / "index.html").exists():
-        app.router.add_get(base, _index)
-        app.router.add_static(base + "static/", STATIC_DIR)
+    app.router.add_get(base, _index)
+    if base != "/":  # "/ai-voicebot" → "/ai-voicebot/", so relative URLs resolve under it
+        app.router.add_get(base.rstrip("/"), _to_base)
+    app.router.add_static(base + "static/", STATIC_DIR)
     return app
 
 
 async def _index(request: web.Request) -> web.FileResponse:
-    return web.FileResponse(STATIC_DIR / "index.html")
+    return web.FileResponse(STATIC_DIR / "index.html", headers={"Cache-Control": "no-cache"})
+
+
+async def _to_base(request: web.Request) -> web.Response:
+    raise web.HTTPPermanentRedirect(request.app[SETTINGS].base_path)
 
 
 async def _hub_lifetime(app: web.Application) -> AsyncIterator[None]:

@@ -1,0 +1,135 @@
+// The one WebSocket connection: session token, reconnect with jittered backoff, requests.
+
+const TOKEN_KEY = "voicebot.token";
+
+export class ServerError extends Error {
+  constructor(code, message) { super(message); this.code = code; }
+}
+
+function* backoff(initial = 250, maximum = 5000) {
+  for (let n = 0; ; n++) yield Math.random() * Math.min(maximum, initial * 2 ** Math.min(n, 16));
+}
+
+export class Connection {
+  constructor(base, { onStatus, onWelcome }) {
+    this.base = base;                // the app's base URL, ending in "/"
+    this.onStatus = onStatus;
+    this.onWelcome = onWelcome;
+    this.handlers = new Map();
+    this.pending = new Map();
+    this.ws = null;
+    this.nextId = 1;
+    this.everConnected = false;
+  }
+
+  get token() { return localStorage.getItem(TOKEN_KEY); }
+
+  async api(path, { method = "GET", body } = {}) {
+    const headers = { "Content-Type": "application/json" };
+    if (this.token) headers.Authorization = `Bearer ${this.token}`;
+    const resp = await fetch(new URL(path, this.base), {
+      method, headers, body: body === undefined ? undefined : JSON.stringify(body) });
+    const data = await resp.json().catch(() => ({}));
+    if (!resp.ok) {
+      const err = data.error || {};
+      throw new ServerError(err.code || String(resp.status), err.message || resp.statusText);
+    }
+    return data;
+  }
+
+  async ensureSession() {
+    if (this.token) {
+      try { await this.api("api/session"); return; } catch (e) {
+        if (e.code !== "unauthorized") throw e;
+        localStorage.removeItem(TOKEN_KEY);   // the server forgot us: start afresh
+      }
+    }
+    const { token } = await this.api("api/sessions", { method: "POST", body: {} });
+    localStorage.setItem(TOKEN_KEY, token);
+  }
+
+  on(type, fn) {
+    if (!this.handlers.has(type)) this.handlers.set(type, []);
+    this.handlers.get(type).push(fn);
+  }
+
+  async start() {
+    let delays = backoff();
+    for (;;) {
+      this.onStatus(this.everConnected ? "reconnecting" : "connecting");
+      try {
+        await this.ensureSession();
+        await this.runOnce();
+      } catch (e) {
+        console.debug("connection attempt failed", e);
+      }
+      if (this.healthy) delays = backoff();  // a good connection resets the backoff
+      await new Promise((r) => setTimeout(r, delays.next().value));
+    }
+  }
+
+  runOnce() {
+    return new Promise((resolve) => {
+      const url = new URL("ws", this.base);
+      url.protocol = url.protocol === "https:" ? "wss:" : "ws:";
+      url.searchParams.set("token", this.token);
+      const ws = new WebSocket(url);
+      const opened = Date.now();
+      this.healthy = false;
+      ws.onmessage = (ev) => this.receive(ev.data);
+      ws.onclose = () => {
+        this.healthy = Date.now() - opened > 5000;
+        if (this.ws === ws) this.ws = null;
+        for (const [, p] of this.pending) p.reject(new ServerError("disconnected", "connection lost"));
+        this.pending.clear();
+        resolve();
+      };
+      this.ws = ws;
+    });
+  }
+
+  receive(text) {
+    let frame;
+    try { frame = JSON.parse(text); } catch { return; }
+    const { type, data = {}, id } = frame;
+    if (type === "welcome") {
+      this.everConnected = true;
+      this.onStatus("connected");
+      this.onWelcome(data);
+    }
+    if (id && this.pending.has(id)) {
+      const p = this.pending.get(id);
+      this.pending.delete(id);
+      if (type === "error") { p.reject(new ServerError(data.code, data.message)); return; }
+      p.resolve(data);
+    }
+    for (const fn of this.handlers.get(type) || []) {
+      try { fn(data, id); } catch (e) { console.error(`handler for ${type}`, e); }
+    }
+  }
+
+  send(type, data = {}) {
+    if (!this.ws || this.ws.readyState !== WebSocket.OPEN) return false;
+    this.ws.send(JSON.stringify({ type, data }));
+    return true;
+  }
+
+  request(type, data = {}, timeout = 15000) {
+    return new Promise((resolve, reject) => {
+      if (!this.ws || this.ws.readyState !== WebSocket.OPEN) {
+        reject(new ServerError("disconnected", "not connected; try again in a moment"));
+        return;
+      }
+      const id = `b${this.nextId++}`;
+      const timer = setTimeout(() => {
+        this.pending.delete(id);
+        reject(new ServerError("timeout", `no reply to ${type}`));
+      }, timeout);
+      this.pending.set(id, {
+        resolve: (v) => { clearTimeout(timer); resolve(v); },
+        reject: (e) => { clearTimeout(timer); reject(e); },
+      });
+      this.ws.send(JSON.stringify({ type, data, id }));
+    });
+  }
+}
