@@ -102,8 +102,10 @@ class LobbyAccess(abc.ABC):
         """Sends ``track`` to every peer, present and future."""
 
     @abc.abstractmethod
-    def set_status(self, status: str, detail: str = "") -> None:
-        """Reports ``loading``, ``live``, ``lagging`` or ``failed`` (see protocol.BOT_STATUSES)."""
+    def set_status(self, status: str, detail: str = "",
+                   metrics: dict[str, float] | None = None) -> None:
+        """Reports ``loading``, ``live``, ``lagging`` or ``failed`` (see protocol.BOT_STATUSES),
+        with optional figures the server exports (``{"lag": seconds}``)."""
 
 
 C = TypeVar("C", bound=BotConfig)

@@ -63,9 +63,11 @@ class BotRunner(LobbyAccess):
         assert self.mesh is not None
         self.mesh.set_source(track)
 
-    def set_status(self, status: str, detail: str = "") -> None:
+    def set_status(self, status: str, detail: str = "",
+                   metrics: dict[str, float] | None = None) -> None:
         self.status = status
-        self._report(p.BotStatus(bot_id=self.bot_id, status=status, detail=detail[:1000]))
+        self._report(p.BotStatus(bot_id=self.bot_id, status=status, detail=detail[:1000],
+                                 metrics=metrics or {}))
 
     # --- lifecycle ----------------------------------------------------------------------------
 

@@ -53,7 +53,8 @@ class FakeLobby(LobbyAccess):
     def add_track(self, track: MediaStreamTrack) -> None:
         self.tracks.append(track)
 
-    def set_status(self, status: str, detail: str = "") -> None:
+    def set_status(self, status: str, detail: str = "",
+                   metrics: dict[str, float] | None = None) -> None:
         if status not in p.BOT_STATUSES:
             raise ValueError(f"unknown status {status!r}")
         self.statuses.append((status, detail))

@@ -132,6 +132,7 @@ class TranscriberBot(Bot[TranscriberConfig]):
 
     async def _watch_lag(self) -> None:
         lagging = False
+        reported_skips = 0
         ticks = 0
         while True:
             await asyncio.sleep(1.0)
@@ -141,13 +142,16 @@ class TranscriberBot(Bot[TranscriberConfig]):
                     log.info("%s: %s", stream.key, stream.describe())
             worst = max((s.lag() for s in self.streams.values()), default=0.0)
             skipped = sum(s.skipped for s in self.streams.values())
-            if worst > self.config.lag_warning_s or (skipped and not lagging):
+            figures = {"lag": round(worst, 2), "skipped": skipped}
+            if worst > self.config.lag_warning_s or (skipped > reported_skips and not lagging):
                 lagging = True
+                reported_skips = skipped
                 self.lobby.set_status("lagging", f"{worst:.1f} s behind; "
-                                                 f"{skipped} utterance(s) skipped to stay live")
+                                                 f"{skipped} utterance(s) skipped to stay live",
+                                      figures)
             elif lagging and worst < self.config.lag_warning_s / 2:
                 lagging = False
-                self.lobby.set_status("live", f"{self.config.model}, caught up")
+                self.lobby.set_status("live", f"{self.config.model}, caught up", figures)
 
 
 class SpeakerStream:

@@ -514,6 +514,7 @@ class BotStatus(Message):
     kind: str | None = None
     name: str | None = None
     session_id: str | None = None
+    metrics: dict = field(default_factory=dict)  # e.g. {"lag": 1.2}: exported by the server
 
     def validate(self) -> None:
         if self.status not in BOT_STATUSES:

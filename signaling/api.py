@@ -16,6 +16,7 @@ from shared.protocol import ErrorCode, ProtocolError
 from .dispatch import DISPATCHER
 from . import export
 from .hub import HUB, Hub, LiveSession, Lobby, stored_message
+from .limits import LIMITS
 from .store import StoreError
 
 log = logging.getLogger(__name__)
@@ -124,6 +125,8 @@ def lobby_json(hub: Hub, lobby: Lobby, *, participants: bool = False) -> dict[st
 
 async def create_session(request: web.Request) -> web.Response:
     hub = request.app[HUB]
+    if not request.app[LIMITS].sessions_by_ip.take(request.remote or "?"):
+        raise http_error(429, ErrorCode.RATE_LIMITED, "too many new sessions from your address")
     body = await read_json(request)
     bot = field(body, "bot", bool, False)
     if bot:
@@ -153,9 +156,14 @@ async def list_lobbies(request: web.Request) -> web.Response:
     return web.json_response({"lobbies": [lobby_json(hub, lb) for lb, _ in lobbies]})
 
 
+def creation_allowed(request: web.Request, session: LiveSession) -> None:
+    if not request.app[LIMITS].creates_by_session.take(session.id):
+        raise http_error(429, ErrorCode.RATE_LIMITED, "too many creations; wait a little")
+
+
 async def create_lobby(request: web.Request) -> web.Response:
     hub = request.app[HUB]
-    session_from(request, hub)
+    creation_allowed(request, session_from(request, hub))
     body = await read_json(request)
     name = field(body, "name", str)
     if name is None:
@@ -258,6 +266,7 @@ async def lobby_bots(request: web.Request) -> web.Response:
 async def add_bot(request: web.Request) -> web.Response:
     hub = request.app[HUB]
     lobby = member_lobby(request, hub)
+    creation_allowed(request, session_from(request, hub))
     body = await read_json(request)
     kind = field(body, "kind", str)
     if not kind:

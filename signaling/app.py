@@ -11,29 +11,39 @@ from pathlib import Path
 
 from aiohttp import WSCloseCode, web
 
-from . import api, ws
+from . import admin, api, events, ws
 from .dispatch import DISPATCHER, Dispatcher
 from .hub import HUB, Hub
+from .limits import LIMITS, AppLimits
+from .metrics import METRICS, Metrics
 from .settings import Settings
 from .store import SQLiteStore, Store
 
 log = logging.getLogger(__name__)
 
 STATIC_DIR = Path(__file__).parent / "static"
+OPENAPI = Path(__file__).parent / "openapi.json"
 SETTINGS = web.AppKey("settings", Settings)
 
 
 def create_app(settings: Settings, store: Store | None = None) -> web.Application:
-    app = web.Application(middlewares=[api.json_errors], client_max_size=settings.max_message_bytes)
+    app = web.Application(middlewares=[api.json_errors, admin.admin_only],
+                          client_max_size=settings.max_message_bytes)
     app[SETTINGS] = settings
     hub = app[HUB] = Hub(settings, store or SQLiteStore(settings.db_path))
     app[DISPATCHER] = Dispatcher(hub)
+    app[LIMITS] = AppLimits(settings)
+    metrics = app[METRICS] = Metrics()
+    hub.bus.subscribe(events.BotReported, metrics.bot_reported)
     app.cleanup_ctx.append(_hub_lifetime)
     app.cleanup_ctx.append(_maintenance)
     app.on_shutdown.append(_close_sockets)
     base = settings.base_path
     api.add_routes(app, base)
+    admin.add_routes(app, base)
     app.router.add_get(base + "ws", ws.websocket)
+    app.router.add_get(base + "metrics", _metrics)
+    app.router.add_get(base + "api/openapi.json", _openapi)
     app.router.add_get(base, _index)
     if base != "/":  # "/ai-voicebot" → "/ai-voicebot/", so relative URLs resolve under it
         app.router.add_get(base.rstrip("/"), _to_base)
@@ -43,6 +53,22 @@ def create_app(settings: Settings, store: Store | None = None) -> web.Applicatio
 
 async def _index(request: web.Request) -> web.FileResponse:
     return web.FileResponse(STATIC_DIR / "index.html", headers={"Cache-Control": "no-cache"})
+
+
+async def _metrics(request: web.Request) -> web.Response:
+    hub, dispatcher, metrics = request.app[HUB], request.app[DISPATCHER], request.app[METRICS]
+    metrics.connections.set(len(hub.connections()))
+    metrics.sessions.set(len(hub.sessions))
+    metrics.lobbies.set(len(hub.lobbies))
+    metrics.providers.set(len(dispatcher.providers))
+    metrics.bots.clear()
+    for status in {b.status for b in dispatcher.bots.values()}:
+        metrics.bots.labels(status).set(sum(b.status == status for b in dispatcher.bots.values()))
+    return web.Response(body=metrics.render(), headers={"Content-Type": metrics.content_type})
+
+
+async def _openapi(request: web.Request) -> web.FileResponse:
+    return web.FileResponse(OPENAPI)
 
 
 async def _to_base(request: web.Request) -> web.Response:

@@ -13,16 +13,19 @@ import time
 
 from aiohttp import web
 
+from .limits import ConnectionLimits
+
 log = logging.getLogger(__name__)
 
 CLOSE_REPLACED = 4001  # the same session connected again elsewhere
 CLOSE_REMOVED = 4002  # the session was deleted (a bot removed from its lobby)
+CLOSE_KICKED = 4003  # an administrator kicked the session
 CLOSE_SLOW_CONSUMER = 4008
 
 
 class Connection:
     def __init__(self, ws: web.WebSocketResponse, session_id: str, queue_size: int,
-                 remote: str | None = None) -> None:
+                 remote: str | None = None, limits: ConnectionLimits | None = None) -> None:
         self.ws = ws
         self.session_id = session_id
         self.remote = remote
@@ -30,6 +33,8 @@ class Connection:
         self.received = 0
         self.sent = 0
         self.announced: set[str] = set()  # lobbies whose members were told about this connection
+        self.limits = limits
+        self.overflowed = False
         self._queue: asyncio.Queue[str | None] = asyncio.Queue(queue_size)
         self._writer = asyncio.create_task(self._write_loop(), name=f"ws-writer-{session_id}")
         self._closing = False
@@ -44,7 +49,9 @@ class Connection:
         try:
             self._queue.put_nowait(text)
         except asyncio.QueueFull:
-            log.warning("session %s: send queue overflow, disconnecting", self.session_id)
+            log.warning("session %s: send queue overflow, disconnecting", self.session_id,
+                        extra={"session_id": self.session_id})
+            self.overflowed = True
             self.abort()
 
     async def _write_loop(self) -> None:

@@ -176,6 +176,8 @@ class Dispatcher:
         bot = self.bots.get(msg.bot_id)
         if bot is None or bot.provider != provider_session:
             return
+        if msg.metrics:
+            self.hub.bus.emit(events.BotReported(bot.id, msg.status, dict(msg.metrics)))
         self._set_status(bot, msg.status, msg.detail)
         if msg.status == "failed":
             prov = self.providers.get(provider_session)

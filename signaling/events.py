@@ -48,6 +48,15 @@ class ChatPosted:
 
 
 @dataclass(frozen=True)
+class BotReported:
+    """A bot's status came with figures (e.g. a transcriber's lag)."""
+
+    bot_id: str
+    status: str
+    metrics: dict[str, Any]
+
+
+@dataclass(frozen=True)
 class LobbyDeleted:
     lobby_id: str
 

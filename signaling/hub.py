@@ -420,9 +420,28 @@ class Hub:
         if not lobby.members:
             lobby.record.empty_since = time.time()
             await self.store.save_lobby(lobby.record)
-        self._send(lobby.members, p.PeerRemoved(lobby_id=lobby.id, peer_id=s.id))
+        removed = p.PeerRemoved(lobby_id=lobby.id, peer_id=s.id)
+        self._send([*lobby.members, s.id], removed)  # the member learns of it too
         self._broadcast_state(lobby)
         self.bus.emit(events.MemberLeft(lobby.id, s.id))
+
+    async def close_lobby(self, lobby: Lobby) -> None:
+        """Removes every member, then the lobby with its chat (an administrator's delete)."""
+        async with self._lock:
+            for session_id in sorted(lobby.members):
+                await self._remove_member(self.sessions[session_id], lobby)
+            await self.delete_lobby(lobby)
+
+    async def clear_claim(self, key: str) -> None:
+        """Takes the password off a name; its holder keeps it as an ordinary name."""
+        async with self._lock:
+            claim = self.claims.pop(key, None)
+            if claim is None:
+                return
+            await self.store.delete_claim(key)
+            holder = self.sessions.get(claim.session_id or "")
+            if holder is not None and holder.conn is not None:
+                holder.conn.send(p.encode(p.Session(session=self.session_info(holder))))
 
     async def delete_lobby(self, lobby: Lobby) -> None:
         await self.store.delete_lobby(lobby.id)

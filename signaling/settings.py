@@ -34,6 +34,22 @@ class Settings:
     integrity_interval: float = _setting(300.0, "seconds between integrity checks")
     provider_key: str | None = _setting(None, "shared secret bot providers authenticate with")
     auto_bots: str = _setting("", "bot kinds added to every lobby a person joins, comma-separated")
+    admin_token: str | None = _setting(None, "bearer token of the admin API (disabled if unset)")
+    allowed_origins: str = _setting("", "origins allowed to open the WebSocket, comma-separated "
+                                        "(default: the server's own host)")
+    max_connections: int = _setting(2000, "open WebSockets at most; more are closed with 1013")
+    msg_rate: float = _setting(50.0, "frames a second per connection")
+    msg_burst: float = _setting(200.0, "frames in a burst per connection")
+    chat_rate: float = _setting(3.0, "chat messages a second per connection")
+    chat_burst: float = _setting(20.0, "chat messages in a burst per connection")
+    create_rate: float = _setting(0.2, "lobbies or bots created a second per connection/session")
+    create_burst: float = _setting(10.0, "lobbies or bots created in a burst")
+    error_rate: float = _setting(1.0, "protocol errors a second before a socket is closed (1008)")
+    error_burst: float = _setting(30.0, "protocol errors in a burst before it is closed")
+    ip_session_rate: float = _setting(1.0, "sessions created a second per client address")
+    ip_session_burst: float = _setting(30.0, "sessions created in a burst per client address")
+    ip_upgrade_rate: float = _setting(2.0, "WebSocket upgrades a second per client address")
+    ip_upgrade_burst: float = _setting(30.0, "WebSocket upgrades in a burst per client address")
 
     def __post_init__(self) -> None:
         base = "/" + self.base_path.strip("/")
@@ -47,6 +63,10 @@ class Settings:
             raise ValueError("max_participants must be within 2..64")
         if self.max_message_bytes > self.max_frame_bytes:
             raise ValueError("max_message_bytes must not exceed max_frame_bytes")
+
+    @property
+    def origins(self) -> list[str]:
+        return [o.strip().rstrip("/") for o in self.allowed_origins.split(",") if o.strip()]
 
     @property
     def auto_bot_kinds(self) -> list[str]:
@@ -73,7 +93,7 @@ class Settings:
     @classmethod
     def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
         for f in dataclasses.fields(cls):
-            if f.name == "provider_key":  # a secret: environment only, never on a command line
+            if f.name in ("provider_key", "admin_token"):  # secrets: environment only
                 continue
             parser.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, default=None,
                                 type=lambda raw, f=f: _convert(f, raw),

@@ -6,11 +6,13 @@ Frames from one connection are handled one at a time, in order. Any bad frame ge
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
+import time
 from collections.abc import Awaitable, Callable
 
-from aiohttp import WSMsgType, web
+from aiohttp import WSCloseCode, WSMsgType, web
 
 from shared import protocol as p
 from shared.protocol import ErrorCode, MessageType, ProtocolError
@@ -19,6 +21,8 @@ from .api import bearer_token, http_error
 from .connection import Connection
 from .dispatch import DISPATCHER
 from .hub import HUB, Hub, LiveSession
+from .limits import LIMITS, ConnectionLimits
+from .metrics import METRICS
 from .store import StoreError
 
 log = logging.getLogger(__name__)
@@ -98,6 +102,8 @@ async def on_transcript(app: web.Application, s: LiveSession, msg: p.Message,
         meta = {"segment_id": msg.segment_id, "speaker_id": msg.speaker_id, "speaker_name": name,
                 "start": msg.start, "end": msg.end, "model": msg.model, "language": msg.language}
         rec = await hub.post(lobby, s, msg.text, kind="transcript", meta=meta, client_ref=ref)
+        if msg.end:  # end of speech → stored here (the segmenter adds a 96 ms post-roll)
+            app[METRICS].ttfs.observe(max(0.0, time.time() - msg.end + 0.096))
         reply(s, p.Ack(result={"message_id": rec.id}), ref)
         return
     hub.send_to_lobby(lobby.id, dataclasses.replace(msg, speaker_name=name, bot_id=s.id))
@@ -124,47 +130,94 @@ HANDLERS: dict[MessageType, Handler] = {
 
 
 async def dispatch(app: web.Application, s: LiveSession, conn: Connection, text: str) -> None:
-    hub = app[HUB]
+    hub, metrics = app[HUB], app[METRICS]
+    started = time.perf_counter()
     conn.received += 1
-    if len(text) > hub.settings.max_message_bytes or \
-            len(text.encode()) > hub.settings.max_message_bytes:
-        send_error(conn, ErrorCode.MESSAGE_TOO_LARGE,
-                   f"frames are limited to {hub.settings.max_message_bytes} bytes", None)
-        return
     ref = None
     try:
+        if len(text) > hub.settings.max_message_bytes or \
+                len(text.encode()) > hub.settings.max_message_bytes:
+            raise ProtocolError(ErrorCode.MESSAGE_TOO_LARGE,
+                                f"frames are limited to {hub.settings.max_message_bytes} bytes")
         msg, ref = p.decode(text, HANDLERS)
+        metrics.messages.labels(msg.type.value).inc()
+        if conn.limits is not None and not s.record.bot:
+            check_limits(hub, conn.limits, msg)
         await HANDLERS[msg.type](app, s, msg, ref)
+        if msg.type in (MessageType.SDP, MessageType.ICE):
+            metrics.relay_latency.observe(time.perf_counter() - started)
     except ProtocolError as exc:
-        send_error(conn, exc.code, exc.message, ref if ref is not None else p.frame_id(text))
+        fail(app, conn, exc.code, exc.message, ref if ref is not None else p.frame_id(text))
     except StoreError as exc:
-        log.error("session %s: storage failed: %s", s.id, exc)
-        send_error(conn, ErrorCode.UNAVAILABLE, "storage is unavailable; nothing was saved", ref)
+        log.error("storage failed: %s", exc, extra={"session_id": s.id})
+        fail(app, conn, ErrorCode.UNAVAILABLE, "storage is unavailable; nothing was saved", ref)
     except Exception:
-        log.exception("session %s: handler failed", s.id)
-        send_error(conn, ErrorCode.INTERNAL, "internal error", ref)
+        log.exception("handler failed", extra={"session_id": s.id})
+        fail(app, conn, ErrorCode.INTERNAL, "internal error", ref)
+
+
+def check_limits(hub: Hub, limits: ConnectionLimits, msg: p.Message) -> None:
+    if not limits.messages.take():
+        raise ProtocolError(ErrorCode.RATE_LIMITED, "too many messages; slow down")
+    if isinstance(msg, p.Chat) and not limits.chat.take():
+        raise ProtocolError(ErrorCode.RATE_LIMITED, "too many chat messages; slow down")
+    if isinstance(msg, p.Join) and msg.lobby_name is not None and \
+            hub.lobby_by_name(msg.lobby_name) is None and not limits.creates.take():
+        raise ProtocolError(ErrorCode.RATE_LIMITED, "too many new lobbies; wait a little")
+
+
+def fail(app: web.Application, conn: Connection, code: ErrorCode, message: str,
+         ref: str | None) -> None:
+    """Answers a bad frame; a client that keeps sending them is cut off (1008)."""
+    app[METRICS].errors.labels(code.value).inc()
+    send_error(conn, code, message, ref)
+    if conn.limits is not None and not conn.limits.errors.take() and not conn.closed:
+        app[METRICS].closed.labels("protocol_errors").inc()
+        asyncio.ensure_future(conn.close(WSCloseCode.POLICY_VIOLATION, "too many bad frames"))
+
+
+def origin_allowed(request: web.Request, allowed: list[str]) -> bool:
+    """Browsers send Origin; other clients (bots, tools) don't and aren't subject to it."""
+    origin = request.headers.get("Origin")
+    if origin is None:
+        return True
+    if allowed:
+        return origin.rstrip("/") in allowed or "*" in allowed
+    return origin.split("://", 1)[-1] == request.host  # the page this server served
 
 
 async def websocket(request: web.Request) -> web.WebSocketResponse:
-    hub = request.app[HUB]
+    hub, metrics, limits = request.app[HUB], request.app[METRICS], request.app[LIMITS]
+    st = hub.settings
+    if not origin_allowed(request, st.origins):
+        raise http_error(403, ErrorCode.NOT_ALLOWED, "this origin may not connect")
+    if not limits.upgrades_by_ip.take(request.remote or "?"):
+        raise http_error(429, ErrorCode.RATE_LIMITED, "too many connections from your address")
     token = bearer_token(request)
     session = hub.authenticate(token) if token else None
     if session is None:
         raise http_error(401, ErrorCode.UNAUTHORIZED, "a valid session token is required")
-    st = hub.settings
     ws = web.WebSocketResponse(heartbeat=st.heartbeat, max_msg_size=st.max_frame_bytes)
     await ws.prepare(request)
-    conn = Connection(ws, session.id, st.send_queue, request.remote)
+    if len(hub.connections()) >= st.max_connections:
+        metrics.closed.labels("capacity").inc()
+        await ws.close(code=WSCloseCode.TRY_AGAIN_LATER, message=b"server full, try again later")
+        return ws
+    conn = Connection(ws, session.id, st.send_queue, request.remote, limits.for_connection())
     try:
         await hub.connect(session, conn)
         async for frame in ws:
             if frame.type is WSMsgType.TEXT:
                 await dispatch(request.app, session, conn, frame.data)
             elif frame.type is WSMsgType.BINARY:
-                send_error(conn, ErrorCode.BAD_FRAME, "binary frames are not accepted", None)
+                fail(request.app, conn, ErrorCode.BAD_FRAME, "binary frames are not accepted", None)
             elif frame.type is WSMsgType.ERROR:
-                log.info("session %s: socket error: %s", session.id, ws.exception())
+                log.info("socket error: %s", ws.exception(), extra={"session_id": session.id})
+        if ws.close_code == WSCloseCode.MESSAGE_TOO_BIG:
+            metrics.closed.labels("frame_too_large").inc()
     finally:
+        if conn.overflowed:
+            metrics.closed.labels("slow_consumer").inc()
         await hub.disconnect(session, conn)
         await conn.finish()
     return ws

@@ -81,7 +81,7 @@ MEDIA = ROOT / "tests" / "data"
 
 def make_settings(data_dir: Path, **overrides: Any) -> Settings:
     defaults: dict[str, Any] = {"data_dir": data_dir, "grace": 5.0, "sweep_interval": 0.2,
-                                "provider_key": PROVIDER_KEY}
+                                "provider_key": PROVIDER_KEY, "create_burst": 100.0}
     return Settings(**(defaults | overrides))
 
 

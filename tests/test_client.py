@@ -29,7 +29,7 @@ def test_backoff_is_capped_full_jitter() -> None:
 
 
 async def test_kill_and_restart_server_mid_chat(server_process: Any) -> None:
-    srv = server_process()
+    srv = server_process(VOICEBOT_CHAT_RATE="100")
     srv.start()
     cfg = dict(backoff_initial=0.05, backoff_max=0.5, heartbeat=1.0, receive_timeout=3.0,
                breaker_threshold=50)
