@@ -27,6 +27,7 @@ MAX_CHAT_LEN = 2000
 MAX_SDP_LEN = 32_000
 MAX_CANDIDATE_LEN = 1_000
 MAX_TRANSCRIPT_LEN = 4_000
+MAX_SAFE_INT = 2**53 - 1
 
 
 class MessageType(enum.StrEnum):
@@ -139,11 +140,19 @@ def _check_type(name: str, value: Any, hint: Any) -> Any:
     if hint is int:
         if isinstance(value, bool) or not isinstance(value, int):
             raise _invalid(f"{name} must be an integer")
+        if not -MAX_SAFE_INT <= value <= MAX_SAFE_INT:  # what JSON peers and SQLite can hold
+            raise _invalid(f"{name} is out of range")
         return value
     if hint is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise _invalid(f"{name} must be a number")
-        return float(value)
+        try:
+            number = float(value)
+        except OverflowError:
+            raise _invalid(f"{name} is out of range") from None
+        if number != number or number in (float("inf"), float("-inf")):
+            raise _invalid(f"{name} must be a finite number")
+        return number
     if hint is str:
         if not isinstance(value, str):
             raise _invalid(f"{name} must be a string")

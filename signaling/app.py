@@ -30,7 +30,7 @@ def create_app(settings: Settings, store: Store | None = None) -> web.Applicatio
     app = web.Application(middlewares=[api.json_errors, admin.admin_only],
                           client_max_size=settings.max_message_bytes)
     app[SETTINGS] = settings
-    hub = app[HUB] = Hub(settings, store or SQLiteStore(settings.db_path))
+    hub = app[HUB] = Hub(settings, store or SQLiteStore(settings.db_path, settings.max_db_mb))
     app[DISPATCHER] = Dispatcher(hub)
     app[LIMITS] = AppLimits(settings)
     metrics = app[METRICS] = Metrics()

@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
+from . import logs
 from .app import create_app
 from .settings import Settings
 from .store import StoreError
@@ -49,7 +50,8 @@ def _up(args: argparse.Namespace) -> int:
     settings = Settings.from_args(args, {"VOICEBOT_AUTO_BOTS": "transcriber"} | os.environ |
                                   {"VOICEBOT_PROVIDER_KEY": key})
     app = create_app(settings)
-    provider_cmd = [sys.executable, "-m", "signaling.cli", "--log-level", args.log_level, "bots",
+    provider_cmd = [sys.executable, "-m", "signaling.cli", "--log-level", args.log_level,
+                    "--log-format", args.log_format, "bots",
                     "--server", _local_url(settings), "--capacity", str(args.capacity)]
 
     async def supervise(app: web.Application) -> AsyncIterator[None]:
@@ -132,6 +134,8 @@ def _models(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="voicebot", description=__doc__)
     parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING, ...")
+    parser.add_argument("--log-format", default="text", choices=("text", "json"),
+                        help="json: one object a line, with session and lobby ids")
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="run the signaling server")
     Settings.add_arguments(serve)
@@ -153,8 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logs.setup(args.log_level, args.log_format)
     try:
         return args.run(args)
     except ValueError as exc:  # settings that make no sense

@@ -200,6 +200,7 @@ class Hub:
         await self.store.save_session(s.record)
         conn.send(p.encode(p.Welcome(protocol=p.PROTOCOL_VERSION, server=SERVER_NAME,
                                      session=self.session_info(s))))
+        log.info("connected from %s", conn.remote, extra={"session_id": s.id})
         self.bus.emit(events.SessionConnected(s.id))
         for lobby_id in sorted(s.lobbies):
             lobby = self.lobbies[lobby_id]
@@ -212,6 +213,7 @@ class Hub:
             return
         s.conn = None
         s.disconnected_at = s.record.last_seen = time.time()
+        log.info("disconnected", extra={"session_id": s.id})
         self.bus.emit(events.SessionDisconnected(s.id))
         for lobby_id in s.lobbies:
             self._broadcast_state(self.lobbies[lobby_id])
@@ -373,6 +375,7 @@ class Hub:
             lobby.record.empty_since = None
             await self.store.save_lobby(lobby.record)
         self.bus.emit(events.MemberJoined(lobby.id, s.id))
+        log.info("joined", extra={"session_id": s.id, "lobby_id": lobby.id})
 
     def _announce(self, s: LiveSession, lobby: Lobby) -> None:
         """Tells the joiner and the members about each other (see the module's rule)."""
@@ -424,6 +427,7 @@ class Hub:
         self._send([*lobby.members, s.id], removed)  # the member learns of it too
         self._broadcast_state(lobby)
         self.bus.emit(events.MemberLeft(lobby.id, s.id))
+        log.info("left", extra={"session_id": s.id, "lobby_id": lobby.id})
 
     async def close_lobby(self, lobby: Lobby) -> None:
         """Removes every member, then the lobby with its chat (an administrator's delete)."""

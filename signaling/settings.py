@@ -34,6 +34,7 @@ class Settings:
     integrity_interval: float = _setting(300.0, "seconds between integrity checks")
     provider_key: str | None = _setting(None, "shared secret bot providers authenticate with")
     auto_bots: str = _setting("", "bot kinds added to every lobby a person joins, comma-separated")
+    max_db_mb: int = _setting(0, "largest the database may grow, in MiB (0: no limit)")
     admin_token: str | None = _setting(None, "bearer token of the admin API (disabled if unset)")
     allowed_origins: str = _setting("", "origins allowed to open the WebSocket, comma-separated "
                                         "(default: the server's own host)")

@@ -181,8 +181,9 @@ class SQLiteStore(Store):
     never block the event loop.
     """
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, max_mb: int = 0) -> None:
         self.path = path
+        self.max_mb = max_mb
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite")
         self._db: sqlite3.Connection | None = None
 
@@ -206,6 +207,9 @@ class SQLiteStore(Store):
                 db.execute("PRAGMA synchronous=FULL")
                 db.execute("PRAGMA busy_timeout=5000")
                 db.executescript(_SCHEMA)
+                if self.max_mb:  # past it, writes fail with SQLITE_FULL, as on a full disk
+                    page = db.execute("PRAGMA page_size").fetchone()[0]
+                    db.execute(f"PRAGMA max_page_count={self.max_mb * 1024 * 1024 // page}")
                 db.isolation_level = ""  # back to implicit transactions for `with db:`
                 self._db = db
             except (sqlite3.Error, OSError) as exc:

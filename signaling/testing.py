@@ -31,32 +31,43 @@ def free_port() -> int:
 class ServerProcess:
     """``voicebot serve`` in a child process, for tests that kill and restart it."""
 
-    def __init__(self, data_dir: Path, port: int | None = None, **env: str) -> None:
+    def __init__(self, data_dir: Path, port: int | None = None, log_path: Path | None = None,
+                 **env: str) -> None:
         self.data_dir = data_dir
         self.port = port or free_port()
         self.env = env
         self.proc: subprocess.Popen[bytes] | None = None
+        if log_path is None:
+            fd, path = tempfile.mkstemp(prefix="voicebot-server-", suffix=".log")
+            os.close(fd)
+            log_path = Path(path)
+        self.log_path = log_path  # appended to by every start: a file, not a pipe nobody reads
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}/"
 
     def start(self, timeout: float = 20.0) -> None:
+        """Starts it and waits until its health check answers."""
         env = os.environ | self.env
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "signaling.cli", "serve", "--port", str(self.port),
-             "--data-dir", str(self.data_dir)], cwd=ROOT, env=env,
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        with open(self.log_path, "ab") as err:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "signaling.cli", "serve", "--port", str(self.port),
+                 "--data-dir", str(self.data_dir)], cwd=ROOT, env=env,
+                stdout=subprocess.DEVNULL, stderr=err)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited: {self.proc.stderr.read().decode()[-2000:]}")  # type: ignore[union-attr]
+                raise RuntimeError(f"server exited: {self.log()[-2000:]}")
             try:
                 urllib.request.urlopen(self.url + "api/health", timeout=1).read()
                 return
             except OSError:
                 time.sleep(0.1)
         raise RuntimeError("server did not come up")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
 
     def kill(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

@@ -49,6 +49,11 @@ BAD_FRAMES = [
     ({"type": "ice", "data": {"lobby_id": "x", "peer_id": "y"}, "id": "r13"}, "not_in_lobby", "r13"),
     ({"type": "part", "data": {"lobby_id": "nope"}, "id": "r14"}, "lobby_not_found", "r14"),
     ({"type": "ping", "data": [], "id": "r15"}, "invalid_payload", "r15"),
+    # found by the fuzzer: integers past what SQLite (and JSON peers) hold
+    ({"type": "join", "data": {"lobby_id": "x", "history_since": 2**63}, "id": "r16"},
+     "invalid_payload", "r16"),
+    ('{"type": "chat", "data": {"lobby_id": "x", "text": "t", "ts": 1e999}, "id": "r17"}',
+     "invalid_payload", "r17"),
 ]
 
 

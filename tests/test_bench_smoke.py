@@ -19,3 +19,8 @@ def test_transcribe_bench_smoke() -> None:
     out = run_bench("bench.transcribe")
     for heading in ("offline WER", "live WER", "TTFS p50", "speakers", "against the targets"):
         assert heading in out
+
+
+def test_fuzz_smoke() -> None:
+    out = run_bench("bench.fuzz")
+    assert "PASS" in out and "mismatches 0" in out

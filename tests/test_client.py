@@ -17,6 +17,7 @@ from shared import protocol as p
 from shared.client import (ClientConfig, NotDelivered, QueueFull, SignalingClient, backoff)
 
 from .conftest import Clients, Inbox, free_port
+from .netfaults import TcpProxy
 
 
 def test_backoff_is_capped_full_jitter() -> None:
@@ -71,48 +72,12 @@ async def test_kill_and_restart_server_mid_chat(server_process: Any) -> None:
     await writer.close()
 
 
-class Blackhole:
-    """A TCP proxy that can stop forwarding without closing anything: a dead link."""
-
-    def __init__(self, target_port: int) -> None:
-        self.target_port = target_port
-        self.port = free_port()
-        self.frozen = False
-        self._server: asyncio.Server | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
-        self._writers: list[asyncio.StreamWriter] = []
-
-    async def start(self) -> None:
-        self._server = await asyncio.start_server(self._handle, "127.0.0.1", self.port)
-
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
-        self._writers += [writer, up_writer]
-        for src, dst in ((reader, up_writer), (up_reader, writer)):
-            task = asyncio.create_task(self._pipe(src, dst))
-            self._tasks.add(task)
-
-    async def _pipe(self, src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
-        with contextlib.suppress(ConnectionError):
-            while data := await src.read(65536):
-                if not self.frozen:
-                    dst.write(data)
-                    await dst.drain()
-
-    async def close(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for w in self._writers:
-            w.close()
-        if self._server is not None:
-            self._server.close()
-
-
 async def test_dead_link_is_detected_within_the_timeout(server: TestServer) -> None:
-    proxy = Blackhole(server.port)  # type: ignore[arg-type]
+    proxy = TcpProxy(server.port)  # type: ignore[arg-type]
     await proxy.start()
     client = SignalingClient(ClientConfig(url=f"http://127.0.0.1:{proxy.port}/", heartbeat=0.5,
-                                          receive_timeout=2.0, backoff_initial=0.05))
+                                          receive_timeout=2.0, backoff_initial=0.05,
+                                          connect_timeout=1.0))
     try:
         await client.start(wait=10)
         proxy.frozen = True  # packets vanish; no FIN, no close frame
@@ -124,7 +89,7 @@ async def test_dead_link_is_detected_within_the_timeout(server: TestServer) -> N
         # within the receive timeout, plus slack for a loaded 2-core box
         assert detected <= 2.0 + 1.5, detected
         proxy.frozen = False  # the link heals: the client is back
-        await client.wait_connected(10)
+        await client.wait_connected(20)
     finally:
         await client.close(drain=0)
         await proxy.close()

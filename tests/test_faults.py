@@ -1,0 +1,155 @@
+"""Fault injection: a full disk, a read-only data dir, clients that vanish without a goodbye."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestServer
+
+from shared import protocol as p
+from shared.client import ServerError
+from signaling.app import create_app
+from signaling.hub import HUB
+from signaling.testing import ROOT
+
+from .conftest import Clients, free_port, make_settings
+from .netfaults import TcpProxy
+
+
+async def start(data_dir: Path, **overrides: Any) -> TestServer:
+    srv = TestServer(create_app(make_settings(data_dir, **overrides)), host="127.0.0.1",
+                     port=free_port())
+    await srv.start_server()
+    return srv
+
+
+async def test_full_disk_refuses_writes_cleanly_and_loses_nothing(tmp_path: Path) -> None:
+    srv = await start(tmp_path, max_db_mb=1, chat_rate=1000.0, chat_burst=1000.0,
+                      msg_rate=1000.0, msg_burst=1000.0)
+    pool = Clients(str(srv.make_url("/")))
+    acknowledged: list[str] = []
+    try:
+        writer, _ = await pool.new("Writer")
+        reader, reader_inbox = await pool.new("Reader")
+        lobby = (await writer.join(lobby_name="full disk")).lobby.id
+        await reader.join(lobby_id=lobby)
+        error = None
+        for i in range(2000):
+            text = f"{i:05d} " + "x" * 1900
+            try:
+                await writer.chat(lobby, text)
+                acknowledged.append(text)
+            except ServerError as exc:
+                error = exc
+                break
+        assert error is not None and error.code == "unavailable", "the disk never filled"
+        assert len(acknowledged) > 50
+        # the server, the sockets and reads carry on
+        assert writer.connected and reader.connected
+        await writer.request(p.Ping())
+        await reader_inbox.wait_for(p.Chat, text=acknowledged[-1])
+    finally:
+        await pool.close()
+        await srv.close()
+    db = sqlite3.connect(tmp_path / "voicebot.sqlite3")
+    assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    stored = [t for (t,) in db.execute("SELECT text FROM chat ORDER BY id")]
+    db.close()
+    assert stored == acknowledged  # everything acknowledged, nothing else
+    # with room again, the same data dir works and still holds every message
+    srv = await start(tmp_path)
+    pool = Clients(str(srv.make_url("/")))
+    try:
+        writer, inbox = await pool.new("Writer 2")
+        await writer.join(lobby_id=lobby)
+        assert isinstance(await writer.chat(lobby, "room again"), int)
+        await inbox.wait_for(p.Chat, text=acknowledged[-1])
+    finally:
+        await pool.close()
+        await srv.close()
+
+
+def test_read_only_data_dir_is_a_clear_error(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    # root ignores permission bits, so make the directory immutable instead
+    subprocess.run(["chattr", "+i", str(data)], check=True)
+    try:
+        out = subprocess.run([sys.executable, "-m", "signaling.cli", "serve", "--data-dir",
+                              str(data), "--port", str(free_port())], cwd=ROOT,
+                             capture_output=True, text=True, timeout=60)
+    finally:
+        subprocess.run(["chattr", "-i", str(data)], check=True)
+    assert out.returncode == 2
+    assert "cannot start" in out.stderr and "voicebot.sqlite3" in out.stderr
+    assert "Traceback" not in out.stderr
+
+
+async def test_vanished_client_is_cleaned_up_after_the_grace_period(tmp_path: Path) -> None:
+    srv = await start(tmp_path, heartbeat=0.5, grace=1.0)
+    proxy = TcpProxy(srv.port)  # type: ignore[arg-type]
+    await proxy.start()
+    pool = Clients(str(srv.make_url("/")))
+    ghost_pool = Clients(f"http://127.0.0.1:{proxy.port}/")
+    try:
+        stay, inbox = await pool.new("Stay")
+        ghost, _ = await ghost_pool.new("Ghost", receive_timeout=60, heartbeat=60,
+                                        backoff_initial=5.0)
+        lobby = (await stay.join(lobby_name="ghosts")).lobby.id
+        await ghost.join(lobby_id=lobby)
+        proxy.frozen = True  # the ghost's network is gone: no FIN, no close frame
+        away = await inbox.wait_for(p.LobbyState, lambda m: any(
+            x.session_id == ghost.session_id and not x.connected for x in m.participants),
+            timeout=10)
+        assert away is not None
+        removed = await inbox.wait_for(p.PeerRemoved, peer_id=ghost.session_id, timeout=10)
+        assert removed.lobby_id == lobby
+        assert srv.app[HUB].lobbies[lobby].members == {stay.session_id}
+    finally:
+        await ghost_pool.close()
+        await pool.close()
+        await proxy.close()
+        await srv.close()
+
+
+@pytest.mark.parametrize("signal_name", ["SIGKILL", "SIGTERM"])
+async def test_server_restart_mid_lobby_keeps_acknowledged_transcripts(
+        server_process: Any, signal_name: str) -> None:
+    """Finals a bot had acknowledged survive a crash (SIGKILL) as well as a clean stop."""
+    import signal
+
+    from shared.client import ClientConfig, SignalingClient
+
+    from .conftest import PROVIDER_KEY
+
+    srv = server_process(VOICEBOT_PROVIDER_KEY=PROVIDER_KEY)
+    srv.start()
+    bot = SignalingClient(ClientConfig(url=srv.url, bot=True, provider_key=PROVIDER_KEY,
+                                       backoff_initial=0.05, backoff_max=0.3,
+                                       breaker_threshold=50))
+    await bot.start(wait=10)
+    await bot.set_name("Scribe")
+    lobby = (await bot.join(lobby_name="crash")).lobby.id
+    acked = []
+    for i in range(10):
+        await bot.request(p.Transcript(lobby_id=lobby, segment_id=f"s{i}", speaker_id=bot.session_id or "",
+                                       text=f"final number {i}", final=True), critical=True)
+        acked.append(f"final number {i}")
+    assert srv.proc is not None
+    srv.proc.send_signal(getattr(signal, signal_name))
+    srv.proc.wait(10)
+    srv.start()
+    await bot.wait_connected(10)
+    import aiohttp
+
+    async with aiohttp.ClientSession() as http:
+        async with http.get(srv.url + f"api/lobbies/{lobby}/transcript?format=json") as r:
+            segments = (await r.json())["segments"]
+    assert [s["text"] for s in segments] == acked
+    await bot.close()
