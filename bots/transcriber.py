@@ -18,6 +18,7 @@ import os
 import threading
 import time
 from dataclasses import dataclass
+from typing import Any
 
 from aiortc import MediaStreamTrack
 from aiortc.mediastreams import MediaStreamError
@@ -28,7 +29,8 @@ from shared.protocol import ErrorCode, ProtocolError
 from .audio import SpeechResampler
 from .plugin import Bot, BotConfig, LobbyAccess, Peer, setting
 from .scheduler import Scheduler
-from .stt import STT, Recognition, WhisperSTT, load_whisper
+from .models import installed_names
+from .stt import LANGUAGES, STT, Recognition, WhisperSTT, load_whisper
 from .vad import Segmenter, Utterance, VadConfig
 
 log = logging.getLogger(__name__)
@@ -48,11 +50,14 @@ def shared_scheduler() -> Scheduler:
 
 @dataclass(frozen=True)
 class TranscriberConfig(BotConfig):
-    model: str = setting("tiny.en", "model name (in models/ or bundled) or a model directory")
+    model: str = setting("tiny.en", "an installed model (`voicebot models list`)")
     compute_type: str = setting("int8", "CTranslate2 compute type: int8, int8_float32, float32")
     threads: int = setting(0, "CPU threads per inference (0: one per core, at most 4)")
     beam_size: int = setting(1, "beam size (1 is greedy: fastest)")
-    language: str | None = setting("en", "language spoken")
+    language: str = setting("en", "language spoken, or auto: detected per utterance "
+                            "(a multilingual model; a speaker's language sticks)")
+    task: str = setting("transcribe", "transcribe, or translate (to English; multilingual "
+                        "models)")
     final_window: str = setting("auto", "encoder window for finals: full (Whisper's 30 s), "
                                 "dynamic (fitted to the utterance: ~3x faster), or auto "
                                 "(full, dynamic while other finals wait)")
@@ -66,6 +71,10 @@ class TranscriberConfig(BotConfig):
         def bad(message: str) -> ProtocolError:
             return ProtocolError(ErrorCode.INVALID_CONFIG, message)
 
+        if self.language != "auto" and self.language not in LANGUAGES:
+            raise bad(f"unknown language code {self.language!r}")
+        if self.task not in ("transcribe", "translate"):
+            raise bad("task must be transcribe or translate")
         if self.final_window not in ("full", "dynamic", "auto"):
             raise bad("final_window must be full, dynamic or auto")
         if not 1 <= self.beam_size <= 10:
@@ -78,6 +87,13 @@ class TranscriberConfig(BotConfig):
             raise bad("min_silence_ms must be within 100..5000")
         if not 2 <= self.max_utterance_s <= 30:
             raise bad("max_utterance_s must be within 2..30")
+
+
+    @classmethod
+    def choices(cls) -> dict[str, list[Any]]:
+        return {"model": installed_names(), "task": ["transcribe", "translate"],
+                "language": ["auto", *sorted(LANGUAGES)],
+                "final_window": ["auto", "full", "dynamic"]}
 
 
 class TranscriberBot(Bot[TranscriberConfig]):
@@ -100,10 +116,10 @@ class TranscriberBot(Bot[TranscriberConfig]):
         model = await asyncio.to_thread(load_whisper, cfg.model, compute_type=cfg.compute_type,
                                         threads=cfg.threads)
         full_window = "dynamic" if cfg.final_window == "dynamic" else "full"
-        self.stt_final = WhisperSTT(model, name=cfg.model, language=cfg.language,
+        self.stt_final = WhisperSTT(model, name=cfg.model, language=cfg.language, task=cfg.task,
                                     beam_size=cfg.beam_size, window=full_window)
         self.stt_interim = WhisperSTT(model, name=cfg.model, language=cfg.language,
-                                      beam_size=1, window="dynamic")
+                                      task=cfg.task, beam_size=1, window="dynamic")
         self.stt_fallback = self.stt_interim if cfg.final_window == "auto" else None
         self.lobby.set_status("live", f"{cfg.model}, listening")
         self._monitor = asyncio.create_task(self._watch_lag())
@@ -169,6 +185,7 @@ class SpeakerStream:
         self.nonce = f"{int(time.time() * 1000):x}"
         self.skipped = 0
         self.finals_posted = 0
+        self.language: str | None = None  # what this speaker speaks, as far as we know
         self._interim_future: asyncio.Future[Recognition | None] | None = None
         self._last_interim_at = 0.0
         self._shown: dict[int, str] = {}  # utterance index -> interim text on screen
@@ -228,7 +245,8 @@ class SpeakerStream:
         assert self.bot.stt_interim is not None and seg.speech_start is not None
         self._last_interim_at = now
         index, start, end = seg.utterance_index, seg.speech_start, seg.scored
-        future = self.bot.scheduler.submit(self.bot.stt_interim, self.key, audio, final=False)
+        future = self.bot.scheduler.submit(self.bot.stt_interim, self.key, audio, final=False,
+                                           language=self.language)
         self._interim_future = future
         future.add_done_callback(lambda f: self._interim_done(f, index, start, end))
 
@@ -264,7 +282,7 @@ class SpeakerStream:
         assert self.bot.stt_final is not None
         return self.bot.scheduler.submit(self.bot.stt_final, self.key, utt.audio, final=True,
                                          audio_end=self._times(utt.start, utt.end)[2],
-                                         fallback=self.bot.stt_fallback)
+                                         fallback=self.bot.stt_fallback, language=self.language)
 
     async def _post_final(self, previous: asyncio.Future[None] | None,
                           future: asyncio.Future[Recognition | None], utt: Utterance) -> None:
@@ -287,6 +305,8 @@ class SpeakerStream:
             if shown:  # take the interim off the screen
                 self._send(utt.index, utt.start, utt.end, None, final=False)
             return
+        if result.language_prob >= 0.5:
+            self.language = result.language
         self.finals_posted += 1
         await self._send_async(utt.index, utt.start, utt.end, result, final=True)
 
@@ -300,7 +320,8 @@ class SpeakerStream:
                             speaker_id=self.peer.session_id, speaker_name=self.peer.name,
                             text=result.text if result else "", final=final,
                             start=t_start, end=t_end, model=self.bot.config.model,
-                            language=result.language if result else None)
+                            language=result.language if result else None,
+                            task=self.bot.config.task)
 
     def _send(self, index: int, start: int, end: int, result: Recognition | None,
               final: bool) -> None:

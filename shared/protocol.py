@@ -437,7 +437,8 @@ class Transcript(Message):
     start: float = 0.0  # seconds since the epoch
     end: float = 0.0
     model: str = ""
-    language: str | None = None
+    language: str | None = None  # the language spoken
+    task: str = "transcribe"  # or "translate": the text is English, translated from language
     message_id: int | None = None  # set by the server on stored finals
     bot_id: str | None = None  # the bot session that transcribed it (set by the server)
 
@@ -449,6 +450,8 @@ class Transcript(Message):
         _check_len("speaker_name", self.speaker_name, MAX_NAME_LEN * 2)
         _check_len("model", self.model, MAX_ID_LEN)
         _check_len("language", self.language, 16)
+        if self.task not in ("transcribe", "translate"):
+            raise _invalid("task must be transcribe or translate")
         if self.end < self.start:
             raise _invalid("end must not be before start")
 

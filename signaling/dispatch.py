@@ -69,6 +69,10 @@ def check_config(kind: p.BotKind, config: Any) -> dict[str, Any]:
                                 f"{kind.kind} has no setting {key!r} (known: {known})")
         if value is None and spec.get("nullable"):
             continue
+        choices = spec.get("choices")
+        if isinstance(choices, list) and value not in choices:
+            raise ProtocolError(ErrorCode.INVALID_CONFIG,
+                                f"{key} must be one of {', '.join(map(str, choices))}")
         expected = json_types.get(spec.get("type", "string"), (str,))
         if not isinstance(value, expected) or (isinstance(value, bool) and bool not in expected):
             raise ProtocolError(ErrorCode.INVALID_CONFIG,

@@ -67,7 +67,7 @@ class Lobby:
 
 
 TRANSCRIPT_FIELDS = ("segment_id", "speaker_id", "speaker_name", "start", "end", "model",
-                     "language")
+                     "language", "task")
 
 
 def stored_message(rec: ChatRecord) -> p.Chat | p.Transcript:

@@ -100,7 +100,8 @@ async def on_transcript(app: web.Application, s: LiveSession, msg: p.Message,
     name = speaker.record.name if speaker is not None and speaker.record.name else msg.speaker_name
     if msg.final:
         meta = {"segment_id": msg.segment_id, "speaker_id": msg.speaker_id, "speaker_name": name,
-                "start": msg.start, "end": msg.end, "model": msg.model, "language": msg.language}
+                "start": msg.start, "end": msg.end, "model": msg.model, "language": msg.language,
+                "task": msg.task}
         rec = await hub.post(lobby, s, msg.text, kind="transcript", meta=meta, client_ref=ref)
         if msg.end:  # end of speech → stored here (the segmenter adds a 96 ms post-roll)
             app[METRICS].ttfs.observe(max(0.0, time.time() - msg.end + 0.096))

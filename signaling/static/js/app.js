@@ -229,7 +229,8 @@ async function refreshBots() {
 async function addBot(kind) {
   const lobby = store.state.lobby;
   try {
-    await conn.api(`api/lobbies/${lobby.id}/bots`, { method: "POST", body: { kind } });
+    await conn.api(`api/lobbies/${lobby.id}/bots`, { method: "POST",
+                                                      body: { kind, config: botConfig() } });
     refreshBots();
   } catch (e) { notify("error", e.message); }
 }
@@ -378,17 +379,24 @@ function renderMessages(s) {
     return h("li", { className: transcript ? "msg transcript" : `msg ${m.kind}` },
       h("span", { className: "when" }, time(m.ts || m.start)),
       h("span", { className: "who" }, who),
-      transcript ? h("span", { className: "badge" }, m.language && m.language !== "en"
-                                                      ? `caption · ${m.language}` : "caption") : null,
+      transcript ? h("span", { className: "badge", title: m.model || "" }, captionLabel(m)) : null,
       h("span", { className: "text" }, m.text));
   }));
   if (atBottom) log.scrollTop = log.scrollHeight;
 }
 
+function captionLabel(t) {
+  if (t.task === "translate") return `caption · ${t.language || "?"}→en`;
+  return t.language && t.language !== "en" ? `caption · ${t.language}` : "caption";
+}
+
 function renderCaptions(s) {
   const live = Object.values(s.captions);
   $("captions").replaceChildren(...(live.length ? live.map((c) => h("p", { className: "caption" },
-    h("span", { className: "who" }, c.speaker_name), h("span", { className: "text" }, c.text))) :
+    h("span", { className: "who" }, c.speaker_name),
+    c.language && (c.language !== "en" || c.task === "translate")
+      ? h("span", { className: "badge" }, captionLabel(c)) : null,
+    h("span", { className: "text" }, c.text))) :
     [h("p", { className: "muted" }, "Live captions appear here while people speak.")]));
 }
 
@@ -399,6 +407,7 @@ function renderBots(s) {
                                                 k.kind)));
   if (chosen) select.value = chosen;
   $("add-bot").disabled = !s.kinds.length;
+  renderBotOptions(s);
   const bots = Object.values(s.bots);
   $("bots").replaceChildren(...(bots.length ? bots.map((b) => h("li", {
       className: "bot", dataset: { status: b.status } },
@@ -407,6 +416,24 @@ function renderBots(s) {
     b.detail ? h("span", { className: "muted detail" }, b.detail) : null,
     h("button", { type: "button", className: "small", onclick: () => removeBot(b.bot_id) },
       "Remove"))) : [h("li", { className: "muted" }, "No bots in this lobby.")]));
+}
+
+function renderBotOptions(s) {
+  // a menu for each setting of the chosen kind that has a fixed set of values (model, task…)
+  const kind = s.kinds.find((k) => k.kind === $("bot-kind").value);
+  const box = $("bot-options");
+  const previous = Object.fromEntries([...box.querySelectorAll("select")].map((el) => [el.name, el.value]));
+  const fields = kind ? Object.entries(kind.config || {}).filter(([, spec]) => spec.choices) : [];
+  box.replaceChildren(...fields.map(([name, spec]) => h("label", { title: spec.help || "" }, name,
+    h("select", { name, "aria-label": `${kind.kind} ${name}` },
+      spec.choices.map((c) => h("option", { value: c, selected: (previous[name] ?? spec.default) === c },
+                                String(c)))))));
+}
+
+function botConfig() {
+  const config = {};
+  for (const el of $("bot-options").querySelectorAll("select")) config[el.name] = el.value;
+  return config;
 }
 
 function showPasswordPrompt(params, message) {
@@ -450,6 +477,7 @@ $("leave").addEventListener("click", leave);
 $("mute").addEventListener("click", toggleMute);
 $("copy").addEventListener("click", () => navigator.clipboard?.writeText($("share").value));
 $("add-bot").addEventListener("click", () => addBot($("bot-kind").value));
+$("bot-kind").addEventListener("change", () => renderBotOptions(store.state));
 for (const btn of document.querySelectorAll("[data-download]")) {
   btn.addEventListener("click", () => download(btn.dataset.download));
 }

