@@ -165,6 +165,7 @@ class SignalingClient:
         self._wakeup = asyncio.Event()
         self._connected = asyncio.Event()
         self._stopped = asyncio.Event()
+        self._expiry: asyncio.TimerHandle | None = None
         self.failure: ClientError | None = None
         self._closing = False
         self._ids = itertools.count(1)
@@ -310,7 +311,9 @@ class SignalingClient:
             self._fail(victim, "overflow")
         self._queue.append(item)
         self.stats.queued = len(self._queue)
-        loop.call_at(loop.time() + (ttl or self.config.queue_ttl) + 0.001, self._expire)
+        if not self.connected and self._expiry is None:  # TTLs matter only while offline
+            self._expiry = loop.call_at(item.deadline - time.monotonic() + loop.time() + 0.001,
+                                        self._expire)
         self._wakeup.set()
         return item
 
@@ -331,11 +334,19 @@ class SignalingClient:
         self.stats.queued = len(self._queue)
 
     def _expire(self) -> None:
+        self._expiry = None
         now = time.monotonic()
-        for item in [q for q in self._queue if q.deadline <= now]:
-            self._queue.remove(item)
-            self._fail(item, "ttl")
+        if self._queue and self._queue[0].deadline <= now or \
+                any(q.deadline <= now for q in self._queue):
+            for item in [q for q in self._queue if q.deadline <= now]:
+                self._queue.remove(item)
+                self._fail(item, "ttl")
         self.stats.queued = len(self._queue)
+        if self._queue and not self.connected:  # the next deadline, while still offline
+            loop = asyncio.get_running_loop()
+            soonest = min(q.deadline for q in self._queue)
+            self._expiry = loop.call_at(soonest - time.monotonic() + loop.time() + 0.001,
+                                        self._expire)
 
     # --- connection loop ----------------------------------------------------------------------
 
@@ -508,8 +519,8 @@ class SignalingClient:
             self._inflight.pop(id_, None)
 
     async def _write(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        self._expire()  # what went stale while we were away
         while True:
-            self._expire()
             while self._queue:
                 item = self._queue[0]
                 if item.id is not None:

@@ -14,7 +14,7 @@ import json
 import types
 import typing
 from dataclasses import dataclass, field
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from typing import Any, ClassVar, Self
 
 PROTOCOL_VERSION = 1
@@ -109,74 +109,104 @@ def _check_len(name: str, value: str | None, max_len: int, min_len: int = 0) -> 
         raise _invalid(f"{name} must not be empty")
 
 
-def _check_type(name: str, value: Any, hint: Any) -> Any:
-    """Checks ``value`` against a (simple) annotation and converts nested dataclasses."""
+Checker = Callable[[str, Any], Any]
+
+
+def _checker(hint: Any) -> Checker:
+    """Compiles a (simple) annotation into a function that checks and converts a value.
+
+    Compiled once per class: validation runs for every frame on the server's hot path.
+    """
     origin = typing.get_origin(hint)
     if origin in (typing.Union, types.UnionType):
-        args = typing.get_args(hint)
-        if value is None and type(None) in args:
-            return None
-        (inner,) = [a for a in args if a is not type(None)]
-        return _check_type(name, value, inner)
+        (inner,) = [a for a in typing.get_args(hint) if a is not type(None)]
+        check_inner = _checker(inner)
+        return lambda name, value: None if value is None else check_inner(name, value)
     if origin is list:
-        (inner,) = typing.get_args(hint)
-        if not isinstance(value, list):
-            raise _invalid(f"{name} must be a list")
-        return [_check_type(f"{name}[]", v, inner) for v in value]
+        (item,) = typing.get_args(hint)
+        check_item = _checker(item)
+
+        def check_list(name: str, value: Any) -> Any:
+            if not isinstance(value, list):
+                raise _invalid(f"{name} must be a list")
+            return [check_item(f"{name}[]", v) for v in value]
+        return check_list
     if origin is dict or hint is dict:
-        if not isinstance(value, dict):
-            raise _invalid(f"{name} must be an object")
-        return value
-    if dataclasses.is_dataclass(hint):
-        if isinstance(value, hint):
+        def check_dict(name: str, value: Any) -> Any:
+            if not isinstance(value, dict):
+                raise _invalid(f"{name} must be an object")
             return value
-        if not isinstance(value, dict):
-            raise _invalid(f"{name} must be an object")
-        return hint.from_dict(value)
-    if hint is bool:
-        if not isinstance(value, bool):
-            raise _invalid(f"{name} must be a boolean")
-        return value
-    if hint is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise _invalid(f"{name} must be an integer")
-        if not -MAX_SAFE_INT <= value <= MAX_SAFE_INT:  # what JSON peers and SQLite can hold
-            raise _invalid(f"{name} is out of range")
-        return value
-    if hint is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise _invalid(f"{name} must be a number")
-        try:
-            number = float(value)
-        except OverflowError:
-            raise _invalid(f"{name} is out of range") from None
-        if number != number or number in (float("inf"), float("-inf")):
-            raise _invalid(f"{name} must be a finite number")
-        return number
+        return check_dict
+    if dataclasses.is_dataclass(hint):
+        def check_object(name: str, value: Any) -> Any:
+            if isinstance(value, hint):
+                return value
+            if not isinstance(value, dict):
+                raise _invalid(f"{name} must be an object")
+            return hint.from_dict(value)
+        return check_object
     if hint is str:
-        if not isinstance(value, str):
-            raise _invalid(f"{name} must be a string")
-        return value
+        def check_str(name: str, value: Any) -> Any:
+            if type(value) is not str:
+                raise _invalid(f"{name} must be a string")
+            return value
+        return check_str
+    if hint is bool:
+        def check_bool(name: str, value: Any) -> Any:
+            if type(value) is not bool:
+                raise _invalid(f"{name} must be a boolean")
+            return value
+        return check_bool
+    if hint is int:
+        def check_int(name: str, value: Any) -> Any:
+            if type(value) is not int:
+                raise _invalid(f"{name} must be an integer")
+            if not -MAX_SAFE_INT <= value <= MAX_SAFE_INT:  # what JSON peers and SQLite hold
+                raise _invalid(f"{name} is out of range")
+            return value
+        return check_int
+    if hint is float:
+        def check_float(name: str, value: Any) -> Any:
+            if type(value) is not float and type(value) is not int:
+                raise _invalid(f"{name} must be a number")
+            try:
+                number = float(value)
+            except OverflowError:
+                raise _invalid(f"{name} is out of range") from None
+            if number != number or number in (float("inf"), float("-inf")):
+                raise _invalid(f"{name} must be a finite number")
+            return number
+        return check_float
     if isinstance(hint, type) and issubclass(hint, enum.Enum):
-        try:
-            return hint(value)
-        except ValueError:
-            raise _invalid(f"{name} must be one of {[m.value for m in hint]}") from None
+        def check_enum(name: str, value: Any) -> Any:
+            try:
+                return hint(value)
+            except ValueError:
+                raise _invalid(f"{name} must be one of {[m.value for m in hint]}") from None
+        return check_enum
     raise TypeError(f"unsupported annotation {hint!r}")  # a bug in this module, not bad input
 
 
 class Payload:
     """Base of every value object on the wire: typed fields, checked on construction."""
 
-    _hints: ClassVar[dict[type, dict[str, Any]]] = {}
+    # per class: (field name, checker, required) for each field, compiled on first use
+    _specs: ClassVar[dict[type, tuple[tuple[str, Checker, bool], ...]]] = {}
+
+    @classmethod
+    def _spec(cls) -> tuple[tuple[str, Checker, bool], ...]:
+        spec = Payload._specs.get(cls)
+        if spec is None:
+            hints = typing.get_type_hints(cls)
+            spec = Payload._specs[cls] = tuple(
+                (f.name, _checker(hints[f.name]),
+                 f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING)
+                for f in dataclasses.fields(cls))  # type: ignore[arg-type]
+        return spec
 
     def __post_init__(self) -> None:
-        hints = Payload._hints.get(type(self))
-        if hints is None:
-            hints = Payload._hints[type(self)] = typing.get_type_hints(type(self))
-        for f in dataclasses.fields(self):  # type: ignore[arg-type]
-            value = getattr(self, f.name)
-            object.__setattr__(self, f.name, _check_type(f.name, value, hints[f.name]))
+        for name, check, _ in self._spec():
+            object.__setattr__(self, name, check(name, getattr(self, name)))
         self.validate()
 
     def validate(self) -> None:
@@ -187,22 +217,22 @@ class Payload:
         if not isinstance(data, dict):
             raise _invalid(f"{cls.__name__} data must be an object")
         kwargs = {}
-        for f in dataclasses.fields(cls):  # type: ignore[arg-type]
-            if f.name in data:
-                kwargs[f.name] = data[f.name]
-            elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-                raise _invalid(f"missing field {f.name!r}")
+        for name, _, required in cls._spec():
+            if name in data:
+                kwargs[name] = data[name]
+            elif required:
+                raise _invalid(f"missing field {name!r}")
         return cls(**kwargs)
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
-        for f in dataclasses.fields(self):  # type: ignore[arg-type]
-            value = getattr(self, f.name)
+        for name, _, _ in self._spec():
+            value = getattr(self, name)
             if isinstance(value, Payload):
                 value = value.to_dict()
             elif isinstance(value, list):
                 value = [v.to_dict() if isinstance(v, Payload) else v for v in value]
-            out[f.name] = value
+            out[name] = value
         return out
 
 
@@ -543,7 +573,12 @@ MESSAGES: dict[MessageType, type[Message]] = {
 
 
 def encode(message: Message, id: str | None = None) -> str:
-    frame: dict[str, Any] = {"type": message.type.value, "data": message.to_dict()}
+    return encode_data(message.type, message.to_dict(), id)
+
+
+def encode_data(type_: MessageType, data: dict[str, Any], id: str | None = None) -> str:
+    """A frame from already-valid data (the caller vouches for it)."""
+    frame: dict[str, Any] = {"type": type_.value, "data": data}
     if id is not None:
         frame["id"] = id
     return json.dumps(frame, separators=(",", ":"), ensure_ascii=False)

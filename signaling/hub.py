@@ -489,11 +489,8 @@ class Hub:
             raise ProtocolError(ErrorCode.PEER_NOT_IN_LOBBY, "that peer is not in this lobby")
         if target.conn is None:
             raise ProtocolError(ErrorCode.PEER_UNAVAILABLE, "that peer is not connected")
-        if isinstance(msg, p.Sdp):
-            out: p.Message = p.Sdp(lobby_id=lobby.id, peer_id=s.id, description=msg.description)
-        else:
-            out = p.Ice(lobby_id=lobby.id, peer_id=s.id, candidate=msg.candidate)
-        target.conn.send(p.encode(out))
+        # the hot path: the validated message goes on with the sender's id, not rebuilt
+        target.conn.send(p.encode_data(msg.type, msg.to_dict() | {"peer_id": s.id}))
 
     # --- delivery -----------------------------------------------------------------------------
 

@@ -24,3 +24,9 @@ def test_transcribe_bench_smoke() -> None:
 def test_fuzz_smoke() -> None:
     out = run_bench("bench.fuzz")
     assert "PASS" in out and "mismatches 0" in out
+
+
+def test_relay_smoke() -> None:
+    out = run_bench("bench.relay")
+    for line in ("ours", "bare aiohttp", "python-socketio", "ours / bare aiohttp", "fan-out"):
+        assert line in out
