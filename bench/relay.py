@@ -252,7 +252,7 @@ async def generate(kind: str, url: str, n: int, lobbies: int, seconds: float, wi
                    mode: str) -> dict[str, Any]:
     load = Load(n, lobbies, window, mode)
     connect = {"ours": connect_ours, "bare": connect_bare, "sio": connect_sio}[kind]
-    (send,), close = await connect(url, load)
+    (send,), close = await asyncio.wait_for(connect(url, load), 60 + n)
     pumps = [asyncio.create_task(load.pump(i, send)) for i in range(n)]
     await asyncio.sleep(min(2.0, seconds / 3))  # warm up
     load.measuring = True
@@ -262,7 +262,10 @@ async def generate(kind: str, url: str, n: int, lobbies: int, seconds: float, wi
     cpu, elapsed = time.process_time() - cpu0, time.perf_counter() - t0
     for t in pumps:
         t.cancel()
-    await close()
+    try:
+        await asyncio.wait_for(close(), 15)
+    except asyncio.TimeoutError:  # the figures are in; a slow goodbye must not hang the run
+        print("closing the clients timed out", file=sys.stderr)
     return load.result(elapsed, cpu)
 
 
@@ -289,7 +292,7 @@ def run_load(kind: str, url: str, n: int, lobbies: int, seconds: float, window: 
              mode: str) -> dict[str, Any]:
     out = subprocess.run([sys.executable, "-m", "bench.relay", "--generate", kind, url, str(n),
                           str(lobbies), str(seconds), str(window), mode], cwd=ROOT,
-                         capture_output=True, text=True, timeout=seconds * 10 + 120)
+                         capture_output=True, text=True, timeout=seconds * 5 + 90)
     if out.returncode != 0:
         raise RuntimeError(f"generator failed: {out.stderr[-2000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -327,8 +330,8 @@ def main(argv: list[str] | None = None) -> int:
         kind, url, n, lobbies, seconds, window, mode = args.generate
         result = asyncio.run(generate(kind, url, int(n), int(lobbies), float(seconds),
                                       int(window), mode))
-        print(json.dumps(result))
-        return 0
+        print(json.dumps(result), flush=True)
+        os._exit(0)  # skip interpreter teardown of leftover client tasks
 
     n, lobbies, seconds = ((8, 2, 2.0) if args.smoke else
                            (args.sessions, args.lobbies, args.seconds))

@@ -85,7 +85,9 @@ def fixture_clips(smoke: bool) -> list[Clip]:
     import json
 
     spec = json.loads((DATA / "fixtures.json").read_text())
-    names = ["short.wav"] if smoke else list(spec)
+    # the English fixtures the tests use (festival voices); not the other languages, nor the
+    # noisy model-comparison set
+    names = ["short.wav"] if smoke else ["short.wav", "speaker_a.wav", "speaker_b.wav"]
     return [Clip(DATA / n, spec[n]["utterances"]) for n in names]
 
 
@@ -278,9 +280,13 @@ async def sweep(url: str, clips: list[Clip], speakers: int, seconds: float) -> d
             await add_bot(http, url, client.config.token, lobby, "player", f"Talker {i + 1}",
                           path=str(clips[i % len(clips)].path), loop=True, delay=0.3)
         # the clock starts once everyone is talking (connecting 6 peers takes a while)
-        await wait_for(lambda: all((s := observer.status_of(f"Talker {i + 1}")) is not None and
-                                   s.detail.startswith("playing") for i in range(speakers)),
-                       120, "every talker to start")
+        def talking() -> int:
+            return sum((s := observer.status_of(f"Talker {i + 1}")) is not None and
+                       s.detail.startswith("playing") for i in range(speakers))
+        try:
+            await wait_for(lambda: talking() == speakers, 60, "every talker to start")
+        except TimeoutError:
+            print(f"  (only {talking()} of {speakers} talkers started; measuring anyway)")
         observer.finals.clear()
         await asyncio.sleep(seconds)
         lag = [float(m.group(1)) for s in observer.statuses if s.status == "lagging"

@@ -19,8 +19,9 @@ import collections
 import contextlib
 import fractions
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
+from typing import Any
 
 import av
 from aiortc import (MediaStreamTrack, RTCIceCandidate, RTCPeerConnection,
@@ -292,7 +293,11 @@ class Mesh:
         if left:
             self._spawn(self._on_peer_left(link.peer))
 
-    def _spawn(self, coro: Awaitable[None]) -> None:
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        if self._closed:
+            coro.close()  # never started: say so, rather than leave it un-awaited
+            return
+
         async def guarded() -> None:
             try:
                 await coro

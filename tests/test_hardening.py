@@ -323,3 +323,18 @@ def test_structured_logs_carry_ids() -> None:
     line = json.loads(JsonFormatter().format(record))
     assert line["msg"] == "joined x" and line["session_id"] == "s1" and line["lobby_id"] == "l1"
     assert "[session_id=s1 lobby_id=l1]" in TextFormatter().format(record)
+
+
+async def test_http_creation_limit(limited: TestServer) -> None:
+    """Lobbies (and bots) created over HTTP share one bucket per session: burst 2 here."""
+    async with aiohttp.ClientSession() as http:
+        async with http.post(limited.make_url("/api/sessions")) as r:
+            token = (await r.json())["token"]
+        headers = {"Authorization": f"Bearer {token}"}
+        statuses = []
+        for i in range(4):
+            async with http.post(limited.make_url("/api/lobbies"), json={"name": f"made {i}"},
+                                 headers=headers) as r:
+                statuses.append(r.status)
+                body = await r.json()
+        assert statuses == [201, 201, 429, 429] and body["error"]["code"] == "rate_limited"
