@@ -273,16 +273,18 @@ async def sweep(url: str, clips: list[Clip], speakers: int, seconds: float) -> d
     client, observer, lobby = await live_lobby(url, f"sweep {speakers}")
     assert client.config.token is not None
     async with aiohttp.ClientSession() as http:
-        await add_bot(http, url, client.config.token, lobby, "transcriber")
+        bots = [await add_bot(http, url, client.config.token, lobby, "transcriber")]
         await wait_for(lambda: (s := observer.status_of("transcriber")) is not None and
                        s.status == "live", 120, "the transcriber")
-        for i in range(speakers):
-            await add_bot(http, url, client.config.token, lobby, "player", f"Talker {i + 1}",
-                          path=str(clips[i % len(clips)].path), loop=True, delay=0.3)
+        names = [f"Talker {speakers}-{i + 1}" for i in range(speakers)]  # unique per step
+        for i, name in enumerate(names):
+            bots.append(await add_bot(http, url, client.config.token, lobby, "player", name,
+                                      path=str(clips[i % len(clips)].path), loop=True,
+                                      delay=0.3))
         # the clock starts once everyone is talking (connecting 6 peers takes a while)
         def talking() -> int:
-            return sum((s := observer.status_of(f"Talker {i + 1}")) is not None and
-                       s.detail.startswith("playing") for i in range(speakers))
+            return sum((s := observer.status_of(name)) is not None and
+                       s.detail.startswith("playing") for name in names)
         try:
             await wait_for(lambda: talking() == speakers, 60, "every talker to start")
         except TimeoutError:
@@ -293,6 +295,10 @@ async def sweep(url: str, clips: list[Clip], speakers: int, seconds: float) -> d
                and (m := re.match(r"([0-9.]+) s behind", s.detail))]
         skipped = max([int(m.group(1)) for s in observer.statuses
                        if (m := re.search(r"; (\d+) utterance", s.detail))], default=0)
+        for bot in bots:  # the next step starts from a quiet machine
+            async with http.delete(f"{url}api/lobbies/{lobby}/bots/{bot['bot_id']}",
+                                   headers={"Authorization": f"Bearer {client.config.token}"}):
+                pass
     await client.close()
     ttfs = observer.ttfs()
     per_speaker = {}
