@@ -16,12 +16,10 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
 import fractions
 import logging
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 import av
 from aiortc import (MediaStreamTrack, RTCIceCandidate, RTCPeerConnection,
@@ -32,6 +30,7 @@ from aiortc.sdp import candidate_from_sdp
 
 from shared import protocol as p
 from shared.client import SignalingClient
+from shared.tasks import TaskSet
 
 from .audio import Converter
 from .plugin import Peer
@@ -156,7 +155,7 @@ class Mesh:
             on_track, on_peer_connected, on_peer_left)
         self._relay = MediaRelay()
         self._source: MediaStreamTrack | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks = TaskSet(log, "bot hook")
         self._closed = False
         for type_, handler in ((p.MessageType.PEER_ADDED, self._peer_added),
                                (p.MessageType.PEER_REMOVED, self._peer_removed),
@@ -268,13 +267,13 @@ class Mesh:
                 return
             bounded = BoundedTrack(track, self.max_frames)
             link.tracks.append(bounded)
-            self._spawn(self._on_track(peer, bounded))
+            self._tasks.spawn(self._on_track(peer, bounded))
 
         @pc.on("connectionstatechange")
         async def on_state() -> None:
             if pc.connectionState == "connected" and not link.connected:
                 link.connected = True
-                self._spawn(self._on_peer_connected(peer))
+                self._tasks.spawn(self._on_peer_connected(peer))
             elif pc.connectionState == "failed" and self.links.get(peer.session_id) is link:
                 log.info("connection to %s failed", peer.session_id)
                 await self._drop(peer.session_id, left=False)
@@ -291,29 +290,10 @@ class Mesh:
             link.outgoing.stop()
         await link.pc.close()
         if left:
-            self._spawn(self._on_peer_left(link.peer))
-
-    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
-        if self._closed:
-            coro.close()  # never started: say so, rather than leave it un-awaited
-            return
-
-        async def guarded() -> None:
-            try:
-                await coro
-            except Exception:
-                log.exception("bot hook failed")
-
-        task = asyncio.ensure_future(guarded())
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+            self._tasks.spawn(self._on_peer_left(link.peer))
 
     async def close(self) -> None:
         self._closed = True
         for peer_id in list(self.links):
             await self._drop(peer_id, left=False)
-        for task in list(self._tasks):
-            task.cancel()
-        for task in list(self._tasks):
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        await self._tasks.close()

@@ -17,6 +17,7 @@ from aiohttp import web
 
 from shared import protocol as p
 from shared.protocol import ErrorCode, ProtocolError
+from shared.tasks import TaskSet
 
 from . import events
 from .hub import Hub
@@ -86,7 +87,7 @@ class Dispatcher:
         self.providers: dict[str, ProviderInfo] = {}
         self.bots: dict[str, BotInstance] = {}
         self._lock = asyncio.Lock()
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks = TaskSet(log, "dispatcher task")
         hub.bus.subscribe(events.SessionDisconnected, self._on_disconnect)
         hub.bus.subscribe(events.MemberLeft, self._on_member_left)
         hub.bus.subscribe(events.MemberJoined, self._on_member_joined)
@@ -96,7 +97,7 @@ class Dispatcher:
             if rec.session_id in self.hub.sessions and rec.lobby_id in self.hub.lobbies:
                 self.bots[rec.id] = BotInstance(rec)
             else:
-                self._spawn(self.hub.store.delete_bot(rec.id))
+                self._tasks.spawn(self.hub.store.delete_bot(rec.id))
 
     # --- queries ------------------------------------------------------------------------------
 
@@ -188,7 +189,7 @@ class Dispatcher:
             if prov is not None:
                 prov.bots.discard(bot.id)
             bot.provider = None
-            self._spawn(self.hub.post_system(bot.record.lobby_id,
+            self._tasks.spawn(self.hub.post_system(bot.record.lobby_id,
                                              f"{bot.record.name} failed: {msg.detail}"))
 
     def _set_status(self, bot: BotInstance, status: str, detail: str = "") -> None:
@@ -235,7 +236,7 @@ class Dispatcher:
             if bot is not None:
                 bot.provider = None
                 self._set_status(bot, "pending", "its provider went away")
-        self._spawn(self.dispatch_pending())
+        self._tasks.spawn(self.dispatch_pending())
 
     def _on_member_joined(self, event: events.MemberJoined) -> None:
         """Adds the configured automatic bots (e.g. the transcriber) when a person joins."""
@@ -245,7 +246,7 @@ class Dispatcher:
         present = {b.record.kind for b in self.lobby_bots(event.lobby_id)}
         for kind in self.hub.settings.auto_bot_kinds:
             if kind not in present and any(kind in prov.kinds for prov in self.providers.values()):
-                self._spawn(self.add(event.lobby_id, kind, {}, None))
+                self._tasks.spawn(self.add(event.lobby_id, kind, {}, None))
 
     def _on_member_left(self, event: events.MemberLeft) -> None:
         """Bots leave with the last human, so the lobby can empty and expire."""
@@ -255,23 +256,10 @@ class Dispatcher:
         if any(not self.hub.sessions[m].record.bot for m in lobby.members):
             return
         for bot in self.lobby_bots(event.lobby_id):
-            self._spawn(self.remove(bot, "everyone left"))
-
-    def _spawn(self, coro: Any) -> None:
-        async def guarded() -> None:
-            try:
-                await coro
-            except Exception:
-                log.exception("dispatcher task failed")
-
-        task = asyncio.create_task(guarded())
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+            self._tasks.spawn(self.remove(bot, "everyone left"))
 
     async def close(self) -> None:
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._tasks.close()
 
 
 DISPATCHER = web.AppKey("dispatcher", Dispatcher)

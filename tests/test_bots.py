@@ -19,7 +19,7 @@ from bots.testing import FakeLobby
 from shared import protocol as p
 from signaling.dispatch import DISPATCHER
 
-from .conftest import ROOT, Clients, Inbox
+from .conftest import ROOT, Clients
 
 SPEECH = str(ROOT / "tests" / "data" / "speaker_a.wav")
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from pathlib import Path
 from typing import Any
@@ -16,7 +15,7 @@ from aiohttp.test_utils import TestServer
 from shared import protocol as p
 from shared.client import (ClientConfig, NotDelivered, QueueFull, SignalingClient, backoff)
 
-from .conftest import Clients, Inbox, free_port
+from .conftest import Clients, free_port
 from .netfaults import TcpProxy
 
 
@@ -35,7 +34,6 @@ async def test_kill_and_restart_server_mid_chat(server_process: Any) -> None:
     cfg = dict(backoff_initial=0.05, backoff_max=0.5, heartbeat=1.0, receive_timeout=3.0,
                breaker_threshold=50)
     writer = SignalingClient(ClientConfig(url=srv.url, name="Writer", **cfg))
-    inbox = Inbox(writer)
     await writer.start(wait=10)
     await writer.set_name("Writer")
     lobby = (await writer.join(lobby_name="resilience")).lobby.id

@@ -24,7 +24,7 @@ from signaling.dispatch import DISPATCHER
 
 from .conftest import Clients
 from .speech import DATA, noise, reference, wer, words, write_wav
-from .test_bots import Listener, api, wait_until
+from .test_bots import api, wait_until
 
 WER_BOUND = 0.15  # tiny.en on our synthetic speech: ~2-5 %; the bound leaves room for jitter
 

@@ -13,7 +13,7 @@ from aiortc.mediastreams import AudioStreamTrack
 from shared import protocol as p
 from shared.client import SignalingClient
 
-from .conftest import Clients, Inbox
+from .conftest import Clients
 
 
 class Sine(AudioStreamTrack):
