@@ -136,10 +136,10 @@ async def dispatch(app: web.Application, s: LiveSession, conn: Connection, text:
     conn.received += 1
     ref = None
     try:
-        if len(text) > hub.settings.max_message_bytes or \
-                len(text.encode()) > hub.settings.max_message_bytes:
-            raise ProtocolError(ErrorCode.MESSAGE_TOO_LARGE,
-                                f"frames are limited to {hub.settings.max_message_bytes} bytes")
+        limit = hub.settings.max_message_bytes
+        # a character is at most 4 bytes: only frames near the limit need encoding to measure
+        if len(text) > limit or (len(text) * 4 > limit and len(text.encode()) > limit):
+            raise ProtocolError(ErrorCode.MESSAGE_TOO_LARGE, f"frames are limited to {limit} bytes")
         msg, ref = p.decode(text, HANDLERS)
         metrics.messages.labels(msg.type.value).inc()
         if conn.limits is not None and not s.record.bot:

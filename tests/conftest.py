@@ -85,6 +85,15 @@ def make_settings(data_dir: Path, **overrides: Any) -> Settings:
     return Settings(**(defaults | overrides))
 
 
+async def start_server(data_dir: Path, port: int | None = None,
+                       **overrides: Any) -> TestServer:
+    """A real server on loopback over ``data_dir`` (same dir and port: a restart)."""
+    srv = TestServer(create_app(make_settings(data_dir, **overrides)), host="127.0.0.1",
+                     port=port or free_port())
+    await srv.start_server()
+    return srv
+
+
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
     return make_settings(tmp_path / "data")

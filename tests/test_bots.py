@@ -19,7 +19,7 @@ from bots.testing import FakeLobby
 from shared import protocol as p
 from signaling.dispatch import DISPATCHER
 
-from .conftest import ROOT, Clients
+from .conftest import ROOT, Clients, start_server
 
 SPEECH = str(ROOT / "tests" / "data" / "speaker_a.wav")
 
@@ -242,10 +242,8 @@ async def test_wrong_provider_key_is_refused(server: TestServer, provider_proces
 
 
 async def test_bots_leave_with_the_last_human(tmp_path: Any, provider_process: Any) -> None:
-    from .test_persistence import start
-    from .conftest import free_port
 
-    srv = await start(tmp_path, free_port(), grace=0.3)
+    srv = await start_server(tmp_path, grace=0.3)
     pool = Clients(str(srv.make_url("/")))
     try:
         provider_process(str(srv.make_url("/")))
@@ -294,10 +292,8 @@ async def test_voicebot_up_runs_server_and_provider(tmp_path: Any) -> None:
 
 
 async def test_auto_bots_join_every_lobby(tmp_path: Any, provider_process: Any) -> None:
-    from .conftest import free_port
-    from .test_persistence import start
 
-    srv = await start(tmp_path, free_port(), auto_bots="echo")  # type: ignore[arg-type]
+    srv = await start_server(tmp_path, auto_bots="echo")  # type: ignore[arg-type]
     pool = Clients(str(srv.make_url("/")))
     try:
         provider_process(str(srv.make_url("/")))

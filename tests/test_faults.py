@@ -9,27 +9,19 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aiohttp.test_utils import TestServer
 
 from shared import protocol as p
 from shared.client import ServerError
-from signaling.app import create_app
 from signaling.hub import HUB
 from signaling.testing import ROOT
 
-from .conftest import Clients, free_port, make_settings
+from .conftest import Clients, free_port, start_server
 from .netfaults import TcpProxy
 
 
-async def start(data_dir: Path, **overrides: Any) -> TestServer:
-    srv = TestServer(create_app(make_settings(data_dir, **overrides)), host="127.0.0.1",
-                     port=free_port())
-    await srv.start_server()
-    return srv
-
 
 async def test_full_disk_refuses_writes_cleanly_and_loses_nothing(tmp_path: Path) -> None:
-    srv = await start(tmp_path, max_db_mb=1, chat_rate=1000.0, chat_burst=1000.0,
+    srv = await start_server(tmp_path, max_db_mb=1, chat_rate=1000.0, chat_burst=1000.0,
                       msg_rate=1000.0, msg_burst=1000.0)
     pool = Clients(str(srv.make_url("/")))
     acknowledged: list[str] = []
@@ -62,7 +54,7 @@ async def test_full_disk_refuses_writes_cleanly_and_loses_nothing(tmp_path: Path
     db.close()
     assert stored == acknowledged  # everything acknowledged, nothing else
     # with room again, the same data dir works and still holds every message
-    srv = await start(tmp_path)
+    srv = await start_server(tmp_path)
     pool = Clients(str(srv.make_url("/")))
     try:
         writer, inbox = await pool.new("Writer 2")
@@ -91,7 +83,7 @@ def test_read_only_data_dir_is_a_clear_error(tmp_path: Path) -> None:
 
 
 async def test_vanished_client_is_cleaned_up_after_the_grace_period(tmp_path: Path) -> None:
-    srv = await start(tmp_path, heartbeat=0.5, grace=1.0)
+    srv = await start_server(tmp_path, heartbeat=0.5, grace=1.0)
     proxy = TcpProxy(srv.port)  # type: ignore[arg-type]
     await proxy.start()
     pool = Clients(str(srv.make_url("/")))

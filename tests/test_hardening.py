@@ -18,22 +18,16 @@ from shared.client import ServerError
 from signaling.app import OPENAPI, create_app
 from signaling.hub import HUB
 
-from .conftest import Clients, free_port, make_settings
+from .conftest import Clients, make_settings, start_server
 from .netfaults import TcpProxy
 
 ADMIN = "admin-secret-token"
 
 
-async def start(tmp_path: Path, **overrides: Any) -> TestServer:
-    srv = TestServer(create_app(make_settings(tmp_path / "data", **overrides)), host="127.0.0.1",
-                     port=free_port())
-    await srv.start_server()
-    return srv
-
 
 @pytest.fixture
 async def limited(tmp_path: Path) -> Any:
-    srv = await start(tmp_path, msg_rate=5.0, msg_burst=10.0, chat_rate=1.0, chat_burst=3.0,
+    srv = await start_server(tmp_path / "data", msg_rate=5.0, msg_burst=10.0, chat_rate=1.0, chat_burst=3.0,
                       create_rate=0.01, create_burst=2.0, error_rate=0.01, error_burst=5.0,
                       ip_session_rate=0.01, ip_session_burst=8.0, max_connections=3,
                       admin_token=ADMIN, send_queue=16)
@@ -117,7 +111,7 @@ async def test_per_address_session_limit(limited: TestServer) -> None:
 
 
 async def test_per_address_upgrade_limit(tmp_path: Path) -> None:
-    srv = await start(tmp_path, ip_upgrade_rate=0.01, ip_upgrade_burst=3.0)
+    srv = await start_server(tmp_path / "data", ip_upgrade_rate=0.01, ip_upgrade_burst=3.0)
     try:
         async with aiohttp.ClientSession() as http:
             for _ in range(3):
@@ -181,8 +175,8 @@ async def test_slow_consumer_is_dropped_and_nobody_else_waits(limited: TestServe
 
 
 async def test_origin_check(tmp_path: Path) -> None:
-    srv = await start(tmp_path, allowed_origins="https://voice.example.org")
-    same = await start(tmp_path / "b")
+    srv = await start_server(tmp_path / "data", allowed_origins="https://voice.example.org")
+    same = await start_server(tmp_path / "b" / "data")
     try:
         async with aiohttp.ClientSession() as http:
             async with http.post(srv.make_url("/api/sessions")) as r:

@@ -9,25 +9,18 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from aiohttp.test_utils import TestServer
 
 from shared import protocol as p
 from shared.client import ServerError
-from signaling.app import create_app
 from signaling.hub import HUB
 
-from .conftest import Clients, free_port, make_settings
+from .conftest import Clients, free_port, start_server
 
-
-async def start(data_dir: Path, port: int, **overrides: float) -> TestServer:
-    srv = TestServer(create_app(make_settings(data_dir, **overrides)), host="127.0.0.1", port=port)
-    await srv.start_server()
-    return srv
 
 
 async def test_restart_keeps_sessions_names_lobbies_and_chat(tmp_path: Path) -> None:
     port = free_port()
-    srv = await start(tmp_path, port)
+    srv = await start_server(tmp_path, port)
     pool = Clients(str(srv.make_url("/")))
     try:
         alice, _ = await pool.new("Alice", password="pw-alice")
@@ -38,7 +31,7 @@ async def test_restart_keeps_sessions_names_lobbies_and_chat(tmp_path: Path) -> 
         token = alice.config.token
 
         await srv.close()
-        srv = await start(tmp_path, port)
+        srv = await start_server(tmp_path, port)
         # both clients come back on their own, with their sessions and in their lobby
         await alice.wait_connected(10)
         await bob.wait_connected(10)
@@ -66,7 +59,7 @@ async def test_restart_keeps_sessions_names_lobbies_and_chat(tmp_path: Path) -> 
 
 
 async def test_grace_period_then_removal(tmp_path: Path) -> None:
-    srv = await start(tmp_path, free_port(), grace=0.5)
+    srv = await start_server(tmp_path, grace=0.5)
     pool = Clients(str(srv.make_url("/")))
     try:
         stay, inbox = await pool.new("Stay")
@@ -87,7 +80,7 @@ async def test_grace_period_then_removal(tmp_path: Path) -> None:
 
 
 async def test_stale_sessions_and_empty_lobbies_expire(tmp_path: Path) -> None:
-    srv = await start(tmp_path, free_port(), grace=0.2, session_ttl=0.6, lobby_ttl=0.6)
+    srv = await start_server(tmp_path, grace=0.2, session_ttl=0.6, lobby_ttl=0.6)
     pool = Clients(str(srv.make_url("/")))
     try:
         gone, _ = await pool.new("Gone")
@@ -112,7 +105,7 @@ async def test_stale_sessions_and_empty_lobbies_expire(tmp_path: Path) -> None:
 
 
 async def test_integrity_check_repairs_a_corrupt_store(tmp_path: Path) -> None:
-    srv = await start(tmp_path, free_port())
+    srv = await start_server(tmp_path)
     await srv.close()
     now = time.time()
     db = sqlite3.connect(tmp_path / "voicebot.sqlite3")
@@ -122,7 +115,7 @@ async def test_integrity_check_repairs_a_corrupt_store(tmp_path: Path) -> None:
         db.execute("INSERT INTO sessions VALUES ('s2','h2','TWIN','twin',0,?,?)", (now - 5, now))
         db.execute("INSERT INTO members VALUES ('no-such-lobby','s1',?)", (now,))
     db.close()
-    srv = await start(tmp_path, free_port())
+    srv = await start_server(tmp_path)
     try:
         hub = srv.app[HUB]
         assert hub.sessions["s1"].record.name == "Twin"  # the older holder keeps it
@@ -136,7 +129,7 @@ async def test_integrity_check_repairs_a_corrupt_store(tmp_path: Path) -> None:
 
 
 async def test_base_path(tmp_path: Path) -> None:
-    srv = await start(tmp_path, free_port(), base_path="ai-voicebot")  # type: ignore[arg-type]
+    srv = await start_server(tmp_path, base_path="ai-voicebot")  # type: ignore[arg-type]
     pool = Clients(str(srv.make_url("/ai-voicebot/")))
     try:
         client, _ = await pool.new("Proxied")

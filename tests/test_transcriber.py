@@ -186,6 +186,20 @@ async def start_player(url: str, token: str, lobby: str, path: Path, name: str) 
     return bot
 
 
+async def captioned_lobby(server: TestServer, clients: Clients, provider_process: Any,
+                          name: str, **provider: Any) -> tuple[str, Any, Any]:
+    """A provider, a host in lobby ``name``, and a transcriber there that is live."""
+    url = str(server.make_url("/"))
+    provider_process(url, capacity=6, **provider)
+    await wait_until(lambda: server.app[DISPATCHER].providers, 30, "the provider")
+    human, inbox = await clients.new("Host")
+    lobby = (await human.join(lobby_name=name)).lobby.id
+    await start_transcriber(url, human.config.token, lobby)
+    await inbox.wait_for(p.BotStatus, lambda m: m.kind == "transcriber" and m.status == "live",
+                         timeout=60)
+    return lobby, human, inbox
+
+
 def finals_of(inbox: Any, speaker: str) -> list[p.Transcript]:
     return [t for t in inbox.of(p.Transcript, final=True) if t.speaker_name == speaker]
 
@@ -193,13 +207,7 @@ def finals_of(inbox: Any, speaker: str) -> list[p.Transcript]:
 async def test_end_to_end_live_captions(server: TestServer, clients: Clients,
                                         provider_process: Any) -> None:
     url = str(server.make_url("/"))
-    provider_process(url, capacity=6)
-    await wait_until(lambda: server.app[DISPATCHER].providers, 30, "the provider")
-    human, inbox = await clients.new("Host")
-    lobby = (await human.join(lobby_name="captions")).lobby.id
-    await start_transcriber(url, human.config.token, lobby)
-    await inbox.wait_for(p.BotStatus, lambda m: m.kind == "transcriber" and m.status == "live",
-                         timeout=60)
+    lobby, human, inbox = await captioned_lobby(server, clients, provider_process, "captions")
     player = await start_player(url, human.config.token, lobby, DATA / "speaker_a.wav", "Alice")
     await wait_until(lambda: len(finals_of(inbox, "Alice")) >= 2, 60, "two finals")
 
@@ -239,13 +247,7 @@ async def api_text(url: str) -> tuple[int, str]:
 async def test_two_speakers_at_once_are_attributed(server: TestServer, clients: Clients,
                                                    provider_process: Any) -> None:
     url = str(server.make_url("/"))
-    provider_process(url, capacity=6)
-    await wait_until(lambda: server.app[DISPATCHER].providers, 30, "the provider")
-    human, inbox = await clients.new("Host")
-    lobby = (await human.join(lobby_name="crosstalk")).lobby.id
-    await start_transcriber(url, human.config.token, lobby)
-    await inbox.wait_for(p.BotStatus, lambda m: m.kind == "transcriber" and m.status == "live",
-                         timeout=60)
+    lobby, human, inbox = await captioned_lobby(server, clients, provider_process, "crosstalk")
     await asyncio.gather(
         start_player(url, human.config.token, lobby, DATA / "speaker_a.wav", "Alice"),
         start_player(url, human.config.token, lobby, DATA / "speaker_b.wav", "Bob"))
@@ -262,13 +264,8 @@ async def test_silence_and_noise_give_no_transcripts(server: TestServer, clients
     url = str(server.make_url("/"))
     write_wav(tmp_path / "silence.wav", np.zeros(10 * 16000, np.float32))
     write_wav(tmp_path / "noise.wav", noise(10))
-    provider_process(url, capacity=6, media_dirs=(tmp_path,))
-    await wait_until(lambda: server.app[DISPATCHER].providers, 30, "the provider")
-    human, inbox = await clients.new("Host")
-    lobby = (await human.join(lobby_name="quiet")).lobby.id
-    await start_transcriber(url, human.config.token, lobby)
-    await inbox.wait_for(p.BotStatus, lambda m: m.kind == "transcriber" and m.status == "live",
-                         timeout=60)
+    lobby, human, inbox = await captioned_lobby(server, clients, provider_process, "quiet",
+                                                media_dirs=(tmp_path,))
     await start_player(url, human.config.token, lobby, tmp_path / "silence.wav", "Silence")
     await start_player(url, human.config.token, lobby, tmp_path / "noise.wav", "Noise")
     await inbox.wait_for(p.BotStatus, lambda m: "finished silence" in m.detail, timeout=60)
