@@ -89,6 +89,9 @@ def backoff(initial: float = 0.1, maximum: float = 5.0, factor: float = 2.0) -> 
 @dataclass
 class ClientConfig:
     url: str  # the server's HTTP base URL, e.g. http://127.0.0.1:8080/ (base path included)
+    # other nodes of the same deployment (without a load balancer): tried in turn when the
+    # current one can't be reached or drops us; the session resumes on whichever answers
+    fallback_urls: tuple[str, ...] = ()
     token: str | None = None
     name: str | None = None
     password: str | None = None
@@ -112,6 +115,7 @@ class ClientConfig:
     def __post_init__(self) -> None:
         if not self.url.endswith("/"):
             self.url += "/"
+        self.fallback_urls = tuple(u if u.endswith("/") else u + "/" for u in self.fallback_urls)
         if self.queue_size < 1 or self.queue_ttl <= 0 or self.breaker_threshold < 1:
             raise ValueError("queue_size, queue_ttl and breaker_threshold must be positive")
 
@@ -374,6 +378,7 @@ class SignalingClient:
                 failures += 1
                 self.stats.connect_failures += 1
                 log.info("connect failed (%d in a row): %s", failures, exc)
+                self._next_url()
                 self._expire()
                 if failures >= self.config.breaker_threshold:
                     await self._breaker_pause()
@@ -394,9 +399,15 @@ class SignalingClient:
                 with contextlib.suppress(Exception):
                     await ws.close()
                 self._requeue_inflight()
+            self._next_url()
             if time.monotonic() - started >= self.config.healthy_after:
                 delays = self._backoff()
             await self._pause(next(delays))
+
+    def _next_url(self) -> None:
+        cfg = self.config
+        if cfg.fallback_urls:
+            cfg.url, cfg.fallback_urls = cfg.fallback_urls[0], (*cfg.fallback_urls[1:], cfg.url)
 
     def _backoff(self) -> Iterator[float]:
         return backoff(self.config.backoff_initial, self.config.backoff_max)

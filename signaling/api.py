@@ -108,9 +108,9 @@ def bearer_token(request: web.Request) -> str | None:
     return request.query.get("token") or None
 
 
-def session_from(request: web.Request, hub: Hub) -> LiveSession:
+async def session_from(request: web.Request, hub: Hub) -> LiveSession:
     token = bearer_token(request)
-    session = hub.authenticate(token) if token else None
+    session = await hub.find_session(token) if token else None
     if session is None:
         raise http_error(401, ErrorCode.UNAUTHORIZED, "a valid session token is required")
     return session
@@ -140,7 +140,7 @@ async def create_session(request: web.Request) -> web.Response:
 
 async def get_session(request: web.Request) -> web.Response:
     hub = request.app[HUB]
-    return web.json_response(hub.session_info(session_from(request, hub)).to_dict())
+    return web.json_response(hub.session_info(await session_from(request, hub)).to_dict())
 
 
 async def health(request: web.Request) -> web.Response:
@@ -163,7 +163,7 @@ def creation_allowed(request: web.Request, session: LiveSession) -> None:
 
 async def create_lobby(request: web.Request) -> web.Response:
     hub = request.app[HUB]
-    creation_allowed(request, session_from(request, hub))
+    creation_allowed(request, (await session_from(request, hub)))
     body = await read_json(request)
     name = field(body, "name", str)
     if name is None:
@@ -174,20 +174,20 @@ async def create_lobby(request: web.Request) -> web.Response:
     return web.json_response(lobby_json(hub, lobby), status=201)
 
 
-def readable_lobby(request: web.Request, hub: Hub) -> Lobby:
+async def readable_lobby(request: web.Request, hub: Hub) -> Lobby:
     """A lobby by id; one with a password is readable by its members only."""
     lobby = hub.lobbies.get(request.match_info["lobby_id"])
     if lobby is None:
         raise http_error(404, ErrorCode.LOBBY_NOT_FOUND, "no such lobby")
     if lobby.record.password_hash is not None and \
-            session_from(request, hub).id not in lobby.members:
+            (await session_from(request, hub)).id not in lobby.members:
         raise http_error(403, ErrorCode.NOT_ALLOWED, "only members may read this lobby")
     return lobby
 
 
 async def get_lobby(request: web.Request) -> web.Response:
     hub = request.app[HUB]
-    return web.json_response(lobby_json(hub, readable_lobby(request, hub), participants=True))
+    return web.json_response(lobby_json(hub, await readable_lobby(request, hub), participants=True))
 
 
 def int_query(request: web.Request, name: str, default: int | None = None,
@@ -207,7 +207,7 @@ def int_query(request: web.Request, name: str, default: int | None = None,
 async def lobby_messages(request: web.Request) -> web.Response:
     """Pages backwards with ``before`` (newest first page) or forwards with ``after``."""
     hub = request.app[HUB]
-    lobby = readable_lobby(request, hub)
+    lobby = await readable_lobby(request, hub)
     limit = int_query(request, "limit", 50, 1, 500)
     assert limit is not None
     before, after = int_query(request, "before"), int_query(request, "after")
@@ -221,7 +221,7 @@ async def lobby_messages(request: web.Request) -> web.Response:
 
 async def lobby_transcript(request: web.Request) -> web.StreamResponse:
     hub = request.app[HUB]
-    lobby = readable_lobby(request, hub)
+    lobby = await readable_lobby(request, hub)
     fmt = request.query.get("format", "json")
     if fmt not in export.FORMATS:
         raise http_error(400, ErrorCode.INVALID_PAYLOAD,
@@ -246,27 +246,27 @@ async def list_bot_kinds(request: web.Request) -> web.Response:
                               "providers": len(dispatcher.providers)})
 
 
-def member_lobby(request: web.Request, hub: Hub) -> Lobby:
+async def member_lobby(request: web.Request, hub: Hub) -> Lobby:
     """The lobby in the URL, for a caller who is a member of it."""
     lobby = hub.lobbies.get(request.match_info["lobby_id"])
     if lobby is None:
         raise http_error(404, ErrorCode.LOBBY_NOT_FOUND, "no such lobby")
-    if session_from(request, hub).id not in lobby.members:
+    if (await session_from(request, hub)).id not in lobby.members:
         raise http_error(403, ErrorCode.NOT_ALLOWED, "only members of this lobby may do this")
     return lobby
 
 
 async def lobby_bots(request: web.Request) -> web.Response:
     hub = request.app[HUB]
-    lobby = readable_lobby(request, hub)
+    lobby = await readable_lobby(request, hub)
     bots = request.app[DISPATCHER].lobby_bots(lobby.id)
     return web.json_response({"bots": [b.to_dict() for b in bots]})
 
 
 async def add_bot(request: web.Request) -> web.Response:
     hub = request.app[HUB]
-    lobby = member_lobby(request, hub)
-    creation_allowed(request, session_from(request, hub))
+    lobby = await member_lobby(request, hub)
+    creation_allowed(request, (await session_from(request, hub)))
     body = await read_json(request)
     kind = field(body, "kind", str)
     if not kind:
@@ -278,7 +278,7 @@ async def add_bot(request: web.Request) -> web.Response:
 
 async def remove_bot(request: web.Request) -> web.Response:
     hub = request.app[HUB]
-    lobby = member_lobby(request, hub)
+    lobby = await member_lobby(request, hub)
     dispatcher = request.app[DISPATCHER]
     bot = dispatcher.find(lobby.id, request.match_info["bot_id"])
     await dispatcher.remove(bot)

@@ -16,6 +16,8 @@ from .dispatch import DISPATCHER, Dispatcher
 from .hub import HUB, Hub
 from .limits import LIMITS, AppLimits
 from .metrics import METRICS, Metrics
+from .cluster import Cluster
+from .redis_store import RedisStore
 from .settings import Settings
 from .store import SQLiteStore, Store
 
@@ -30,8 +32,21 @@ def create_app(settings: Settings, store: Store | None = None) -> web.Applicatio
     app = web.Application(middlewares=[api.json_errors, admin.admin_only],
                           client_max_size=settings.max_message_bytes)
     app[SETTINGS] = settings
-    hub = app[HUB] = Hub(settings, store or SQLiteStore(settings.db_path, settings.max_db_mb))
-    app[DISPATCHER] = Dispatcher(hub)
+    cluster = None
+    if store is None and settings.redis_url:
+        cluster = Cluster(settings.redis_url, settings.redis_prefix, settings.node_id,
+                          settings.node_ttl)
+        store = RedisStore(cluster, settings.chat_cap)
+    hub = app[HUB] = Hub(settings, store or SQLiteStore(settings.db_path, settings.max_db_mb),
+                         cluster=cluster)
+    dispatcher = app[DISPATCHER] = Dispatcher(hub)
+    if cluster is not None:
+        async def resync() -> None:
+            await hub.resync()
+            assert hub.snapshot is not None
+            dispatcher.load(hub.snapshot)
+
+        cluster.on_resync = resync
     app[LIMITS] = AppLimits(settings)
     metrics = app[METRICS] = Metrics()
     hub.bus.subscribe(events.BotReported, metrics.bot_reported)
@@ -78,7 +93,8 @@ async def _to_base(request: web.Request) -> web.Response:
 async def _hub_lifetime(app: web.Application) -> AsyncIterator[None]:
     hub = app[HUB]
     repairs = await hub.start()
-    app[DISPATCHER].load(hub.loaded_bots)
+    assert hub.snapshot is not None
+    app[DISPATCHER].load(hub.snapshot)
     log.info("store open: %d sessions, %d lobbies, %d bots, %d integrity repairs",
              len(hub.sessions), len(hub.lobbies), len(app[DISPATCHER].bots), len(repairs))
     yield

@@ -3,13 +3,19 @@
 A bot is a session of its own, placed in its lobby by the server. Each time a bot is handed
 to a provider, its session gets a fresh token, so only the newest instance can connect; an
 old instance (a provider that was cut off, not dead) is refused and stops by itself.
+
+With several nodes, providers and bots may connect to any of them: each node knows every
+provider and where each bot runs (the store records both and the other nodes apply the
+changes), and ``BotStart`` reaches a provider through the hub, whatever its node.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import secrets
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,8 +26,9 @@ from shared.protocol import ErrorCode, ProtocolError
 from shared.tasks import TaskSet
 
 from . import events
+from .cluster import Change
 from .hub import Hub
-from .store import BotRecord
+from .store import BotRecord, Snapshot
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +43,10 @@ class ProviderInfo:
 
     def has_room(self, kind: str) -> bool:
         return kind in self.kinds and len(self.bots) < self.capacity
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "capacity": self.capacity,
+                "kinds": [k.to_dict() for k in self.kinds.values()]}
 
 
 @dataclass
@@ -88,16 +99,75 @@ class Dispatcher:
         self.bots: dict[str, BotInstance] = {}
         self._lock = asyncio.Lock()
         self._tasks = TaskSet(log, "dispatcher task")
+        self._dirty: dict[str, None] = {}  # bots whose state is not yet written, in order
+        self._flushing = False
         hub.bus.subscribe(events.SessionDisconnected, self._on_disconnect)
         hub.bus.subscribe(events.MemberLeft, self._on_member_left)
         hub.bus.subscribe(events.MemberJoined, self._on_member_joined)
+        if hub.cluster is not None:
+            hub.cluster.handlers.update({
+                "bot": self.apply_bot, "bot-": self.apply_bot_deleted,
+                "botstate": self.apply_bot_state, "provider": self.apply_provider,
+                "provider-": self.apply_provider_deleted})
 
-    def load(self, records: list[BotRecord]) -> None:
-        for rec in records:
+    def load(self, snap: Snapshot) -> None:
+        self.bots.clear()
+        self.providers.clear()
+        for sid, info in snap.providers.items():
+            session = self.hub.sessions.get(sid)
+            if session is not None and session.connected:  # on a live node
+                self.apply_provider({"session": sid, "info": info})
+            else:
+                self._tasks.spawn(self.hub.store.save_provider(sid, None))
+        for rec in snap.bots:
             if rec.session_id in self.hub.sessions and rec.lobby_id in self.hub.lobbies:
                 self.bots[rec.id] = BotInstance(rec)
+                state = snap.bot_states.get(rec.id)
+                if state is not None:
+                    self.apply_bot_state({"id": rec.id, "state": state})
             else:
                 self._tasks.spawn(self.hub.store.delete_bot(rec.id))
+
+    @contextlib.asynccontextmanager
+    async def _exclusive(self) -> AsyncIterator[None]:
+        async with self._lock:
+            if self.hub.cluster is None:
+                yield
+            else:
+                async with self.hub.cluster.exclusive("dispatch"):
+                    yield
+
+    # --- changes made on other nodes ----------------------------------------------------------
+
+    def apply_bot(self, change: Change) -> None:
+        rec = BotRecord(**change["rec"])
+        self.bots.setdefault(rec.id, BotInstance(rec))
+
+    def apply_bot_deleted(self, change: Change) -> None:
+        bot = self.bots.pop(change["id"], None)
+        if bot is not None:
+            for prov in self.providers.values():
+                prov.bots.discard(bot.id)
+
+    def apply_bot_state(self, change: Change) -> None:
+        bot = self.bots.get(change["id"])
+        if bot is None:
+            return
+        state = change["state"]
+        bot.provider, bot.status, bot.detail = state["provider"], state["status"], state["detail"]
+        for prov in self.providers.values():
+            prov.bots.discard(bot.id)
+        if bot.provider in self.providers:
+            self.providers[bot.provider].bots.add(bot.id)
+
+    def apply_provider(self, change: Change) -> None:
+        sid, info = change["session"], change["info"]
+        kinds = {k["kind"]: p.BotKind.from_dict(k) for k in info["kinds"]}
+        self.providers[sid] = ProviderInfo(sid, info["name"], info["capacity"], kinds,
+                                           {b.id for b in self.bots.values() if b.provider == sid})
+
+    def apply_provider_deleted(self, change: Change) -> None:
+        self.providers.pop(change["session"], None)
 
     # --- queries ------------------------------------------------------------------------------
 
@@ -166,6 +236,7 @@ class Dispatcher:
         prov = ProviderInfo(provider_session, msg.name, msg.capacity,
                             {k.kind: k for k in msg.kinds})
         self.providers[provider_session] = prov
+        await self.hub.store.save_provider(provider_session, prov.to_dict())
         log.info("provider %s connected: %s, capacity %d", msg.name,
                  ", ".join(prov.kinds) or "no kinds", msg.capacity)
         for running in msg.running:
@@ -194,6 +265,7 @@ class Dispatcher:
 
     def _set_status(self, bot: BotInstance, status: str, detail: str = "") -> None:
         bot.status, bot.detail = status, detail
+        self._save_state(bot)
         r = bot.record
         self.hub.send_to_lobby(r.lobby_id, p.BotStatus(
             bot_id=r.id, status=status, detail=detail, lobby_id=r.lobby_id, kind=r.kind,
@@ -219,8 +291,29 @@ class Dispatcher:
         self._set_status(bot, "starting", f"on {prov.name}")
         return True
 
+    def _save_state(self, bot: BotInstance) -> None:
+        """Records where ``bot`` runs; the newest state of each bot is written, in order."""
+        if self.hub.cluster is None:
+            return
+        self._dirty[bot.id] = None  # read when written: the newest state wins
+        if not self._flushing:
+            self._flushing = True
+            self._tasks.spawn(self._write_states())
+
+    async def _write_states(self) -> None:
+        try:
+            while self._dirty:
+                bot_id = next(iter(self._dirty))
+                del self._dirty[bot_id]
+                bot = self.bots.get(bot_id)
+                if bot is not None:
+                    await self.hub.store.save_bot_state(bot_id, {
+                        "provider": bot.provider, "status": bot.status, "detail": bot.detail})
+        finally:
+            self._flushing = False
+
     async def dispatch_pending(self) -> None:
-        async with self._lock:
+        async with self._exclusive():
             for bot in list(self.bots.values()):
                 if bot.provider is None and bot.id in self.bots:
                     if not await self._dispatch(bot) and bot.status != "pending":
@@ -230,6 +323,7 @@ class Dispatcher:
         prov = self.providers.pop(event.session_id, None)
         if prov is None:
             return
+        self._tasks.spawn(self.hub.store.save_provider(prov.session_id, None))
         log.warning("provider %s disconnected; moving its %d bot(s)", prov.name, len(prov.bots))
         for bot_id in prov.bots:
             bot = self.bots.get(bot_id)

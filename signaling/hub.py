@@ -4,6 +4,10 @@ It keeps that picture in memory, writes every change through to the ``Store`` be
 acknowledging it, and sends frames to connections. The WebSocket and HTTP layers only parse
 requests and call it.
 
+With several nodes (``cluster.py``), every node holds the whole picture; a session's socket is on
+one node (``LiveSession.node``), frames for it go there, and changes made elsewhere arrive
+through ``apply_*``. Checks that must see every node's writes run under ``_exclusive()``.
+
 Negotiation rule: the session that joins (or reconnects into) a lobby creates the offers. The
 joiner gets one ``peer_added`` with ``create_offer: true`` per connected member; every member
 gets one ``peer_added`` with ``create_offer: false`` for the joiner.
@@ -12,10 +16,11 @@ gets one ``peer_added`` with ``create_offer: false`` for the joiner.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import secrets
 import time
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,6 +29,7 @@ from shared import protocol as p
 from shared.protocol import ErrorCode, ProtocolError
 
 from . import events
+from .cluster import Change, Cluster
 from .connection import CLOSE_REMOVED, CLOSE_REPLACED, Connection
 from .names import clean_lobby_name, clean_name, hash_password, new_token, token_hash, verify_password
 from .settings import Settings
@@ -37,9 +43,10 @@ SERVER_NAME = "ai-voicebot"
 @dataclass
 class LiveSession:
     record: SessionRecord
-    conn: Connection | None = None
+    conn: Connection | None = None  # the socket, when it is on this node
     disconnected_at: float = field(default_factory=time.time)
     lobbies: set[str] = field(default_factory=set)
+    node: str | None = None  # the node holding the socket, if connected anywhere
 
     @property
     def id(self) -> str:
@@ -47,7 +54,7 @@ class LiveSession:
 
     @property
     def connected(self) -> bool:
-        return self.conn is not None
+        return self.node is not None
 
 
 @dataclass
@@ -81,10 +88,13 @@ def stored_message(rec: ChatRecord) -> p.Chat | p.Transcript:
 
 
 class Hub:
-    def __init__(self, settings: Settings, store: Store, bus: events.EventBus | None = None) -> None:
+    def __init__(self, settings: Settings, store: Store, bus: events.EventBus | None = None,
+                 cluster: Cluster | None = None) -> None:
         self.settings = settings
         self.store = store
         self.bus = bus or events.EventBus()
+        self.cluster = cluster
+        self.node_id = cluster.node_id if cluster is not None else "local"
         self.sessions: dict[str, LiveSession] = {}
         self.claims: dict[str, NameClaim] = {}
         self.lobbies: dict[str, Lobby] = {}
@@ -93,14 +103,74 @@ class Hub:
         # membership and names change under one lock: their checks and writes span awaits
         self._lock = asyncio.Lock()
         self._orphan_members: list[tuple[str, str]] = []
-        self.loaded_bots: list[BotRecord] = []  # handed to the bot dispatcher at start-up
+        self.snapshot: Snapshot | None = None
+        if cluster is not None:
+            cluster.handlers.update({
+                "session": self.apply_session, "sessions-": self.apply_sessions_deleted,
+                "claim": self.apply_claim, "claim-": self.apply_claim_deleted,
+                "lobby": self.apply_lobby, "lobby-": self.apply_lobby_deleted,
+                "member+": self.apply_member_added, "member-": self.apply_member_removed,
+                "presence": self.apply_presence})
+            cluster.on_deliver = self._deliver_local
+            cluster.on_nodes_lost = self.nodes_lost
+            cluster.watched_nodes = lambda: {s.node for s in self.sessions.values() if s.node}
+
+    @contextlib.asynccontextmanager
+    async def _exclusive(self) -> AsyncIterator[None]:
+        """Serializes check-then-write: on this node, and across nodes when there are several."""
+        async with self._lock:
+            if self.cluster is None:
+                yield
+            else:
+                async with self.cluster.exclusive("hub"):
+                    yield
 
     # --- start-up -----------------------------------------------------------------------------
 
     async def start(self) -> list[str]:
         """Loads the store and runs the integrity check; returns the repairs it made."""
-        self._load(await self.store.open())
+        snap = self.snapshot = await self.store.open()
+        self._load(snap)
+        await self._load_presence(snap)
+        if self.cluster is not None:
+            self.cluster.run()
         return await self.check_integrity()
+
+    async def resync(self) -> None:
+        """Reloads the picture from the shared store (changes may have been missed)."""
+        assert self.cluster is not None
+        snap = self.snapshot = await self.store.snapshot()
+        local = {sid: s.conn for sid, s in self.sessions.items() if s.conn is not None}
+        self.sessions.clear()
+        self.claims.clear()
+        self.lobbies.clear()
+        self._by_token.clear()
+        self._lobby_keys.clear()
+        self._load(snap)
+        await self._load_presence(snap)
+        for sid, conn in local.items():
+            s = self.sessions.get(sid)
+            if s is None:
+                await conn.close(CLOSE_REMOVED, "removed")
+                continue
+            s.conn, s.node = conn, self.node_id
+            if snap.presence.get(sid, {}).get("node") != self.node_id:
+                await self.store.save_presence(sid, self.node_id, time.time())
+
+    async def _load_presence(self, snap: Snapshot) -> None:
+        """Sessions connected to a live node stay connected (there is no such node alone)."""
+        if self.cluster is None:
+            return
+        nodes = {v.get("node") for v in snap.presence.values()} - {None, self.node_id}
+        alive = {n for n in nodes if n and await self.cluster.alive(n)}
+        for sid, value in snap.presence.items():
+            s = self.sessions.get(sid)
+            if s is None:
+                continue
+            if value.get("node") in alive:
+                s.node = value["node"]
+            else:
+                s.disconnected_at = float(value.get("at") or s.disconnected_at)
 
     def _load(self, snap: Snapshot) -> None:
         now = time.time()
@@ -109,7 +179,6 @@ class Hub:
             self.sessions[rec.id] = LiveSession(rec, disconnected_at=now)
             self._by_token[rec.token_hash] = rec.id
         self.claims = {c.key: c for c in snap.claims}
-        self.loaded_bots = snap.bots
         for lrec in snap.lobbies:
             self.lobbies[lrec.id] = Lobby(lrec)
             self._lobby_keys[lrec.key] = lrec.id
@@ -126,6 +195,10 @@ class Hub:
         return s.connected or (now or time.time()) - s.disconnected_at < self.settings.grace
 
     async def check_integrity(self) -> list[str]:
+        async with self._exclusive():
+            return await self._check_integrity()
+
+    async def _check_integrity(self) -> list[str]:
         repairs: list[str] = []
         for lobby_id, session_id in self._orphan_members:
             await self.store.remove_member(lobby_id, session_id)
@@ -184,6 +257,15 @@ class Hub:
         session_id = self._by_token.get(token_hash(token))
         return self.sessions.get(session_id) if session_id else None
 
+    async def find_session(self, token: str) -> LiveSession | None:
+        """``authenticate``, waiting for the other nodes' news first if the token is unknown
+        (a session created on another node a moment ago)."""
+        session = self.authenticate(token)
+        if session is None and self.cluster is not None:
+            await self.cluster.barrier()
+            session = self.authenticate(token)
+        return session
+
     def session_info(self, s: LiveSession) -> p.SessionInfo:
         claim = self.claims.get(s.record.name_key or "")
         return p.SessionInfo(session_id=s.id, name=s.record.name, bot=s.record.bot,
@@ -193,11 +275,12 @@ class Hub:
     async def connect(self, s: LiveSession, conn: Connection) -> None:
         """Attaches a new connection; resumes the session's lobbies on it."""
         old = s.conn
-        s.conn = conn
+        s.conn, s.node = conn, self.node_id
         if old is not None:
             await old.close(CLOSE_REPLACED, "session connected elsewhere", drain=0.2)
         s.record.last_seen = time.time()
         await self.store.save_session(s.record)
+        await self.store.save_presence(s.id, self.node_id, s.record.last_seen)  # others close theirs
         conn.send(p.encode(p.Welcome(protocol=p.PROTOCOL_VERSION, server=SERVER_NAME,
                                      session=self.session_info(s))))
         log.info("connected from %s", conn.remote, extra={"session_id": s.id})
@@ -211,13 +294,14 @@ class Hub:
     async def disconnect(self, s: LiveSession, conn: Connection) -> None:
         if s.conn is not conn:  # replaced by a newer connection: nothing changes for others
             return
-        s.conn = None
+        s.conn, s.node = None, None
         s.disconnected_at = s.record.last_seen = time.time()
         log.info("disconnected", extra={"session_id": s.id})
         self.bus.emit(events.SessionDisconnected(s.id))
         for lobby_id in s.lobbies:
             self._broadcast_state(self.lobbies[lobby_id])
         try:
+            await self.store.save_presence(s.id, None, s.disconnected_at)
             await self.store.save_session(s.record)
         except Exception:
             log.exception("session %s: could not record last_seen", s.id)
@@ -226,7 +310,7 @@ class Hub:
 
     async def set_name(self, s: LiveSession, raw: str, password: str | None) -> p.SessionInfo:
         display, key = clean_name(raw)
-        async with self._lock:
+        async with self._exclusive():
             claim = self.claims.get(key)
             holder = self._name_holder(key, exclude=s)
             if claim is not None and claim.session_id != s.id:
@@ -250,7 +334,7 @@ class Hub:
 
     async def assign_name(self, s: LiveSession, base: str) -> str:
         """Gives ``s`` the first free name of ``base``, ``base 2``, ``base 3``… (for bots)."""
-        async with self._lock:
+        async with self._exclusive():
             for n in range(1, 1000):
                 display, key = clean_name(base if n == 1 else f"{base[:28]} {n}")
                 holder = self._name_holder(key, exclude=s)
@@ -278,8 +362,8 @@ class Hub:
             await self.store.save_claim(new)
         s.record.name, s.record.name_key = display, key
         await self.store.save_session(s.record)
-        if s.conn is not None and display is None:
-            s.conn.send(p.encode(p.Session(session=self.session_info(s))))
+        if display is None:
+            self._send_text(s, p.encode(p.Session(session=self.session_info(s))))
         for lobby_id in s.lobbies:
             self._broadcast_state(self.lobbies[lobby_id])
 
@@ -298,6 +382,13 @@ class Hub:
     async def create_lobby(self, raw_name: str, *, private: bool = False,
                            password: str | None = None,
                            max_participants: int | None = None) -> Lobby:
+        async with self._exclusive():
+            return await self._create_lobby(raw_name, private=private, password=password,
+                                            max_participants=max_participants)
+
+    async def _create_lobby(self, raw_name: str, *, private: bool = False,
+                            password: str | None = None,
+                            max_participants: int | None = None) -> Lobby:
         name, key = clean_lobby_name(raw_name)
         cap = max_participants or self.settings.max_participants
         if not 2 <= cap <= self.settings.max_participants:
@@ -334,12 +425,12 @@ class Hub:
     async def join(self, s: LiveSession, msg: p.Join, ref: str | None) -> None:
         if s.record.name is None:
             raise ProtocolError(ErrorCode.NAME_REQUIRED, "set a name before joining a lobby")
-        async with self._lock:
+        async with self._exclusive():
             if msg.lobby_id is not None:
                 lobby = self.find_lobby(msg.lobby_id)
             else:
                 assert msg.lobby_name is not None
-                lobby = self.lobby_by_name(msg.lobby_name) or await self.create_lobby(
+                lobby = self.lobby_by_name(msg.lobby_name) or await self._create_lobby(
                     msg.lobby_name, private=msg.private, password=msg.password)
             already = s.id in lobby.members
             if not already:
@@ -360,7 +451,7 @@ class Hub:
 
     async def add_member(self, s: LiveSession, lobby: Lobby) -> None:
         """Places ``s`` in ``lobby`` without a join (bots placed by the dispatcher)."""
-        async with self._lock:
+        async with self._exclusive():
             if s.id not in lobby.members:
                 await self._add_member(s, lobby)
 
@@ -384,12 +475,13 @@ class Hub:
         me = p.Participant(session_id=s.id, name=s.record.name or "", bot=s.record.bot)
         for other_id in sorted(lobby.members):
             other = self.sessions[other_id]
-            if other is s or other.conn is None:
+            if other is s or not other.connected:
                 continue
             peer = p.Participant(session_id=other.id, name=other.record.name or "",
                                  bot=other.record.bot)
             s.conn.send(p.encode(p.PeerAdded(lobby_id=lobby.id, peer=peer, create_offer=True)))
-            other.conn.send(p.encode(p.PeerAdded(lobby_id=lobby.id, peer=me, create_offer=False)))
+            self._send_text(other, p.encode(p.PeerAdded(lobby_id=lobby.id, peer=me,
+                                                        create_offer=False)))
         self._broadcast_state(lobby, exclude=s)
 
     async def _send_history(self, conn: Connection, lobby_id: str, since: int | None) -> None:
@@ -399,7 +491,7 @@ class Hub:
             conn.send(p.encode(stored_message(rec), f"m{rec.id}"))
 
     async def part(self, s: LiveSession, lobby_id: str) -> None:
-        async with self._lock:
+        async with self._exclusive():
             lobby = self.find_lobby(lobby_id)
             if s.id not in lobby.members:
                 raise ProtocolError(ErrorCode.NOT_IN_LOBBY, "not a member of this lobby")
@@ -407,7 +499,7 @@ class Hub:
 
     async def remove_session(self, s: LiveSession) -> None:
         """Takes ``s`` out of every lobby and deletes it (a bot being removed)."""
-        async with self._lock:
+        async with self._exclusive():
             for lobby_id in sorted(s.lobbies):
                 await self._remove_member(s, self.lobbies[lobby_id])
             if s.conn is not None:
@@ -431,21 +523,21 @@ class Hub:
 
     async def close_lobby(self, lobby: Lobby) -> None:
         """Removes every member, then the lobby with its chat (an administrator's delete)."""
-        async with self._lock:
+        async with self._exclusive():
             for session_id in sorted(lobby.members):
                 await self._remove_member(self.sessions[session_id], lobby)
             await self.delete_lobby(lobby)
 
     async def clear_claim(self, key: str) -> None:
         """Takes the password off a name; its holder keeps it as an ordinary name."""
-        async with self._lock:
+        async with self._exclusive():
             claim = self.claims.pop(key, None)
             if claim is None:
                 return
             await self.store.delete_claim(key)
             holder = self.sessions.get(claim.session_id or "")
-            if holder is not None and holder.conn is not None:
-                holder.conn.send(p.encode(p.Session(session=self.session_info(holder))))
+            if holder is not None:
+                self._send_text(holder, p.encode(p.Session(session=self.session_info(holder))))
 
     async def delete_lobby(self, lobby: Lobby) -> None:
         await self.store.delete_lobby(lobby.id)
@@ -487,10 +579,9 @@ class Hub:
         target = self.sessions.get(msg.peer_id)
         if target is None or msg.peer_id not in lobby.members:
             raise ProtocolError(ErrorCode.PEER_NOT_IN_LOBBY, "that peer is not in this lobby")
-        if target.conn is None:
-            raise ProtocolError(ErrorCode.PEER_UNAVAILABLE, "that peer is not connected")
         # the hot path: the validated message goes on with the sender's id, not rebuilt
-        target.conn.send(p.encode_data(msg.type, msg.to_dict() | {"peer_id": s.id}))
+        if not self._send_text(target, p.encode_data(msg.type, msg.to_dict() | {"peer_id": s.id})):
+            raise ProtocolError(ErrorCode.PEER_UNAVAILABLE, "that peer is not connected")
 
     # --- delivery -----------------------------------------------------------------------------
 
@@ -501,17 +592,39 @@ class Hub:
 
     def send_to_session(self, session_id: str, msg: p.Message) -> bool:
         s = self.sessions.get(session_id)
-        if s is None or s.conn is None:
-            return False
-        s.conn.send(p.encode(msg))
-        return True
+        return s is not None and self._send_text(s, p.encode(msg))
+
+    def _send_text(self, s: LiveSession, text: str) -> bool:
+        """Sends to ``s`` on this node or on the node holding its socket."""
+        if s.conn is not None:
+            s.conn.send(text)
+            return True
+        if s.node is not None and s.node != self.node_id and self.cluster is not None:
+            self.cluster.forward(s.node, [s.id], text)
+            return True
+        return False
 
     def _send(self, session_ids: Iterable[str], msg: p.Message, id: str | None = None) -> None:
         text = p.encode(msg, id)  # encoded once for every recipient
+        remote: dict[str, list[str]] = {}
         for sid in session_ids:
-            conn = self.sessions[sid].conn
-            if conn is not None:
-                conn.send(text)
+            s = self.sessions.get(sid)
+            if s is None:
+                continue
+            if s.conn is not None:
+                s.conn.send(text)
+            elif s.node is not None and s.node != self.node_id:
+                remote.setdefault(s.node, []).append(sid)
+        if remote and self.cluster is not None:
+            for node, ids in remote.items():  # one message a node, not one a member
+                self.cluster.forward(node, ids, text)
+
+    def _deliver_local(self, session_ids: list[str], text: str) -> None:
+        """Frames another node sent for sockets held here."""
+        for sid in session_ids:
+            s = self.sessions.get(sid)
+            if s is not None and s.conn is not None:
+                s.conn.send(text)
 
     def _broadcast_state(self, lobby: Lobby, exclude: LiveSession | None = None) -> None:
         self._send((m for m in lobby.members if exclude is None or m != exclude.id),
@@ -522,8 +635,10 @@ class Hub:
     async def sweep(self, now: float | None = None) -> None:
         """Ends grace periods, expires stale sessions and empty lobbies."""
         now = now or time.time()
+        if not self._due(now):  # the common case, decided without taking the lock
+            return
         st = self.settings
-        async with self._lock:
+        async with self._exclusive():
             for s in list(self.sessions.values()):
                 if s.connected:
                     continue
@@ -533,9 +648,20 @@ class Hub:
                 if now - s.record.last_seen >= st.session_ttl:
                     await self._expire_session(s)
             for lobby in list(self.lobbies.values()):
-                empty_since = lobby.record.empty_since
-                if not lobby.members and empty_since is not None and now - empty_since >= st.lobby_ttl:
+                if self._lobby_expired(lobby, now):
                     await self.delete_lobby(lobby)
+
+    def _due(self, now: float) -> bool:
+        st = self.settings
+        return any(not s.connected and (
+            (s.lobbies and now - s.disconnected_at >= st.grace)
+            or now - s.record.last_seen >= st.session_ttl) for s in self.sessions.values()) \
+            or any(self._lobby_expired(lobby, now) for lobby in self.lobbies.values())
+
+    def _lobby_expired(self, lobby: Lobby, now: float) -> bool:
+        empty_since = lobby.record.empty_since
+        return not lobby.members and empty_since is not None and \
+            now - empty_since >= self.settings.lobby_ttl
 
     async def _expire_session(self, s: LiveSession) -> None:
         await self.store.delete_sessions([s.id])
@@ -545,6 +671,106 @@ class Hub:
         self.sessions.pop(s.id, None)
         self._by_token.pop(s.record.token_hash, None)
         log.info("session %s expired", s.id)
+
+    # --- other nodes ----------------------------------------------------------------------------
+
+    async def nodes_lost(self, nodes: set[str]) -> None:
+        """Sessions held by dead nodes are disconnected; the grace period starts now."""
+        async with self._exclusive():
+            now = time.time()
+            for s in list(self.sessions.values()):
+                if s.node not in nodes or s.conn is not None:
+                    continue
+                log.warning("node %s is gone: session disconnected", s.node,
+                            extra={"session_id": s.id})
+                s.node, s.disconnected_at = None, now
+                await self.store.save_presence(s.id, None, now)
+                self.bus.emit(events.SessionDisconnected(s.id))
+                for lobby_id in s.lobbies:
+                    self._broadcast_state(self.lobbies[lobby_id])
+
+    def apply_session(self, change: Change) -> None:
+        rec = SessionRecord(**change["rec"])
+        s = self.sessions.get(rec.id)
+        if s is None:
+            s = self.sessions[rec.id] = LiveSession(rec)
+        else:
+            if s.record.token_hash != rec.token_hash:
+                self._by_token.pop(s.record.token_hash, None)
+            s.record = rec
+        self._by_token[rec.token_hash] = rec.id
+
+    def apply_sessions_deleted(self, change: Change) -> None:
+        for sid in change["ids"]:
+            s = self.sessions.pop(sid, None)
+            if s is None:
+                continue
+            self._by_token.pop(s.record.token_hash, None)
+            for lobby_id in s.lobbies:
+                lobby = self.lobbies.get(lobby_id)
+                if lobby is not None:
+                    lobby.members.discard(sid)
+            for claim in self.claims.values():
+                if claim.session_id == sid:
+                    claim.session_id = None
+            if s.conn is not None:
+                asyncio.ensure_future(s.conn.close(CLOSE_REMOVED, "removed"))
+
+    def apply_claim(self, change: Change) -> None:
+        claim = NameClaim(**change["rec"])
+        self.claims[claim.key] = claim
+
+    def apply_claim_deleted(self, change: Change) -> None:
+        self.claims.pop(change["key"], None)
+
+    def apply_lobby(self, change: Change) -> None:
+        rec = LobbyRecord(**change["rec"])
+        lobby = self.lobbies.get(rec.id)
+        if lobby is None:
+            self.lobbies[rec.id] = Lobby(rec)
+        else:
+            lobby.record = rec
+        self._lobby_keys[rec.key] = rec.id
+
+    def apply_lobby_deleted(self, change: Change) -> None:
+        lobby = self.lobbies.pop(change["id"], None)
+        if lobby is None:
+            return
+        self._lobby_keys.pop(lobby.record.key, None)
+        for sid in lobby.members:
+            s = self.sessions.get(sid)
+            if s is not None:
+                s.lobbies.discard(lobby.id)
+
+    def apply_member_added(self, change: Change) -> None:
+        lobby, s = self.lobbies.get(change["lobby"]), self.sessions.get(change["session"])
+        if lobby is not None and s is not None:
+            lobby.members.add(s.id)
+            s.lobbies.add(lobby.id)
+
+    def apply_member_removed(self, change: Change) -> None:
+        lobby, s = self.lobbies.get(change["lobby"]), self.sessions.get(change["session"])
+        if lobby is not None:
+            lobby.members.discard(change["session"])
+        if s is not None:
+            s.lobbies.discard(change["lobby"])
+            if s.conn is not None:
+                s.conn.announced.discard(change["lobby"])
+
+    def apply_presence(self, change: Change) -> None:
+        s = self.sessions.get(change["session"])
+        node = change["node"]
+        if s is None or node == self.node_id:
+            return
+        if node is None:
+            if s.conn is None:  # a socket here is newer than the news of the old one closing
+                s.node, s.disconnected_at = None, float(change["at"])
+            return
+        s.node = node
+        if s.conn is not None:  # the session connected to another node: this socket is stale
+            old, s.conn = s.conn, None
+            asyncio.ensure_future(old.close(CLOSE_REPLACED, "session connected elsewhere",
+                                            drain=0.2))
 
     def connections(self) -> list[Connection]:
         return [s.conn for s in self.sessions.values() if s.conn is not None]

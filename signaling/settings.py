@@ -35,6 +35,12 @@ class Settings:
     provider_key: str | None = _setting(None, "shared secret bot providers authenticate with")
     auto_bots: str = _setting("", "bot kinds added to every lobby a person joins, comma-separated")
     max_db_mb: int = _setting(0, "largest the database may grow, in MiB (0: no limit)")
+    redis_url: str | None = _setting(None, "Redis shared by several nodes, e.g. redis://host:6379/0 "
+                                           "(unset: one node on SQLite)")
+    redis_prefix: str = _setting("voicebot", "prefix of this deployment's Redis keys and channels")
+    node_id: str | None = _setting(None, "this node's name among several (default: host-pid-random)")
+    node_ttl: float = _setting(3.0, "seconds without a heartbeat before a node counts as dead")
+    chat_cap: int = _setting(10_000, "messages kept per lobby in Redis (oldest dropped first)")
     admin_token: str | None = _setting(None, "bearer token of the admin API (disabled if unset)")
     allowed_origins: str = _setting("", "origins allowed to open the WebSocket, comma-separated "
                                         "(default: the server's own host)")
@@ -57,7 +63,7 @@ class Settings:
         object.__setattr__(self, "base_path", base.rstrip("/") + "/")
         object.__setattr__(self, "data_dir", Path(self.data_dir))
         for name in ("session_ttl", "grace", "lobby_ttl", "heartbeat", "sweep_interval",
-                     "integrity_interval"):
+                     "integrity_interval", "node_ttl"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive")
         if not 2 <= self.max_participants <= 64:

@@ -1,8 +1,8 @@
 """Durable state: the ``Store`` interface and its embedded SQLite implementation.
 
 The hub keeps the live picture in memory and writes through to a store; every write that the
-hub acknowledges to a client has been committed (and fsynced) first. A Redis backend implements
-the same interface.
+hub acknowledges to a client has been committed (and fsynced) first. ``RedisStore``
+(redis_store.py) implements the same interface for several nodes.
 """
 
 from __future__ import annotations
@@ -90,6 +90,10 @@ class Snapshot:
     lobbies: list[LobbyRecord]
     members: list[tuple[str, str]]  # (lobby_id, session_id)
     bots: list[BotRecord] = field(default_factory=list)
+    # live state, kept only by a store several nodes share
+    presence: dict[str, dict[str, Any]] = field(default_factory=dict)  # session → node, at
+    providers: dict[str, dict[str, Any]] = field(default_factory=dict)  # session → hello
+    bot_states: dict[str, dict[str, Any]] = field(default_factory=dict)  # bot → provider, status
 
 
 class Store(abc.ABC):
@@ -146,6 +150,18 @@ class Store(abc.ABC):
                            kinds: tuple[str, ...] | None = None) -> list[ChatRecord]:
         """Messages in ascending id order: the newest ``limit`` before ``before``, or the
         oldest ``limit`` after ``after``."""
+
+    # Live state: which node holds a session's socket, which providers are connected, where a
+    # bot runs. One node keeps it in memory; a store several nodes share records it too.
+
+    async def save_presence(self, session_id: str, node: str | None, at: float) -> None:
+        return None
+
+    async def save_provider(self, session_id: str, info: dict[str, Any] | None) -> None:
+        return None
+
+    async def save_bot_state(self, bot_id: str, state: dict[str, Any]) -> None:
+        return None
 
 
 _SCHEMA = """

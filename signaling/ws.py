@@ -195,7 +195,7 @@ async def websocket(request: web.Request) -> web.WebSocketResponse:
     if not limits.upgrades_by_ip.take(request.remote or "?"):
         raise http_error(429, ErrorCode.RATE_LIMITED, "too many connections from your address")
     token = bearer_token(request)
-    session = hub.authenticate(token) if token else None
+    session = await hub.find_session(token) if token else None
     if session is None:
         raise http_error(401, ErrorCode.UNAUTHORIZED, "a valid session token is required")
     ws = web.WebSocketResponse(heartbeat=st.heartbeat, max_msg_size=st.max_frame_bytes)

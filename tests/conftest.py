@@ -1,8 +1,9 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,7 @@ from shared import protocol as p
 from shared.client import ClientConfig, SignalingClient
 from signaling.app import create_app
 from signaling.settings import Settings
-from signaling.testing import ProviderProcess, ServerProcess, free_port
+from signaling.testing import ProviderProcess, RedisServer, ServerProcess, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -79,10 +80,49 @@ PROVIDER_KEY = "test-provider-key"
 MEDIA = ROOT / "tests" / "data"
 
 
+# Every test that runs a server runs twice: on the SQLite store (one node) and on Redis (the
+# store several nodes share). A test about one of them only says so: @pytest.mark.backends(...).
+BACKENDS = ("sqlite", "redis")
+_redis: list[RedisServer] = []  # the redis-server of the tests running now, if on Redis
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "backend" in metafunc.fixturenames:
+        marker = metafunc.definition.get_closest_marker("backends")
+        metafunc.parametrize("backend", marker.args if marker else BACKENDS, indirect=True,
+                             scope="session")
+
+
+@pytest.fixture(scope="session")
+def backend(request: pytest.FixtureRequest,
+            tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    if request.param == "redis":
+        srv = RedisServer(tmp_path_factory.mktemp("redis"))
+        srv.start()
+        _redis.append(srv)
+        yield "redis"
+        _redis.clear()
+        srv.stop()
+    else:
+        yield "sqlite"
+
+
+def backend_settings(data_dir: Path) -> dict[str, Any]:
+    """The store settings of the current backend; one data dir is one deployment."""
+    if not _redis:
+        return {}
+    prefix = "t" + hashlib.sha1(str(data_dir.resolve()).encode()).hexdigest()[:12]
+    return {"redis_url": _redis[0].url, "redis_prefix": prefix, "node_ttl": 2.0}
+
+
+def backend_env(data_dir: Path) -> dict[str, str]:
+    return {f"VOICEBOT_{k.upper()}": str(v) for k, v in backend_settings(data_dir).items()}
+
+
 def make_settings(data_dir: Path, **overrides: Any) -> Settings:
     defaults: dict[str, Any] = {"data_dir": data_dir, "grace": 5.0, "sweep_interval": 0.2,
                                 "provider_key": PROVIDER_KEY, "create_burst": 100.0}
-    return Settings(**(defaults | overrides))
+    return Settings(**(defaults | backend_settings(data_dir) | overrides))
 
 
 async def start_server(data_dir: Path, port: int | None = None,
@@ -95,7 +135,7 @@ async def start_server(data_dir: Path, port: int | None = None,
 
 
 @pytest.fixture
-def settings(tmp_path: Path) -> Settings:
+def settings(tmp_path: Path, backend: str) -> Settings:
     return make_settings(tmp_path / "data")
 
 
@@ -131,11 +171,12 @@ def provider_process() -> Any:
 
 
 @pytest.fixture
-def server_process(tmp_path: Path) -> Any:
+def server_process(tmp_path: Path, backend: str) -> Any:
     procs: list[ServerProcess] = []
 
     def make(**env: str) -> ServerProcess:
-        proc = ServerProcess(tmp_path / "data", **({"VOICEBOT_SWEEP_INTERVAL": "0.2"} | env))
+        data = tmp_path / "data"
+        proc = ServerProcess(data, **({"VOICEBOT_SWEEP_INTERVAL": "0.2"} | backend_env(data) | env))
         procs.append(proc)
         return proc
 

@@ -20,7 +20,8 @@ from .netfaults import TcpProxy
 
 
 
-async def test_full_disk_refuses_writes_cleanly_and_loses_nothing(tmp_path: Path) -> None:
+@pytest.mark.backends("sqlite")  # on Redis: test_cluster.py's Redis faults
+async def test_full_disk_refuses_writes_cleanly_and_loses_nothing(tmp_path: Path, backend: str) -> None:
     srv = await start_server(tmp_path, max_db_mb=1, chat_rate=1000.0, chat_burst=1000.0,
                       msg_rate=1000.0, msg_burst=1000.0)
     pool = Clients(str(srv.make_url("/")))
@@ -66,7 +67,8 @@ async def test_full_disk_refuses_writes_cleanly_and_loses_nothing(tmp_path: Path
         await srv.close()
 
 
-def test_read_only_data_dir_is_a_clear_error(tmp_path: Path) -> None:
+@pytest.mark.backends("sqlite")  # on Redis: test_cluster.py's unreachable-Redis test
+def test_read_only_data_dir_is_a_clear_error(tmp_path: Path, backend: str) -> None:
     data = tmp_path / "data"
     data.mkdir()
     # root ignores permission bits, so make the directory immutable instead
@@ -82,7 +84,8 @@ def test_read_only_data_dir_is_a_clear_error(tmp_path: Path) -> None:
     assert "Traceback" not in out.stderr
 
 
-async def test_vanished_client_is_cleaned_up_after_the_grace_period(tmp_path: Path) -> None:
+async def test_vanished_client_is_cleaned_up_after_the_grace_period(tmp_path: Path,
+                                                                   backend: str) -> None:
     srv = await start_server(tmp_path, heartbeat=0.5, grace=1.0)
     proxy = TcpProxy(srv.port)  # type: ignore[arg-type]
     await proxy.start()

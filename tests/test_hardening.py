@@ -26,7 +26,7 @@ ADMIN = "admin-secret-token"
 
 
 @pytest.fixture
-async def limited(tmp_path: Path) -> Any:
+async def limited(tmp_path: Path, backend: str) -> Any:
     srv = await start_server(tmp_path / "data", msg_rate=5.0, msg_burst=10.0, chat_rate=1.0, chat_burst=3.0,
                       create_rate=0.01, create_burst=2.0, error_rate=0.01, error_burst=5.0,
                       ip_session_rate=0.01, ip_session_burst=8.0, max_connections=3,
@@ -110,7 +110,7 @@ async def test_per_address_session_limit(limited: TestServer) -> None:
         assert statuses[:8] == [201] * 8 and statuses[8:] == [429, 429]
 
 
-async def test_per_address_upgrade_limit(tmp_path: Path) -> None:
+async def test_per_address_upgrade_limit(tmp_path: Path, backend: str) -> None:
     srv = await start_server(tmp_path / "data", ip_upgrade_rate=0.01, ip_upgrade_burst=3.0)
     try:
         async with aiohttp.ClientSession() as http:
@@ -174,7 +174,7 @@ async def test_slow_consumer_is_dropped_and_nobody_else_waits(limited: TestServe
         await proxy.close()
 
 
-async def test_origin_check(tmp_path: Path) -> None:
+async def test_origin_check(tmp_path: Path, backend: str) -> None:
     srv = await start_server(tmp_path / "data", allowed_origins="https://voice.example.org")
     same = await start_server(tmp_path / "b" / "data")
     try:

@@ -3,22 +3,26 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import json
 import sqlite3
 import time
 from pathlib import Path
 
 import aiohttp
 import pytest
+import redis.asyncio
 
 from shared import protocol as p
 from shared.client import ServerError
 from signaling.hub import HUB
+from signaling.store import LobbyRecord, SessionRecord
 
-from .conftest import Clients, free_port, start_server
+from .conftest import Clients, free_port, make_settings, start_server
 
 
 
-async def test_restart_keeps_sessions_names_lobbies_and_chat(tmp_path: Path) -> None:
+async def test_restart_keeps_sessions_names_lobbies_and_chat(tmp_path: Path, backend: str) -> None:
     port = free_port()
     srv = await start_server(tmp_path, port)
     pool = Clients(str(srv.make_url("/")))
@@ -58,7 +62,7 @@ async def test_restart_keeps_sessions_names_lobbies_and_chat(tmp_path: Path) -> 
         await srv.close()
 
 
-async def test_grace_period_then_removal(tmp_path: Path) -> None:
+async def test_grace_period_then_removal(tmp_path: Path, backend: str) -> None:
     srv = await start_server(tmp_path, grace=0.5)
     pool = Clients(str(srv.make_url("/")))
     try:
@@ -79,7 +83,7 @@ async def test_grace_period_then_removal(tmp_path: Path) -> None:
         await srv.close()
 
 
-async def test_stale_sessions_and_empty_lobbies_expire(tmp_path: Path) -> None:
+async def test_stale_sessions_and_empty_lobbies_expire(tmp_path: Path, backend: str) -> None:
     srv = await start_server(tmp_path, grace=0.2, session_ttl=0.6, lobby_ttl=0.6)
     pool = Clients(str(srv.make_url("/")))
     try:
@@ -99,22 +103,40 @@ async def test_stale_sessions_and_empty_lobbies_expire(tmp_path: Path) -> None:
     finally:
         await pool.close()
         await srv.close()
-    db = sqlite3.connect(tmp_path / "voicebot.sqlite3")
-    assert db.execute("SELECT count(*) FROM sessions WHERE id=?", (sid,)).fetchone()[0] == 0
-    assert db.execute("SELECT count(*) FROM chat WHERE lobby_id=?", (lobby,)).fetchone()[0] == 0
+    if backend == "sqlite":
+        db = sqlite3.connect(tmp_path / "voicebot.sqlite3")
+        assert db.execute("SELECT count(*) FROM sessions WHERE id=?", (sid,)).fetchone()[0] == 0
+        assert db.execute("SELECT count(*) FROM chat WHERE lobby_id=?", (lobby,)).fetchone()[0] == 0
+    else:
+        st = make_settings(tmp_path)
+        r = redis.asyncio.Redis.from_url(st.redis_url or "")
+        assert not await r.hexists(f"{st.redis_prefix}:sessions", sid)
+        assert not await r.exists(f"{st.redis_prefix}:chat:{lobby}")
+        await r.aclose()
 
 
-async def test_integrity_check_repairs_a_corrupt_store(tmp_path: Path) -> None:
+async def test_integrity_check_repairs_a_corrupt_store(tmp_path: Path, backend: str) -> None:
     srv = await start_server(tmp_path)
     await srv.close()
     now = time.time()
-    db = sqlite3.connect(tmp_path / "voicebot.sqlite3")
-    with db:
-        # two sessions holding one name (e.g. a crash between two writes), and an orphan member
-        db.execute("INSERT INTO sessions VALUES ('s1','h1','Twin','twin',0,?,?)", (now - 10, now))
-        db.execute("INSERT INTO sessions VALUES ('s2','h2','TWIN','twin',0,?,?)", (now - 5, now))
-        db.execute("INSERT INTO members VALUES ('no-such-lobby','s1',?)", (now,))
-    db.close()
+    # two sessions holding one name (e.g. a crash between two writes), and an orphan member
+    if backend == "sqlite":
+        db = sqlite3.connect(tmp_path / "voicebot.sqlite3")
+        with db:
+            db.execute("INSERT INTO sessions VALUES ('s1','h1','Twin','twin',0,?,?)", (now - 10, now))
+            db.execute("INSERT INTO sessions VALUES ('s2','h2','TWIN','twin',0,?,?)", (now - 5, now))
+            db.execute("INSERT INTO members VALUES ('no-such-lobby','s1',?)", (now,))
+        db.close()
+    else:
+        st = make_settings(tmp_path)
+        r = redis.asyncio.Redis.from_url(st.redis_url or "")
+        for sid, name, created in (("s1", "Twin", now - 10), ("s2", "TWIN", now - 5)):
+            rec = SessionRecord(sid, "h" + sid, name, "twin", False, created, now)
+            await r.hset(f"{st.redis_prefix}:sessions", sid, json.dumps(dataclasses.asdict(rec)))
+        await r.hset(f"{st.redis_prefix}:lobbies", "gone", json.dumps(dataclasses.asdict(
+            LobbyRecord("gone", "Gone", "gone"))))
+        await r.sadd(f"{st.redis_prefix}:members:gone", "no-such-session")
+        await r.aclose()
     srv = await start_server(tmp_path)
     try:
         hub = srv.app[HUB]
@@ -123,12 +145,19 @@ async def test_integrity_check_repairs_a_corrupt_store(tmp_path: Path) -> None:
         assert await hub.check_integrity() == []  # repaired for good
     finally:
         await srv.close()
-    db = sqlite3.connect(tmp_path / "voicebot.sqlite3")
-    assert db.execute("SELECT name FROM sessions WHERE id='s2'").fetchone() == (None,)
-    assert db.execute("SELECT count(*) FROM members").fetchone() == (0,)
+    if backend == "sqlite":
+        db = sqlite3.connect(tmp_path / "voicebot.sqlite3")
+        assert db.execute("SELECT name FROM sessions WHERE id='s2'").fetchone() == (None,)
+        assert db.execute("SELECT count(*) FROM members").fetchone() == (0,)
+    else:
+        r = redis.asyncio.Redis.from_url(st.redis_url or "")
+        s2 = json.loads(await r.hget(f"{st.redis_prefix}:sessions", "s2") or "{}")
+        assert s2["name"] is None
+        assert await r.smembers(f"{st.redis_prefix}:members:gone") == set()
+        await r.aclose()
 
 
-async def test_base_path(tmp_path: Path) -> None:
+async def test_base_path(tmp_path: Path, backend: str) -> None:
     srv = await start_server(tmp_path, base_path="ai-voicebot")  # type: ignore[arg-type]
     pool = Clients(str(srv.make_url("/ai-voicebot/")))
     try:

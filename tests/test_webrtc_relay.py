@@ -13,7 +13,7 @@ from aiortc.mediastreams import AudioStreamTrack
 from shared import protocol as p
 from shared.client import SignalingClient
 
-from .conftest import Clients
+from .conftest import Clients, Inbox
 
 
 class Sine(AudioStreamTrack):
@@ -46,6 +46,12 @@ async def rms_of(track: MediaStreamTrack, frames: int) -> float:
 async def test_two_aiortc_peers_exchange_audio(clients: Clients) -> None:
     offerer, offerer_inbox = await clients.new("Offerer")
     answerer, answerer_inbox = await clients.new("Answerer")
+    await exchange_audio(offerer, offerer_inbox, answerer, answerer_inbox)
+
+
+async def exchange_audio(offerer: SignalingClient, offerer_inbox: Inbox,
+                         answerer: SignalingClient, answerer_inbox: Inbox) -> None:
+    """The two join one lobby, negotiate through the server(s) and hear each other's tone."""
     lobby = (await answerer.join(lobby_name="webrtc")).lobby.id
     await offerer.join(lobby_id=lobby)  # the joiner is told to create the offer
     told = await offerer_inbox.wait_for(p.PeerAdded)

@@ -1,0 +1,281 @@
+"""Several signaling nodes sharing one Redis: the bus between them.
+
+Every node keeps the whole live picture in memory, as a single node does. What makes the
+copies agree:
+
+- **changes** — every write to the shared store (``RedisStore``) publishes what it changed on
+  one channel in the same transaction; each node applies the others' changes to its picture.
+- **deliveries** — a frame for a session connected to another node goes to that node's own
+  channel, in order, and that node hands it to the socket.
+- **the lock** — decisions that check, then write (a name is free, a lobby has room) take one
+  Redis lock, then wait for their own marker to come back on the changes channel: every
+  change published before the lock was taken has been applied when the check runs.
+- **heartbeats** — each node refreshes a key with an expiry; a node whose key is gone is dead,
+  and the sessions it held are marked disconnected by the survivors.
+
+Redis delivers a subscriber's messages in the order they were published, whatever their
+channel; that order is what the barrier and the deliveries rely on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import random
+import secrets
+import socket
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from shared.tasks import TaskSet
+
+from .store import StoreError
+
+log = logging.getLogger(__name__)
+
+Change = dict[str, Any]
+
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
+def default_node_id() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(2)}"
+
+
+def connect_redis(url: str) -> Redis:
+    """A client that rides out a Redis restart: commands retry for about ten seconds."""
+    retry = Retry(ExponentialBackoff(cap=0.5, base=0.02), retries=25)
+    return Redis.from_url(url, decode_responses=True, retry=retry,
+                          retry_on_error=[RedisConnectionError, RedisTimeoutError],
+                          socket_connect_timeout=2, socket_timeout=10, health_check_interval=5)
+
+
+class Cluster:
+    """This node's link to the others: changes in, deliveries in and out, lock, heartbeat."""
+
+    def __init__(self, url: str, prefix: str, node_id: str | None = None,
+                 node_ttl: float = 3.0) -> None:
+        self.url = url
+        self.prefix = prefix
+        self.node_id = node_id or default_node_id()
+        self.node_ttl = node_ttl
+        self.redis = connect_redis(url)
+        self.changes_channel = f"{prefix}:changes"
+        self.handlers: dict[str, Callable[[Change], None]] = {}
+        self.on_deliver: Callable[[list[str], str], None] = lambda ids, text: None
+        self.on_resync: Callable[[], Awaitable[None]] | None = None
+        self.on_nodes_lost: Callable[[set[str]], Awaitable[None]] | None = None
+        self.watched_nodes: Callable[[], Iterable[str]] = lambda: ()
+        self._outbox: list[tuple[str, str]] = []
+        self._outbox_ready = asyncio.Event()
+        self._markers: dict[str, asyncio.Future[None]] = {}
+        self._release = self.redis.register_script(_RELEASE)
+        self._tasks = TaskSet(log, "cluster task")
+        self._subscribed = asyncio.Event()
+        self._applying = asyncio.Event()  # set once the snapshot is loaded
+
+    def node_channel(self, node_id: str) -> str:
+        return f"{self.prefix}:node:{node_id}"
+
+    def _alive_key(self, node_id: str) -> str:
+        return f"{self.prefix}:alive:{node_id}"
+
+    # --- life -------------------------------------------------------------------------------
+
+    async def connect(self) -> None:
+        """Checks Redis answers; a clear ``StoreError`` if it does not."""
+        probe = Redis.from_url(self.url, socket_connect_timeout=2, socket_timeout=2)
+        try:
+            await probe.ping()
+        except (RedisError, OSError) as exc:
+            raise StoreError(f"cannot reach Redis at {self.url}: {exc}") from exc
+        finally:
+            await probe.aclose()
+        await self._beat()
+
+    async def start(self) -> None:
+        """Subscribes (call before reading the snapshot: nothing published after is missed)."""
+        self._tasks.spawn(self._listen())
+        await asyncio.wait_for(self._subscribed.wait(), 10)
+
+    def run(self) -> None:
+        """Starts applying changes, heartbeats and sending (after the snapshot is loaded)."""
+        self._applying.set()
+        self._tasks.spawn(self._send_loop())
+        self._tasks.spawn(self._heartbeat_loop())
+
+    async def close(self) -> None:
+        await self._flush()
+        await self._tasks.close()
+        with contextlib.suppress(RedisError, OSError):
+            await self.redis.delete(self._alive_key(self.node_id))
+        await self.redis.aclose()
+
+    # --- changes and deliveries -------------------------------------------------------------
+
+    def change(self, op: str, **data: Any) -> str:
+        """The payload announcing a change; the store publishes it with the write itself."""
+        return json.dumps({"op": op, "o": self.node_id, **data}, separators=(",", ":"))
+
+    def forward(self, node_id: str, session_ids: list[str], text: str) -> None:
+        """Sends ``text`` to sessions connected to ``node_id`` (in order, without waiting)."""
+        self._outbox.append((self.node_channel(node_id), ",".join(session_ids) + "\n" + text))
+        self._outbox_ready.set()
+
+    async def _send_loop(self) -> None:
+        while True:
+            await self._outbox_ready.wait()
+            await self._flush()
+
+    async def _flush(self) -> None:
+        self._outbox_ready.clear()
+        batch, self._outbox = self._outbox, []
+        if not batch:
+            return
+        try:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for channel, payload in batch:
+                    pipe.publish(channel, payload)
+                await pipe.execute()
+        except (RedisError, OSError) as exc:  # frames in flight are lost, as on a dropped socket
+            log.error("could not forward %d frame(s) to other nodes: %s", len(batch), exc)
+
+    # --- the listener -----------------------------------------------------------------------
+
+    async def _listen(self) -> None:
+        subscriptions = 0
+        delay = 0.05
+        while True:
+            pubsub = self.redis.pubsub()
+            try:
+                await pubsub.subscribe(self.changes_channel, self.node_channel(self.node_id))
+                while True:
+                    msg = await pubsub.get_message(timeout=1.0)
+                    if msg is None:
+                        continue
+                    delay = 0.05
+                    if msg["type"] == "subscribe":
+                        if msg["channel"] != self.changes_channel:
+                            continue
+                        subscriptions += 1
+                        self._subscribed.set()
+                        if subscriptions > 1:  # reconnected: whatever was published meanwhile
+                            log.warning("re-subscribed to Redis; resynchronising")
+                            await self._applying.wait()
+                            if self.on_resync is not None:
+                                await self.on_resync()
+                        continue
+                    if msg["type"] != "message":
+                        continue
+                    await self._applying.wait()
+                    self._handle(msg["channel"], msg["data"])
+            except asyncio.CancelledError:
+                raise
+            except (RedisError, OSError) as exc:
+                log.warning("Redis subscription lost (%s); reconnecting", exc)
+            except Exception:
+                log.exception("cluster listener failed; reconnecting")
+            finally:
+                with contextlib.suppress(Exception):
+                    await pubsub.aclose()
+            await asyncio.sleep(delay * (0.5 + random.random()))
+            delay = min(delay * 2, 1.0)
+
+    def _handle(self, channel: str, data: str) -> None:
+        if channel != self.changes_channel:
+            head, _, text = data.partition("\n")
+            self.on_deliver(head.split(","), text)
+            return
+        change = json.loads(data)
+        op = change["op"]
+        if op == "marker":
+            fut = self._markers.pop(change.get("n", ""), None)
+            if fut is not None and not fut.done():
+                fut.set_result(None)
+            return
+        if change.get("o") == self.node_id:
+            return  # applied already, when it was made
+        handler = self.handlers.get(op)
+        if handler is None:
+            log.warning("no handler for change %r", op)
+            return
+        try:
+            handler(change)
+        except Exception:
+            log.exception("could not apply change %r", op)
+
+    async def barrier(self, timeout: float = 10.0) -> None:
+        """Returns once every change published before the call has been applied here."""
+        nonce = secrets.token_hex(6)
+        fut = self._markers[nonce] = asyncio.get_running_loop().create_future()
+        try:
+            await self.redis.publish(self.changes_channel, json.dumps({"op": "marker", "n": nonce}))
+            await asyncio.wait_for(fut, timeout)
+        except (RedisError, OSError, asyncio.TimeoutError) as exc:
+            raise StoreError(f"the other nodes' changes did not arrive: {exc!r}") from exc
+        finally:
+            self._markers.pop(nonce, None)
+
+    # --- the lock ---------------------------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def exclusive(self, name: str, timeout: float = 10.0) -> AsyncIterator[None]:
+        """One holder at a time across the nodes; the picture is current inside."""
+        key, token = f"{self.prefix}:lock:{name}", secrets.token_hex(8)
+        deadline = time.monotonic() + timeout
+        try:
+            while not await self.redis.set(key, token, nx=True, px=int(timeout * 1000)):
+                if time.monotonic() > deadline:
+                    raise StoreError(f"the cluster lock {name!r} stayed busy")
+                await asyncio.sleep(0.002 + random.random() * 0.008)
+        except (RedisError, OSError) as exc:
+            raise StoreError(f"cluster lock: {exc}") from exc
+        try:
+            await self.barrier()
+            yield
+        finally:
+            with contextlib.suppress(RedisError, OSError):
+                await self._release(keys=[key], args=[token])
+
+    # --- heartbeats -------------------------------------------------------------------------
+
+    async def _beat(self) -> None:
+        await self.redis.set(self._alive_key(self.node_id), str(time.time()),
+                             px=int(self.node_ttl * 1000))
+
+    async def _heartbeat_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.node_ttl / 4)
+            try:
+                await self._beat()
+                await self._check_nodes()
+            except (RedisError, OSError) as exc:
+                log.warning("heartbeat failed: %s", exc)
+            except StoreError as exc:
+                log.warning("node check failed: %s", exc)
+
+    async def _check_nodes(self) -> None:
+        others = sorted(set(self.watched_nodes()) - {self.node_id})
+        if not others or self.on_nodes_lost is None:
+            return
+        alive = await self.redis.mget([self._alive_key(n) for n in others])
+        lost = {n for n, beat in zip(others, alive) if beat is None}
+        if lost:
+            await self.on_nodes_lost(lost)
+
+    async def alive(self, node_id: str) -> bool:
+        return bool(await self.redis.exists(self._alive_key(node_id)))
