@@ -175,9 +175,16 @@ async def test_redis_restart_loses_nothing_acknowledged(nodes: list[ServerProces
                                 params={"limit": "50"}) as r:
                 body = await r.json()
         assert [m["message_id"] for m in body["messages"]] == acked
-        # both nodes still route across: a relay from b to a
+        # both nodes still route across and follow each other's changes: a relay from b to a,
+        # a newcomer on a seen from b
         await b.request(p.Sdp(lobby_id=lobby, peer_id=a.session_id or "",
                               description=p.SessionDescription(type="offer", sdp="v=0 again")))
+        c = SignalingClient(ClientConfig(url=node_a.url))
+        await c.start(wait=10)
+        await c.set_name("Cy")
+        await c.join(lobby_id=lobby)
+        await b_inbox.wait_for(p.PeerAdded, lambda m: m.peer.session_id == c.session_id)
+        await c.close(drain=0)
     finally:
         await a.close(drain=0)
         await b.close(drain=0)
