@@ -98,7 +98,12 @@ class Snapshot:
 
 class Store(abc.ABC):
     @abc.abstractmethod
-    async def open(self) -> Snapshot: ...
+    async def open(self) -> Snapshot:
+        """Connects and returns what is stored."""
+
+    @abc.abstractmethod
+    async def snapshot(self) -> Snapshot:
+        """Everything stored, read again."""
 
     @abc.abstractmethod
     async def close(self) -> None: ...
@@ -232,6 +237,9 @@ class SQLiteStore(Store):
                 raise StoreError(f"cannot open {self.path}: {exc}") from exc
 
         await asyncio.get_running_loop().run_in_executor(self._executor, connect)
+        return await self.snapshot()
+
+    async def snapshot(self) -> Snapshot:
         return await self._run(_load)
 
     async def close(self) -> None:
