@@ -5,16 +5,17 @@ copies agree:
 
 - **changes** — every write to the shared store (``RedisStore``) publishes what it changed on
   one channel in the same transaction; each node applies the others' changes to its picture.
-- **deliveries** — a frame for a session connected to another node goes to that node's own
-  channel, in order, and that node hands it to the socket.
+- **deliveries** — a frame for a session connected to another node goes to that node's inbox
+  (a capped Redis stream, so a node that was cut off from Redis for a moment reads on where it
+  stopped), in order, and that node hands it to the socket.
 - **the lock** — decisions that check, then write (a name is free, a lobby has room) take one
   Redis lock, then wait for their own marker to come back on the changes channel: every
   change published before the lock was taken has been applied when the check runs.
 - **heartbeats** — each node refreshes a key with an expiry; a node whose key is gone is dead,
   and the sessions it held are marked disconnected by the survivors.
 
-Redis delivers a subscriber's messages in the order they were published, whatever their
-channel; that order is what the barrier and the deliveries rely on.
+Redis delivers a subscriber's messages in the order they were published; the barrier relies
+on it. A subscriber that reconnects may have missed changes, so it reloads the picture.
 """
 
 from __future__ import annotations
@@ -43,6 +44,9 @@ from shared.tasks import TaskSet
 from .store import StoreError
 
 log = logging.getLogger(__name__)
+
+INBOX_CAP = 100_000  # frames waiting for a node; a node that far behind has lost its sockets
+INBOX_TTL = 3600  # seconds an inbox outlives the last frame sent to it
 
 Change = dict[str, Any]
 
@@ -88,8 +92,8 @@ class Cluster:
         self._subscribed = asyncio.Event()
         self._applying = asyncio.Event()  # set once the snapshot is loaded
 
-    def node_channel(self, node_id: str) -> str:
-        return f"{self.prefix}:node:{node_id}"
+    def inbox(self, node_id: str) -> str:
+        return f"{self.prefix}:inbox:{node_id}"
 
     def _alive_key(self, node_id: str) -> str:
         return f"{self.prefix}:alive:{node_id}"
@@ -116,13 +120,14 @@ class Cluster:
         """Starts applying changes, heartbeats and sending (after the snapshot is loaded)."""
         self._applying.set()
         self._tasks.spawn(self._send_loop())
+        self._tasks.spawn(self._read_inbox())
         self._tasks.spawn(self._heartbeat_loop())
 
     async def close(self) -> None:
         await self._flush()
         await self._tasks.close()
         with contextlib.suppress(RedisError, OSError):
-            await self.redis.delete(self._alive_key(self.node_id))
+            await self.redis.delete(self._alive_key(self.node_id), self.inbox(self.node_id))
         await self.redis.aclose()
 
     # --- changes and deliveries -------------------------------------------------------------
@@ -133,7 +138,7 @@ class Cluster:
 
     def forward(self, node_id: str, session_ids: list[str], text: str) -> None:
         """Sends ``text`` to sessions connected to ``node_id`` (in order, without waiting)."""
-        self._outbox.append((self.node_channel(node_id), ",".join(session_ids) + "\n" + text))
+        self._outbox.append((node_id, ",".join(session_ids) + "\n" + text))
         self._outbox_ready.set()
 
     async def _send_loop(self) -> None:
@@ -148,8 +153,11 @@ class Cluster:
             return
         try:
             async with self.redis.pipeline(transaction=False) as pipe:
-                for channel, payload in batch:
-                    pipe.publish(channel, payload)
+                for node_id, payload in batch:
+                    pipe.xadd(self.inbox(node_id), {"d": payload}, maxlen=INBOX_CAP,
+                              approximate=True)
+                for node_id in {node_id for node_id, _ in batch}:  # a dead node's inbox goes
+                    pipe.expire(self.inbox(node_id), INBOX_TTL)
                 await pipe.execute()
         except (RedisError, OSError) as exc:  # frames in flight are lost, as on a dropped socket
             log.error("could not forward %d frame(s) to other nodes: %s", len(batch), exc)
@@ -162,7 +170,7 @@ class Cluster:
         while True:
             pubsub = self.redis.pubsub()
             try:
-                await pubsub.subscribe(self.changes_channel, self.node_channel(self.node_id))
+                await pubsub.subscribe(self.changes_channel)
                 while True:
                     msg = await pubsub.get_message(timeout=1.0)
                     if msg is None:
@@ -182,7 +190,7 @@ class Cluster:
                     if msg["type"] != "message":
                         continue
                     await self._applying.wait()
-                    self._handle(msg["channel"], msg["data"])
+                    self._handle(msg["data"])
             except asyncio.CancelledError:
                 raise
             except (RedisError, OSError) as exc:
@@ -195,11 +203,31 @@ class Cluster:
             await asyncio.sleep(delay * (0.5 + random.random()))
             delay = min(delay * 2, 1.0)
 
-    def _handle(self, channel: str, data: str) -> None:
-        if channel != self.changes_channel:
-            head, _, text = data.partition("\n")
-            self.on_deliver(head.split(","), text)
-            return
+    async def _read_inbox(self) -> None:
+        key = self.inbox(self.node_id)
+        last = "0-0"  # this node's id is new: whatever is in its inbox is for it
+        delay = 0.05
+        while True:
+            try:
+                batches = await self.redis.xread({key: last}, count=500, block=1000)
+                delay = 0.05
+            except asyncio.CancelledError:
+                raise
+            except (RedisError, OSError) as exc:
+                log.warning("reading the inbox failed (%s); retrying", exc)
+                await asyncio.sleep(delay * (0.5 + random.random()))
+                delay = min(delay * 2, 1.0)
+                continue
+            for _, entries in batches:
+                for entry_id, fields in entries:
+                    last = entry_id
+                    head, _, text = fields["d"].partition("\n")
+                    try:
+                        self.on_deliver(head.split(","), text)
+                    except Exception:
+                        log.exception("could not deliver a forwarded frame")
+
+    def _handle(self, data: str) -> None:
         change = json.loads(data)
         op = change["op"]
         if op == "marker":

@@ -102,6 +102,7 @@ class Hub:
         self._lobby_keys: dict[str, str] = {}
         # membership and names change under one lock: their checks and writes span awaits
         self._lock = asyncio.Lock()
+        self.open_sockets = 0  # WebSockets open on this server, counted by ws.py
         self._orphan_members: list[tuple[str, str]] = []
         self.snapshot: Snapshot | None = None
         if cluster is not None:

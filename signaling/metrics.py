@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
@@ -34,6 +36,15 @@ class Metrics:
             registry=r, buckets=(0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0))
         self.lag = Gauge("voicebot_transcription_lag_seconds", "how far a transcriber is behind "
                          "live, as it last reported", ["bot_id"], registry=r)
+        self._messages_by_type: dict[str, Any] = {}
+
+    def count_message(self, type_: str) -> None:
+        """``messages.labels(type_).inc()``, with the child looked up once per type: this runs
+        for every frame, and ``labels()`` costs more than the increment."""
+        child = self._messages_by_type.get(type_)
+        if child is None:
+            child = self._messages_by_type[type_] = self.messages.labels(type_)
+        child.inc()
 
     def bot_reported(self, event: BotReported) -> None:
         lag = event.metrics.get("lag")

@@ -28,7 +28,27 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-class ServerProcess:
+class ChildProcess:
+    """A child that a test stops (SIGTERM, then SIGKILL after 10 s) or kills outright."""
+
+    proc: subprocess.Popen[bytes] | None = None
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait()
+
+    def stop(self) -> int | None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        return self.proc.returncode if self.proc else None
+
+
+class ServerProcess(ChildProcess):
     """``voicebot serve`` in a child process, for tests that kill and restart it."""
 
     def __init__(self, data_dir: Path, port: int | None = None, log_path: Path | None = None,
@@ -69,22 +89,9 @@ class ServerProcess:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait()
-
-    def stop(self) -> int | None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.kill()
-        return self.proc.returncode if self.proc else None
 
 
-class ProviderProcess:
+class ProviderProcess(ChildProcess):
     """``voicebot bots`` in a child process."""
 
     def __init__(self, server_url: str, key: str, capacity: int = 4,
@@ -106,22 +113,13 @@ class ProviderProcess:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait()
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.kill()
+    def stop(self) -> int | None:
+        code = super().stop()
         self._log.close()
+        return code
 
 
-class RedisServer:
+class RedisServer(ChildProcess):
     """A real ``redis-server`` on a free loopback port, durable as docs/deploy.md says:
     append-only file fsynced on every write, so a restart keeps what was acknowledged."""
 
@@ -154,16 +152,3 @@ class RedisServer:
                 pass
             time.sleep(0.05)
         raise RuntimeError("redis-server did not come up")
-
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait()
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.kill()

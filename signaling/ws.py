@@ -141,7 +141,7 @@ async def dispatch(app: web.Application, s: LiveSession, conn: Connection, text:
         if len(text) > limit or (len(text) * 4 > limit and len(text.encode()) > limit):
             raise ProtocolError(ErrorCode.MESSAGE_TOO_LARGE, f"frames are limited to {limit} bytes")
         msg, ref = p.decode(text, HANDLERS)
-        metrics.messages.labels(msg.type.value).inc()
+        metrics.count_message(msg.type.value)
         if conn.limits is not None and not s.record.bot:
             check_limits(hub, conn.limits, msg)
         await HANDLERS[msg.type](app, s, msg, ref)
@@ -200,11 +200,13 @@ async def websocket(request: web.Request) -> web.WebSocketResponse:
         raise http_error(401, ErrorCode.UNAUTHORIZED, "a valid session token is required")
     ws = web.WebSocketResponse(heartbeat=st.heartbeat, max_msg_size=st.max_frame_bytes)
     await ws.prepare(request)
-    if len(hub.connections()) >= st.max_connections:
+    # a count, not len(hub.connections()): that walks every session on every connect
+    if hub.open_sockets >= st.max_connections:
         metrics.closed.labels("capacity").inc()
         await ws.close(code=WSCloseCode.TRY_AGAIN_LATER, message=b"server full, try again later")
         return ws
     conn = Connection(ws, session.id, st.send_queue, request.remote, limits.for_connection())
+    hub.open_sockets += 1
     try:
         await hub.connect(session, conn)
         async for frame in ws:
@@ -219,6 +221,7 @@ async def websocket(request: web.Request) -> web.WebSocketResponse:
     finally:
         if conn.overflowed:
             metrics.closed.labels("slow_consumer").inc()
+        hub.open_sockets -= 1
         await hub.disconnect(session, conn)
         await conn.finish()
     return ws
