@@ -1,17 +1,21 @@
 """Signaling throughput and latency: our server against two baselines, in one run.
 
-    python -m bench.relay                 # ~3 minutes
-    python -m bench.relay --smoke         # seconds
+    python -m bench.relay                     # ~2.5 minutes on 2 cores
+    python -m bench.relay --smoke             # seconds
+    python -m bench.relay --generators 1      # one load-generator process instead of two
 
 Relay: N sessions in L lobbies; each sends ICE-sized messages to the next member of its lobby,
-keeping a window of messages in flight (closed loop: the servers run flat out). The same load
-runs against (a) our server, (b) a bare aiohttp WebSocket relay (the framework's ceiling, no
-sessions, no validation, no lobbies) and (c) a python-socketio server doing the same relay.
-Fan-out: chat in lobbies of 2, 8 and 16 members (ours stores every message durably first;
-the bare baseline only forwards).
+keeping a window in flight (closed loop: the servers run flat out). The same load runs against
+(a) our server, (b) a bare aiohttp WebSocket relay (the framework's ceiling: no sessions,
+validation, lobbies or limits) and (c) a python-socketio server doing the same relay.
+Fan-out: chat in lobbies of 2, 8 and 16 members, each member with one message in flight
+(ours stores every chat message durably before delivering it; the baselines only forward).
 
-The load generator is a process of its own; it reports its CPU use so one can see it is not
-the bottleneck. Servers and generator share the machine: on 2 cores each gets about one.
+The load generator runs in processes of its own and speaks raw WebSocket frames: a message is
+a pre-encoded frame with a fixed-width stamp patched in, and a receiver finds the stamp with a
+byte search instead of parsing JSON. It costs a fraction of what any server spends per
+message. Every row prints the server's and the generators' CPU (from /proc), so a reader can
+see which side was the bottleneck.
 """
 
 from __future__ import annotations
@@ -19,14 +23,20 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import os
+import resource
+import socket
 import subprocess
 import sys
 import tempfile
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 from aiohttp import web
@@ -34,19 +44,27 @@ from aiohttp import web
 from signaling.testing import ROOT, ServerProcess, free_port
 
 PAD = "x" * 230  # an ICE candidate is 100-300 bytes
+CANDIDATE = "candidate:1 1 udp 2122260223 192.0.2.1 54321 typ host " + PAD
+STAMP = b"#t"  # then 5 digits of sender index and 16 of perf_counter_ns, then "#"
+CLOCK_WRAP = 10**16
+HEARTBEAT = 15.0  # our server's default; the bare baseline pings as often
+UNLIMITED = {f"VOICEBOT_{k}": "1000000" for k in (
+    "MSG_RATE", "MSG_BURST", "CHAT_RATE", "CHAT_BURST", "CREATE_RATE", "CREATE_BURST",
+    "IP_SESSION_RATE", "IP_SESSION_BURST", "IP_UPGRADE_RATE", "IP_UPGRADE_BURST")}
 
 
-# --- baseline servers ------------------------------------------------------------------------------
+# --- baseline servers -----------------------------------------------------------------------------
 
 
 def serve_bare(port: int) -> None:
     """The framework's ceiling: relay by id, broadcast by room, nothing else."""
+    raise_fd_limit()
     peers: dict[str, web.WebSocketResponse] = {}
     rooms: dict[str, set[str]] = defaultdict(set)
 
     async def ws(request: web.Request) -> web.WebSocketResponse:
         me, room = request.query["id"], request.query.get("room", "")
-        sock = web.WebSocketResponse(max_msg_size=1 << 20)
+        sock = web.WebSocketResponse(heartbeat=HEARTBEAT, max_msg_size=1 << 20)
         await sock.prepare(request)
         peers[me] = sock
         rooms[room].add(me)
@@ -98,178 +116,443 @@ def serve_socketio(port: int) -> None:
     web.run_app(app, host="127.0.0.1", port=port, print=None)
 
 
-# --- the load generator (its own process) ------------------------------------------------------------
+# --- a raw WebSocket client: what lets one generator core outrun a server core --------------------
+
+# one key for every handshake: the server only checks that it is 16 bytes of base64
+HANDSHAKE = ("GET {path} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+             "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
+TextHandler = Callable[["RawSocket", bytearray, int, int], None]
 
 
-class Load:
-    """N clients; each sends to its ring neighbour, keeping ``window`` messages in flight."""
-
-    def __init__(self, n: int, lobbies: int, window: int, mode: str) -> None:
-        self.n, self.lobbies, self.window, self.mode = n, lobbies, window, mode
-        self.inflight = [0] * n
-        self.latencies: list[float] = []
-        self.delivered = 0
-        self.measuring = False
-        self.wakeups = [asyncio.Event() for _ in range(n)]
-
-    def lobby_of(self, i: int) -> int:
-        return i % self.lobbies
-
-    def neighbour(self, i: int) -> int:
-        members = [j for j in range(self.n) if self.lobby_of(j) == self.lobby_of(i)]
-        return members[(members.index(i) + 1) % len(members)]
-
-    def received(self, sender: int, sent_at: float, receiver: int) -> None:
-        if self.measuring:
-            self.delivered += 1
-            self.latencies.append(time.perf_counter() - sent_at)
-        # relay: the target got it; chat: it fanned out, and the sender got its own copy
-        if self.mode == "relay" or receiver == sender:
-            self.inflight[sender] -= 1
-            self.wakeups[sender].set()
-
-    async def pump(self, i: int, send: Any) -> None:
-        while True:
-            while self.inflight[i] >= self.window:
-                self.wakeups[i].clear()
-                await self.wakeups[i].wait()
-            self.inflight[i] += 1
-            await send(i, self.neighbour(i), time.perf_counter())
-
-    def result(self, seconds: float, cpu: float) -> dict[str, Any]:
-        lat = sorted(self.latencies) or [float("nan")]
-        return {"msgs_per_s": self.delivered / seconds, "p50_ms": lat[len(lat) // 2] * 1e3,
-                "p99_ms": lat[int(len(lat) * 0.99)] * 1e3, "generator_cpu": cpu / seconds}
+def frame(payload: bytes, opcode: int = 1) -> bytes:
+    """A client frame. The mask key is zero, so the payload goes out as it is: no XOR pass."""
+    n = len(payload)
+    if n < 126:
+        head = bytes((0x80 | opcode, 0x80 | n))
+    elif n < 1 << 16:
+        head = bytes((0x80 | opcode, 0x80 | 126)) + n.to_bytes(2, "big")
+    else:
+        head = bytes((0x80 | opcode, 0x80 | 127)) + n.to_bytes(8, "big")
+    return head + b"\0\0\0\0" + payload
 
 
-async def connect_ours(url: str, load: Load) -> tuple[list[Any], Any]:
-    from shared import protocol as p
-    from shared.client import ClientConfig, SignalingClient
+class RawSocket(asyncio.Protocol):
+    """A WebSocket client with nothing on top. ``on_text(sock, buf, lo, hi)`` sees each text
+    frame's payload as ``buf[lo:hi]`` without a copy; by default frames go to ``inbox``."""
 
-    clients: list[SignalingClient] = []
-    lobby_ids: dict[int, str] = {}
-    for i in range(load.n):
-        c = SignalingClient(ClientConfig(url=url, queue_size=100_000))
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.buf = bytearray()
+        self.upgraded: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.inbox: asyncio.Queue[bytes] = asyncio.Queue()
+        self.on_text: TextHandler = self._to_inbox
+        self.on_ping: Callable[[RawSocket], None] | None = None
 
-        def on_ice(msg: p.Message, i: int = i) -> None:
-            assert isinstance(msg, p.Ice) and msg.candidate is not None
-            sender, sent_at = msg.candidate.sdpMid.split("|")  # type: ignore[union-attr]
-            load.received(int(sender), float(sent_at), i)
+    @staticmethod
+    def _to_inbox(sock: RawSocket, buf: bytearray, lo: int, hi: int) -> None:
+        sock.inbox.put_nowait(bytes(buf[lo:hi]))
 
-        def on_chat(msg: p.Message, i: int = i) -> None:
-            assert isinstance(msg, p.Chat)
-            if load.mode == "chat":
-                sender, sent_at = msg.text.split("|")[:2]
-                load.received(int(sender), float(sent_at), i)
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
 
-        c.on(p.MessageType.ICE, on_ice)
-        c.on(p.MessageType.CHAT, on_chat)
-        await c.start(wait=30)
-        await c.set_name(f"{load.mode} {os.getpid()} {i}")  # unique across runs
-        lobby = load.lobby_of(i)
-        if lobby in lobby_ids:
-            await c.join(lobby_id=lobby_ids[lobby])
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.upgraded.done():
+            self.upgraded.set_exception(ConnectionError("closed during the handshake"))
+        if not self.closed.done():
+            self.closed.set_result(None)
+
+    def send(self, data: bytes) -> None:
+        """Sends an already-framed message (see ``frame``)."""
+        assert self.transport is not None
+        self.transport.write(data)
+
+    def data_received(self, data: bytes) -> None:
+        buf = self.buf
+        buf += data
+        if not self.upgraded.done():
+            end = buf.find(b"\r\n\r\n")
+            if end < 0:
+                return
+            status = bytes(buf[:buf.find(b"\r\n")])
+            del buf[:end + 4]
+            if b" 101 " not in status:
+                self.upgraded.set_exception(ConnectionError(status.decode(errors="replace")))
+                return
+            self.upgraded.set_result(None)
+        pos, n = 0, len(buf)
+        while n - pos >= 2:
+            length, head = buf[pos + 1] & 0x7F, 2  # server frames are never masked
+            if length == 126:
+                if n - pos < 4:
+                    break
+                length, head = int.from_bytes(buf[pos + 2:pos + 4], "big"), 4
+            elif length == 127:
+                if n - pos < 10:
+                    break
+                length, head = int.from_bytes(buf[pos + 2:pos + 10], "big"), 10
+            end = pos + head + length
+            if end > n:
+                break
+            opcode = buf[pos] & 0x0F
+            if opcode == 1:
+                self.on_text(self, buf, pos + head, end)
+            elif opcode == 9:  # the server's heartbeat: a pong keeps the socket open
+                self.send(frame(bytes(buf[pos + head:end]), 0xA))
+            elif opcode == 8 and self.transport is not None:
+                self.transport.close()
+            pos = end
+        if pos:
+            del buf[:pos]
+
+
+async def connect_raw(url: str, path: str) -> RawSocket:
+    """Opens ``path`` on the server at ``url`` (http://host:port/) as a raw WebSocket."""
+    parts = urlsplit(url)
+    assert parts.hostname is not None and parts.port is not None
+    loop = asyncio.get_running_loop()
+    _, sock = await loop.create_connection(RawSocket, parts.hostname, parts.port)
+    sock.send(HANDSHAKE.format(path=path, host=parts.netloc).encode())
+    await asyncio.wait_for(asyncio.shield(sock.upgraded), 30)
+    return sock
+
+
+async def next_json(sock: RawSocket, until: Callable[[Any], bool], timeout: float = 30) -> Any:
+    """The next frame (JSON, during setup only) that ``until`` accepts; others are skipped."""
+    deadline = time.monotonic() + timeout
+    while True:
+        data = await asyncio.wait_for(sock.inbox.get(), max(0.01, deadline - time.monotonic()))
+        msg = json.loads(data)
+        if until(msg):
+            return msg
+
+
+def raise_fd_limit(want: int = 1 << 20) -> int:
+    """Raises the soft limit on open files as far as the hard limit allows; returns it."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = want if hard == resource.RLIM_INFINITY else min(want, hard)
+    if target > soft:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    return max(soft, target)
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of a process, all its threads, from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def box_busy() -> tuple[float, float]:
+    """(busy, total) CPU seconds of the whole machine so far, every core, from /proc/stat."""
+    ticks = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = ticks[3] + ticks[4]  # idle + iowait
+    hz = os.sysconf("SC_CLK_TCK")
+    return (sum(ticks[:8]) - idle) / hz, sum(ticks[:8]) / hz
+
+
+def rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise RuntimeError(f"no VmRSS for {pid}")
+
+
+# --- the three dialects: set up a lobby's sessions and each one's frame template ------------------
+
+
+@dataclass
+class Member:
+    """A connected session; its next message is ``head + stamp digits + tail``."""
+
+    index: int  # global, across every generator process
+    sock: RawSocket
+    head: bytes = b""
+    tail: bytes = b""
+
+    def fire(self) -> None:
+        self.sock.send(self.head + b"%016d" % (time.perf_counter_ns() % CLOCK_WRAP) + self.tail)
+
+
+def template(member: Member, build: Callable[[str], str]) -> None:
+    """Pre-encodes the member's message; ``build(marker)`` makes its payload around a marker
+    (``#t``, 5 digits of sender, 16 of time, ``#``), whose time digits each send patches in."""
+    marker = f"#t{member.index:05d}{'0' * 16}#"
+    raw = build(marker).encode()
+    whole = frame(raw)  # the stamp has a fixed width, so the header is the same every time
+    cut = len(whole) - len(raw) + raw.index(marker.encode()) + 7
+    member.head, member.tail = whole[:cut], whole[cut + 16:]
+
+
+def candidate(marker: str) -> dict[str, Any]:
+    return {"candidate": CANDIDATE, "sdpMid": marker, "sdpMLineIndex": 0}
+
+
+async def setup_ours(url: str, http: aiohttp.ClientSession, lobby: int, indices: list[int],
+                     tag: str, mode: str) -> list[Member]:
+    members: list[Member] = []
+    ids: list[str] = []
+    lobby_id = ""
+    for rank, index in enumerate(indices):
+        async with http.post(f"{url}api/sessions") as resp:
+            created = await resp.json()
+        sock = await connect_raw(url, f"{urlsplit(url).path}ws?token={created['token']}")
+        await next_json(sock, lambda m: m.get("type") == "welcome")
+        name = {"type": "set_name", "id": "n", "data": {"name": f"{tag} {index}"}}
+        sock.send(frame(json.dumps(name).encode()))
+        reply = await next_json(sock, lambda m: m.get("id") == "n")
+        assert reply["type"] == "session", reply
+        join: dict[str, Any] = ({"lobby_id": lobby_id} if rank else
+                                {"lobby_name": f"{tag} lobby {lobby}"})
+        sock.send(frame(json.dumps({"type": "join", "id": "j", "data": join}).encode()))
+        reply = await next_json(sock, lambda m: m.get("id") == "j")
+        assert reply["type"] == "lobby_state", reply
+        lobby_id = reply["data"]["lobby"]["id"]
+        ids.append(created["session_id"])
+        members.append(Member(index, sock))
+    for rank, m in enumerate(members):
+        target = ids[(rank + 1) % len(ids)]
+        if mode == "relay":
+            template(m, lambda marker, target=target: json.dumps({"type": "ice", "data": {
+                "lobby_id": lobby_id, "peer_id": target, "candidate": candidate(marker)}}))
         else:
-            lobby_ids[lobby] = (await c.join(lobby_name=f"{load.mode} {os.getpid()} {lobby}")).lobby.id
-        clients.append(c)
-    ids = [c.session_id for c in clients]
+            template(m, lambda marker: json.dumps({"type": "chat", "data": {
+                "lobby_id": lobby_id, "text": f"{marker} {PAD[:100]}"}}))
+    return members
 
-    async def send(i: int, to: int, now: float) -> None:
-        client = clients[i]
-        lobby = lobby_ids[load.lobby_of(i)]
-        if load.mode == "relay":
-            client.send(p.Ice(lobby_id=lobby, peer_id=ids[to] or "", candidate=p.IceCandidate(
-                candidate="candidate:1 1 udp 2122260223 192.0.2.1 54321 typ host " + PAD,
-                sdpMid=f"{i}|{now}", sdpMLineIndex=0)))
+
+async def setup_bare(url: str, http: aiohttp.ClientSession, lobby: int, indices: list[int],
+                     tag: str, mode: str) -> list[Member]:
+    members = []
+    room = f"{tag}-{lobby}"
+    for rank, index in enumerate(indices):
+        m = Member(index, await connect_raw(url, f"/ws?id={index}&room={room}"))
+        target = str(indices[(rank + 1) % len(indices)])
+        if mode == "relay":  # the same JSON body as ours, and the target to find in it
+            template(m, lambda marker, target=target: json.dumps(
+                {"to": target, "lobby_id": room, "candidate": candidate(marker)}))
         else:
-            client.send(p.Chat(lobby_id=lobby, text=f"{i}|{now}|{PAD[:100]}"))
-        await asyncio.sleep(0)
-
-    async def close() -> None:
-        for c in clients:
-            await c.close(drain=0)
-
-    return [send], close
+            template(m, lambda marker: json.dumps({"room": room,
+                                                   "text": f"{marker} {PAD[:100]}"}))
+        members.append(m)
+    return members
 
 
-async def connect_bare(url: str, load: Load) -> tuple[list[Any], Any]:
-    http = aiohttp.ClientSession()
-    socks = []
-    for i in range(load.n):
-        ws = await http.ws_connect(f"{url}ws", params={"id": str(i), "room": str(load.lobby_of(i))})
-        socks.append(ws)
-
-    async def reader(ws: aiohttp.ClientWebSocketResponse, i: int) -> None:
-        async for msg in ws:
-            frame = json.loads(msg.data)
-            load.received(frame["from"], frame["ts"], i)
-
-    tasks = [asyncio.create_task(reader(ws, i)) for i, ws in enumerate(socks)]
-
-    async def send(i: int, to: int, now: float) -> None:
-        frame = {"from": i, "ts": now, "pad": PAD}
-        if load.mode == "relay":
-            frame["to"] = str(to)
-        await socks[i].send_str(json.dumps(frame))
-
-    async def close() -> None:
-        for t in tasks:
-            t.cancel()
-        for ws in socks:
-            await ws.close()
-        await http.close()
-
-    return [send], close
+async def setup_sio(url: str, http: aiohttp.ClientSession, lobby: int, indices: list[int],
+                    tag: str, mode: str) -> list[Member]:
+    members = []
+    room = f"{tag}-{lobby}"
+    for rank, index in enumerate(indices):
+        sock = await connect_raw(url, "/socket.io/?EIO=4&transport=websocket")
+        sock.on_ping = lambda s: s.send(frame(b"3"))  # engine.io's ping is a text "2"
+        await asyncio.wait_for(sock.inbox.get(), 30)  # "0{sid, pingInterval…}": engine.io open
+        sock.send(frame(b"40"))  # connect to the default namespace
+        await asyncio.wait_for(sock.inbox.get(), 30)  # "40{sid}"
+        sock.send(frame(b"42" + json.dumps(["hello", {"id": str(index), "room": room}]).encode()))
+        while not (await asyncio.wait_for(sock.inbox.get(), 30)).startswith(b'42["ready"'):
+            pass
+        m = Member(index, sock)
+        target = str(indices[(rank + 1) % len(indices)])
+        if mode == "relay":
+            template(m, lambda marker, target=target: "42" + json.dumps(["relay", {
+                "to": target, "lobby_id": room, "candidate": candidate(marker)}]))
+        else:
+            template(m, lambda marker: "42" + json.dumps(["chat", {
+                "room": room, "text": f"{marker} {PAD[:100]}"}]))
+        members.append(m)
+    return members
 
 
-async def connect_sio(url: str, load: Load) -> tuple[list[Any], Any]:
-    import socketio
-
-    clients = []
-    for i in range(load.n):
-        c = socketio.AsyncClient(reconnection=False)
-        ready = asyncio.Event()
-        c.on("ready", lambda data, ready=ready: ready.set())
-        c.on("relay", lambda data, i=i: load.received(data["from"], data["ts"], i))
-        c.on("chat", lambda data, i=i: load.received(data["from"], data["ts"], i))
-        await c.connect(url, transports=["websocket"])
-        await c.emit("hello", {"id": str(i), "room": str(load.lobby_of(i))})
-        await asyncio.wait_for(ready.wait(), 10)
-        clients.append(c)
-
-    async def send(i: int, to: int, now: float) -> None:
-        data = {"from": i, "ts": now, "pad": PAD, "to": str(to), "room": str(load.lobby_of(i))}
-        await clients[i].emit("relay" if load.mode == "relay" else "chat", data)
-
-    async def close() -> None:
-        for c in clients:
-            await c.disconnect()
-
-    return [send], close
+SETUPS = {"ours": setup_ours, "bare": setup_bare, "sio": setup_sio}
 
 
-async def generate(kind: str, url: str, n: int, lobbies: int, seconds: float, window: int,
-                   mode: str) -> dict[str, Any]:
-    load = Load(n, lobbies, window, mode)
-    connect = {"ours": connect_ours, "bare": connect_bare, "sio": connect_sio}[kind]
-    (send,), close = await asyncio.wait_for(connect(url, load), 60 + n)
-    pumps = [asyncio.create_task(load.pump(i, send)) for i in range(n)]
-    await asyncio.sleep(min(2.0, seconds / 3))  # warm up
-    load.measuring = True
-    cpu0, t0 = time.process_time(), time.perf_counter()
-    await asyncio.sleep(seconds)
-    load.measuring = False
-    cpu, elapsed = time.process_time() - cpu0, time.perf_counter() - t0
-    for t in pumps:
-        t.cancel()
-    try:
-        await asyncio.wait_for(close(), 15)
-    except asyncio.TimeoutError:  # the figures are in; a slow goodbye must not hang the run
-        print("closing the clients timed out", file=sys.stderr)
-    return load.result(elapsed, cpu)
+# --- the load generator (processes of its own) ----------------------------------------------------
+
+BUCKET = math.log(1.01)  # latency histogram: 1 % wide buckets, mergeable across processes
+
+
+@dataclass
+class GeneratorSpec:
+    kind: str
+    url: str
+    mode: str  # "relay" or "chat"
+    lobbies: dict[int, list[int]]  # lobby number -> global member indices
+    window: int
+    tag: str
+
+
+async def generate(spec: GeneratorSpec) -> None:
+    """Sets up, prints ``ready``, waits for ``go T0 T1 T2`` (monotonic clock) on stdin, runs the
+    load from T0, counts deliveries in [T1, T2), prints the tally as JSON and waits for stdin
+    to close."""
+    raise_fd_limit()
+    loop = asyncio.get_running_loop()
+    members: dict[int, Member] = {}
+    gate = asyncio.Semaphore(16)
+
+    async def one_lobby(lobby: int, indices: list[int]) -> None:
+        async with gate:
+            for m in await SETUPS[spec.kind](spec.url, http, lobby, indices, spec.tag,
+                                             spec.mode):
+                members[m.index] = m
+
+    async with aiohttp.ClientSession() as http:
+        await asyncio.gather(*(one_lobby(k, v) for k, v in spec.lobbies.items()))
+
+    latencies: list[int] = []
+    state = {"measuring": False, "running": True}
+    relay = spec.mode == "relay"
+
+    def on_text(sock: RawSocket, buf: bytearray, lo: int, hi: int) -> None:
+        at = buf.find(STAMP, lo, hi)
+        if at < 0:
+            if sock.on_ping is not None and buf[lo:hi] == b"2":
+                sock.on_ping(sock)
+            return
+        sender = members.get(int(buf[at + 2:at + 7]))
+        if sender is None:  # fan-out to a member another process drives: not ours to count
+            return
+        if state["measuring"]:
+            latencies.append((time.perf_counter_ns() - int(buf[at + 7:at + 23])) % CLOCK_WRAP)
+        # relay: the target got it; chat: the sender's own copy means it was delivered
+        if state["running"] and (relay or sock is sender.sock):
+            sender.fire()
+
+    for m in members.values():
+        m.sock.on_text = on_text
+    print("ready", flush=True)
+    line = await loop.run_in_executor(None, sys.stdin.readline)
+    t0, t1, t2 = (float(x) for x in line.split()[1:])
+
+    def at(t: float, fn: Callable[[], None]) -> None:
+        loop.call_at(loop.time() + t - time.monotonic(), fn)
+
+    def start() -> None:
+        for m in members.values():
+            for _ in range(spec.window):
+                m.fire()
+
+    done = loop.create_future()
+    at(t0, start)
+    at(t1, lambda: state.update(measuring=True))
+    at(t2, lambda: (state.update(measuring=False, running=False), done.set_result(None)))
+    await done
+    hist = Counter(int(math.log(max(ns, 1000) / 1000) / BUCKET) for ns in latencies)
+    print(json.dumps({"delivered": len(latencies), "hist": hist}), flush=True)
+    # stay alive (idle) until the orchestrator has read our CPU use from /proc and lets go
+    await loop.run_in_executor(None, sys.stdin.read)
+
+
+def percentile_ms(hist: Counter[int], q: float) -> float:
+    total = sum(hist.values())
+    if not total:
+        return float("nan")
+    seen = 0
+    for bucket in sorted(hist):
+        seen += hist[bucket]
+        if seen >= q * total:
+            return 1e-3 * math.exp((bucket + 0.5) * BUCKET)
+    return float("nan")
 
 
 # --- orchestration -------------------------------------------------------------------------------
+
+
+@dataclass
+class LoadResult:
+    msgs_per_s: float
+    p50_ms: float
+    p99_ms: float
+    server_cpu: float  # fraction of one core
+    generator_cpu: list[float]  # each generator process, fraction of one core
+    box_cpu: float  # the whole machine, every process, in cores
+
+    @property
+    def bound_by(self) -> str:
+        """Which side ran out: a process at >= 90 % of a core is saturated; "box": every core
+        was busy (other processes included) with neither saturated."""
+        if max(self.generator_cpu) >= 0.9:
+            return "generator"
+        if self.server_cpu >= 0.9:
+            return "server"
+        if self.box_cpu >= 0.9 * (os.cpu_count() or 1):
+            return "box"
+        return "latency"
+
+    @property
+    def per_server_cpu_s(self) -> float:
+        """Messages per second of server CPU: a figure contention on the box moves less."""
+        return self.msgs_per_s / max(self.server_cpu, 1e-9)
+
+
+_runs = 0
+
+
+async def run_load(kind: str, url: str, server_pid: int, mode: str, lobbies: int, size: int,
+                   window: int, seconds: float, generators: int) -> LoadResult:
+    """Drives ``lobbies`` lobbies of ``size`` members from ``generators`` processes."""
+    global _runs
+    _runs += 1
+    procs = max(1, min(generators, lobbies))
+    shares: list[dict[int, list[int]]] = [{} for _ in range(procs)]
+    for lobby in range(lobbies):  # whole lobbies per process: a window closes where it opened
+        shares[lobby % procs][lobby] = list(range(lobby * size, (lobby + 1) * size))
+    tag = f"g{os.getpid() % 10000}r{_runs}"
+    children = []
+    for share in shares:
+        spec = json.dumps({"kind": kind, "url": url, "mode": mode, "window": window, "tag": tag,
+                           "lobbies": share})
+        children.append(await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "bench.relay", "--generate", spec, cwd=ROOT,
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE))
+    try:
+        for child in children:
+            assert child.stdout is not None
+            line = await asyncio.wait_for(child.stdout.readline(), 60 + lobbies * size)
+            if line.strip() != b"ready":
+                raise RuntimeError(f"generator failed: {await child_error(child)}")
+        t0 = time.monotonic() + 0.2
+        t1 = t0 + min(1.0, seconds / 2)  # the window fills and every socket has spoken
+        t2 = t1 + seconds
+        for child in children:
+            assert child.stdin is not None
+            child.stdin.write(f"go {t0} {t1} {t2}\n".encode())
+            await child.stdin.drain()
+        pids = [server_pid, *(c.pid for c in children)]
+        await asyncio.sleep(t1 - time.monotonic())
+        cpu0, box0, w0 = [cpu_seconds(pid) for pid in pids], box_busy(), time.monotonic()
+        await asyncio.sleep(t2 - time.monotonic())
+        cpu1, box1, w1 = [cpu_seconds(pid) for pid in pids], box_busy(), time.monotonic()
+        hist: Counter[int] = Counter()
+        delivered = 0
+        for child in children:
+            assert child.stdout is not None
+            line = await asyncio.wait_for(child.stdout.readline(), 60)
+            if not line:
+                raise RuntimeError(f"generator failed: {await child_error(child)}")
+            tally = json.loads(line)
+            delivered += tally["delivered"]
+            hist.update({int(k): v for k, v in tally["hist"].items()})
+    finally:
+        for child in children:
+            if child.stdin is not None:
+                child.stdin.close()
+        for child in children:
+            try:
+                await asyncio.wait_for(child.wait(), 10)
+            except asyncio.TimeoutError:
+                child.kill()
+                await child.wait()
+    used = [(b - a) / (w1 - w0) for a, b in zip(cpu0, cpu1)]
+    box = (box1[0] - box0[0]) / (box1[1] - box0[1]) * (os.cpu_count() or 1)
+    return LoadResult(delivered / (t2 - t1), percentile_ms(hist, 0.5), percentile_ms(hist, 0.99),
+                      used[0], used[1:], box)
+
+
+async def child_error(child: asyncio.subprocess.Process) -> str:
+    assert child.stderr is not None
+    child.kill()
+    return (await child.stderr.read()).decode(errors="replace")[-2000:]
 
 
 def start_baseline(flag: str) -> tuple[subprocess.Popen[bytes], str]:
@@ -277,35 +560,78 @@ def start_baseline(flag: str) -> tuple[subprocess.Popen[bytes], str]:
     proc = subprocess.Popen([sys.executable, "-m", "bench.relay", flag, str(port)], cwd=ROOT,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}/"
-    for _ in range(100):
+    for _ in range(200):
         try:
-            import socket
-
             with socket.create_connection(("127.0.0.1", port), timeout=0.2):
                 return proc, url
         except OSError:
             time.sleep(0.1)
+    proc.kill()
     raise RuntimeError(f"{flag} did not start")
-
-
-def run_load(kind: str, url: str, n: int, lobbies: int, seconds: float, window: int,
-             mode: str) -> dict[str, Any]:
-    out = subprocess.run([sys.executable, "-m", "bench.relay", "--generate", kind, url, str(n),
-                          str(lobbies), str(seconds), str(window), mode], cwd=ROOT,
-                         capture_output=True, text=True, timeout=seconds * 5 + 90)
-    if out.returncode != 0:
-        raise RuntimeError(f"generator failed: {out.stderr[-2000:]}")
-    return json.loads(out.stdout.strip().splitlines()[-1])
-
-
-UNLIMITED = {f"VOICEBOT_{k}": "1000000" for k in (
-    "MSG_RATE", "MSG_BURST", "CHAT_RATE", "CHAT_BURST", "CREATE_RATE", "CREATE_BURST",
-    "IP_SESSION_RATE", "IP_SESSION_BURST", "IP_UPGRADE_RATE", "IP_UPGRADE_BURST")}
 
 
 def table(rows: list[list[str]]) -> str:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows)
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
+
+
+def pct(x: float) -> str:
+    return f"{x * 100:.0f} %"
+
+
+SERVERS = (("ours", "ours"), ("bare aiohttp", "bare"), ("python-socketio", "sio"))
+
+
+def row(name: str, r: LoadResult, digits: int = 2) -> list[str]:
+    return [name, f"{r.msgs_per_s:.0f}", f"{r.p50_ms:.{digits}f}", f"{r.p99_ms:.{digits}f}",
+            pct(r.server_cpu), " + ".join(pct(c) for c in r.generator_cpu), pct(r.box_cpu),
+            r.bound_by, f"{r.per_server_cpu_s:.0f}"]
+
+
+HEADER = ["server", "msg/s", "p50 ms", "p99 ms", "server CPU", "generator CPU", "box CPU",
+          "bound by", "msg per server CPU-s"]
+
+
+async def bench(urls: dict[str, tuple[str, int]], n: int, lobbies: int, window: int,
+                seconds: float, rounds: int, generators: int, sizes: tuple[int, ...],
+                fanout_n: int) -> None:
+    cores = os.cpu_count() or 1
+    print(f"== relay: {n} sessions in {lobbies} lobbies, window {window}, {rounds} round(s) of "
+          f"{seconds:.0f} s per server (interleaved; the median round is shown), {generators} "
+          f"generator process(es); CPU in % of one core, box CPU of {cores * 100} %")
+    runs: dict[str, list[LoadResult]] = {name: [] for name, _ in SERVERS}
+    for _ in range(rounds):  # interleaved: a burst of load from elsewhere hits every server
+        for name, kind in SERVERS:
+            url, pid = urls[kind]
+            runs[name].append(await run_load(kind, url, pid, "relay", lobbies, n // lobbies,
+                                             window, seconds, generators))
+    median = {name: sorted(rs, key=lambda r: r.msgs_per_s)[len(rs) // 2]
+              for name, rs in runs.items()}
+    rows = [HEADER + (["msg/s of each round"] if rounds > 1 else [])]
+    for name, r in median.items():
+        rows.append(row(name, r) + ([" ".join(f"{x.msgs_per_s:.0f}" for x in runs[name])]
+                                    if rounds > 1 else []))
+    print(table(rows))
+    ours, bare, sio = (median[name] for name, _ in SERVERS)
+    print(f"ours / bare aiohttp = {ours.msgs_per_s / bare.msgs_per_s:.2f} (target >= 0.8); "
+          f"ours / python-socketio = {ours.msgs_per_s / sio.msgs_per_s:.2f} (target >= 2)")
+    print(f"per server CPU-second: ours / bare aiohttp = "
+          f"{ours.per_server_cpu_s / bare.per_server_cpu_s:.2f}; ours / python-socketio = "
+          f"{ours.per_server_cpu_s / sio.per_server_cpu_s:.2f}")
+
+    print(f"\n== fan-out: chat, {fanout_n} sessions in lobbies of {', '.join(map(str, sizes))} "
+          f"members, one message in flight each, {seconds:.0f} s per row (ours stores each "
+          "message durably before delivering it)")
+    rows = [["members", *HEADER]]
+    rows[0][2] = "deliveries/s"
+    rows[0][-1] = "deliveries per server CPU-s"
+    for size in sizes:
+        for name, kind in SERVERS:
+            url, pid = urls[kind]
+            r = await run_load(kind, url, pid, "chat", max(1, fanout_n // size), size, 1, seconds,
+                               generators)
+            rows.append([str(size), *row(name, r, 1)])
+    print(table(rows))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -314,11 +640,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--smoke", action="store_true")
     parser.add_argument("--sessions", type=int, default=64)
     parser.add_argument("--lobbies", type=int, default=8)
-    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--seconds", type=float, default=5.0, help="per run")
+    parser.add_argument("--rounds", type=int, default=3, help="relay runs per server")
     parser.add_argument("--window", type=int, default=4)
+    parser.add_argument("--generators", type=int, default=2, help="load-generator processes")
     parser.add_argument("--serve-bare", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--serve-sio", type=int, help=argparse.SUPPRESS)
-    parser.add_argument("--generate", nargs=7, help=argparse.SUPPRESS)
+    parser.add_argument("--generate", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.serve_bare:
         serve_bare(args.serve_bare)
@@ -327,45 +655,28 @@ def main(argv: list[str] | None = None) -> int:
         serve_socketio(args.serve_sio)
         return 0
     if args.generate:
-        kind, url, n, lobbies, seconds, window, mode = args.generate
-        result = asyncio.run(generate(kind, url, int(n), int(lobbies), float(seconds),
-                                      int(window), mode))
-        print(json.dumps(result), flush=True)
-        os._exit(0)  # skip interpreter teardown of leftover client tasks
+        raw = json.loads(args.generate)
+        raw["lobbies"] = {int(k): v for k, v in raw["lobbies"].items()}
+        asyncio.run(generate(GeneratorSpec(**raw)))
+        os._exit(0)  # the figures are out; skip closing hundreds of sockets politely
 
-    n, lobbies, seconds = ((8, 2, 2.0) if args.smoke else
-                           (args.sessions, args.lobbies, args.seconds))
+    n, lobbies, seconds, rounds, sizes, fanout_n = (
+        (8, 2, 1.0, 1, (2, 8), 16) if args.smoke else
+        (args.sessions, args.lobbies, args.seconds, args.rounds, (2, 8, 16), args.sessions))
+    if n % lobbies:
+        parser.error("--sessions must be a multiple of --lobbies")
+    raise_fd_limit()
     workdir = Path(tempfile.mkdtemp(prefix="bench-relay-"))
     ours = ServerProcess(workdir / "data", **UNLIMITED)
     ours.start()
     bare, bare_url = start_baseline("--serve-bare")
     sio, sio_url = start_baseline("--serve-sio")
     try:
-        print(f"== relay: {n} sessions in {lobbies} lobbies, window {args.window}, "
-              f"{seconds:.0f} s each")
-        results = {}
-        for name, kind, url in (("ours", "ours", ours.url), ("bare aiohttp", "bare", bare_url),
-                                ("python-socketio", "sio", sio_url)):
-            results[name] = run_load(kind, url, n, lobbies, seconds, args.window, "relay")
-        rows = [["server", "msg/s", "p50 ms", "p99 ms", "generator CPU"]]
-        for name, r in results.items():
-            rows.append([name, f"{r['msgs_per_s']:.0f}", f"{r['p50_ms']:.2f}", f"{r['p99_ms']:.2f}",
-                         f"{r['generator_cpu'] * 100:.0f} %"])
-        print(table(rows))
-        ours_r = results["ours"]["msgs_per_s"]
-        print(f"ours / bare aiohttp = {ours_r / results['bare aiohttp']['msgs_per_s']:.2f} "
-              f"(target >= 0.8); ours / python-socketio = "
-              f"{ours_r / results['python-socketio']['msgs_per_s']:.2f} (target >= 2)")
-
-        print(f"\n== fan-out: chat, {seconds:.0f} s per lobby size (ours stores each message "
-              "durably before delivering it)")
-        rows = [["members", "ours deliveries/s", "ours p99 ms", "bare deliveries/s", "bare p99 ms"]]
-        for size in ((2,) if args.smoke else (2, 8, 16)):
-            o = run_load("ours", ours.url, size, 1, seconds, 1, "chat")
-            b = run_load("bare", bare_url, size, 1, seconds, 1, "chat")
-            rows.append([str(size), f"{o['msgs_per_s']:.0f}", f"{o['p99_ms']:.1f}",
-                         f"{b['msgs_per_s']:.0f}", f"{b['p99_ms']:.1f}"])
-        print(table(rows))
+        assert ours.proc is not None
+        urls = {"ours": (ours.url, ours.proc.pid), "bare": (bare_url, bare.pid),
+                "sio": (sio_url, sio.pid)}
+        asyncio.run(bench(urls, n, lobbies, args.window, seconds, rounds, args.generators,
+                          sizes, fanout_n))
     finally:
         ours.stop()
         for proc in (bare, sio):

@@ -1,7 +1,8 @@
 """Transcription benchmark: offline faster-whisper vs the live WebRTC path, in one run.
 
-    python -m bench.transcribe            # full run (~4 minutes on 2 cores)
+    python -m bench.transcribe            # full run (~5 minutes on 2 cores)
     python -m bench.transcribe --smoke    # seconds: one fixture, one speaker
+    python -m bench.transcribe --models tiny.en base small.en   # which models (e) compares
 
 (a) Offline: ``WhisperModel.transcribe`` over each whole file — the quality baseline.
 (b) Live: a real server and providers; ``player`` bots speak the same files into a lobby and
@@ -9,6 +10,9 @@
 (c) Window lever: finals with Whisper's full 30 s window vs a window fitted to the utterance,
     on held-out sentences (not the ones the tests use).
 (d) Concurrency sweep: 1..N players talking continuously at once.
+(e) Models side by side (tiny.en and base by default; one not installed is skipped, with a
+    note): offline WER and RTF on the English fixtures and on ``english_hard.wav`` (a voice and
+    words tiny.en finds hard), then each model live, alone, on ``english_hard.wav``: WER, TTFS.
 
 TTFS is time to final: the final received by a client minus the end of the speech (the
 transcript's ``end`` less the segmenter's 96 ms post-roll; both clocks are this machine's).
@@ -41,6 +45,7 @@ from shared.client import ClientConfig, SignalingClient
 from signaling.testing import ROOT, ProviderProcess, ServerProcess
 
 DATA = ROOT / "tests" / "data"
+HARD = "english_hard.wav"  # the model-comparison fixture (tests/test_models.py)
 POST_ROLL = 0.096
 PRE_ROLL = 0.192
 KEY = "bench-provider-key"
@@ -82,13 +87,17 @@ class Clip:
 
 
 def fixture_clips(smoke: bool) -> list[Clip]:
+    # the English fixtures the tests use (festival voices); not the other languages, nor the
+    # model-comparison sets
+    names = ["short.wav"] if smoke else ["short.wav", "speaker_a.wav", "speaker_b.wav"]
+    return [fixture(n) for n in names]
+
+
+def fixture(name: str) -> Clip:
     import json
 
     spec = json.loads((DATA / "fixtures.json").read_text())
-    # the English fixtures the tests use (festival voices); not the other languages, nor the
-    # noisy model-comparison set
-    names = ["short.wav"] if smoke else ["short.wav", "speaker_a.wav", "speaker_b.wav"]
-    return [Clip(DATA / n, spec[n]["utterances"]) for n in names]
+    return Clip(DATA / name, spec[name]["utterances"])
 
 
 def held_out_clips(workdir: Path, count: int) -> list[Clip]:
@@ -122,13 +131,10 @@ def concat(clips: list[Clip], out: Path) -> Clip:
 # --- (a) and (c): offline ----------------------------------------------------------------------
 
 
-def offline(clips: list[Clip], held_out: list[Clip]) -> dict[str, Any]:
+def transcribe_files(model: Any, clips: list[Clip]) -> tuple[list[str], float, float]:
+    """Whole-file ``WhisperModel.transcribe``: the texts, seconds busy, seconds of audio."""
     from faster_whisper.audio import decode_audio
 
-    from bots.stt import WhisperSTT, load_whisper
-    from bots.vad import Segmenter
-
-    model: Any = load_whisper("tiny.en")
     hyps, audio_s, busy = [], 0.0, 0.0
     for clip in clips:
         started = time.perf_counter()
@@ -136,6 +142,17 @@ def offline(clips: list[Clip], held_out: list[Clip]) -> dict[str, Any]:
         hyps.append(" ".join(s.text for s in segments))
         busy += time.perf_counter() - started
         audio_s += len(decode_audio(str(clip.path), 16000)) / 16000
+    return hyps, busy, audio_s
+
+
+def offline(clips: list[Clip], held_out: list[Clip]) -> dict[str, Any]:
+    from faster_whisper.audio import decode_audio
+
+    from bots.stt import WhisperSTT, load_whisper
+    from bots.vad import Segmenter
+
+    model: Any = load_whisper("tiny.en")
+    hyps, busy, audio_s = transcribe_files(model, clips)
     out: dict[str, Any] = {"wer": wer([u for c in clips for u in c.utterances], hyps),
                            "rtf": busy / audio_s}
     for window in ("full", "dynamic"):
@@ -154,6 +171,36 @@ def offline(clips: list[Clip], held_out: list[Clip]) -> dict[str, Any]:
         out[f"held_out_wer_{window}"] = wer([u for c in held_out for u in c.utterances], texts)
         out[f"inference_s_{window}"] = statistics.mean(times) if times else float("nan")
     return out
+
+
+def offline_model(name: str, fixtures: list[Clip], hard: list[Clip]) -> dict[str, Any]:
+    """(e), offline: one model's WER on each set, and its RTF over both."""
+    from bots.stt import load_whisper
+
+    model: Any = load_whisper(name)
+    # the first call pays for allocations the others reuse: not part of the model's RTF
+    list(model.transcribe(np.zeros(16000, np.float32), beam_size=1, language="en")[0])
+    out: dict[str, Any] = {}
+    busy = audio_s = 0.0
+    for label, clips in (("fixtures", fixtures), ("hard", hard)):
+        if not clips:
+            continue
+        hyps, b, a = transcribe_files(model, clips)
+        out[f"wer_{label}"] = wer([u for c in clips for u in c.utterances], hyps)
+        busy, audio_s = busy + b, audio_s + a
+    out["rtf"] = busy / audio_s
+    return out
+
+
+def installed_models(names: list[str]) -> list[str]:
+    """The ones of ``names`` this machine can load, with a note for each one it cannot."""
+    from bots.models import installed_names
+
+    have = set(installed_names())
+    for name in names:
+        if name not in have:
+            print(f"  skipped {name}: not installed (`voicebot models install {name}`)")
+    return [n for n in names if n in have]
 
 
 # --- (b) and (d): live ---------------------------------------------------------------------------
@@ -236,11 +283,13 @@ async def live_lobby(url: str, name: str) -> tuple[SignalingClient, Observer, st
     return client, observer, lobby
 
 
-async def live(url: str, clips: list[Clip], transcriber_pid: int) -> dict[str, Any]:
-    client, observer, lobby = await live_lobby(url, "live")
+async def live(url: str, clips: list[Clip], transcriber_pid: int, model: str = "tiny.en",
+               lobby_name: str = "live") -> dict[str, Any]:
+    client, observer, lobby = await live_lobby(url, lobby_name)  # a new one: no history
     assert client.config.token is not None
     async with aiohttp.ClientSession() as http:
-        await add_bot(http, url, client.config.token, lobby, "transcriber")
+        transcriber = await add_bot(http, url, client.config.token, lobby, "transcriber",
+                                    model=model)
         await wait_for(lambda: (s := observer.status_of("transcriber")) is not None and
                        s.status == "live", 120, "the transcriber")
         cpu0, audio_s = cpu_seconds(transcriber_pid), 0.0
@@ -256,6 +305,9 @@ async def live(url: str, clips: list[Clip], transcriber_pid: int) -> dict[str, A
                 pass
             audio_s += duration(clip.path)
         cpu = cpu_seconds(transcriber_pid) - cpu0
+        async with http.delete(f"{url}api/lobbies/{lobby}/bots/{transcriber['bot_id']}",
+                               headers={"Authorization": f"Bearer {client.config.token}"}):
+            pass  # the next measurement starts from a quiet provider
     await client.close()
     refs = [u for c in clips for u in c.utterances]
     hyps = [t.text for _, t in sorted(observer.finals, key=lambda f: f[1].start)]
@@ -310,6 +362,24 @@ async def sweep(url: str, clips: list[Clip], speakers: int, seconds: float) -> d
             if len(per_speaker) == speakers else 0}
 
 
+async def compare_models(url: str, names: list[str], fixtures: list[Clip],
+                         hard: list[Clip], live_clips: list[Clip],
+                         transcriber_pid: int) -> list[list[str]]:
+    """(e): per model, offline WER and RTF, then live on ``live_clips`` with it alone."""
+    rows = [["model", "WER fixtures", "WER hard", "RTF", "live WER", "finals/utts",
+             "TTFS p50", "TTFS p95", "CPU/stream"]]
+    for name in names:
+        off = offline_model(name, fixtures, hard)
+        on_air = await live(url, live_clips, transcriber_pid, model=name,
+                            lobby_name=f"model {name}")
+        rows.append([name, f"{off['wer_fixtures']:.3f}",
+                     f"{off['wer_hard']:.3f}" if "wer_hard" in off else "-", f"{off['rtf']:.3f}",
+                     f"{on_air['wer']:.3f}", f"{on_air['finals']}/{on_air['utterances']}",
+                     f"{on_air['ttfs_p50']:.3f}", f"{on_air['ttfs_p95']:.3f}",
+                     f"{on_air['cpu_per_stream']:.3f}"])
+    return rows
+
+
 def table(rows: list[list[str]]) -> str:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows)
@@ -337,13 +407,17 @@ async def main_async(args: argparse.Namespace) -> int:
     players = ProviderProcess(server.url, KEY, capacity=16, name="players", plugins=("player",),
                               media_dirs=(DATA, workdir), log_level="WARNING")
     on_air: dict[str, Any] = {}
+    model_rows: list[list[str]] = []
     rows = [["speakers", "finals", "TTFS p50", "TTFS p95", "max lag", "skipped",
              "min finals/speaker"]]
     try:
         await providers_ready(server.url, {"transcriber", "player"})
         if not args.sweep_only:
             print("\n== (b) live: players → WebRTC → transcriber → lobby")
-            on_air = await live(server.url, live_clips, transcriber.proc.pid)
+            # one file, one player: the same speech without a player's start-up per clip
+            spoken = [concat(live_clips, workdir / "live.wav")] if len(live_clips) > 1 \
+                else live_clips
+            on_air = await live(server.url, spoken, transcriber.proc.pid)
             print(table([["live WER", "finals/utts", "TTFS p50", "TTFS p95", "1st interim p50",
                           "1st interim p95", "CPU/stream"],
                          [f"{on_air['wer']:.3f}", f"{on_air['finals']}/{on_air['utterances']}",
@@ -359,6 +433,17 @@ async def main_async(args: argparse.Namespace) -> int:
                          f"{r['max_lag']:.1f}", str(r["skipped"]),
                          str(r["min_finals_per_speaker"])])
         print(table(rows))
+        if args.models and not args.sweep_only:
+            hard = [] if args.smoke else [fixture(HARD)]
+            compared_live = clips if args.smoke else hard
+            print(f"\n== (e) models side by side: offline WER on the English fixtures"
+                  f"{'' if args.smoke else ' and on ' + HARD}, RTF over them; live WER and "
+                  f"TTFS on {', '.join(c.path.name for c in compared_live)}, each model alone",
+                  flush=True)
+            names = installed_models(args.models)
+            model_rows = await compare_models(server.url, names, clips, hard, compared_live,
+                                              transcriber.proc.pid)
+            print(table(model_rows), flush=True)
     finally:
         players.stop()
         transcriber.stop()
@@ -377,6 +462,11 @@ async def main_async(args: argparse.Namespace) -> int:
     last = rows[-1]
     print(f"{last[0]} continuous speakers: finals p95 {last[3]} s (target <= 2.0), "
           f"max lag {last[4]} s, {last[5]} skipped")
+    by_model = {r[0]: r for r in model_rows[1:]}
+    if {"tiny.en", "base"} <= set(by_model):
+        tiny, base = by_model["tiny.en"], by_model["base"]
+        print(f"base vs tiny.en live WER: {base[4]} vs {tiny[4]} (target: base lower); "
+              f"TTFS p50 {base[6]} vs {tiny[6]} s")
     return 0
 
 
@@ -389,6 +479,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=None, help="seconds per sweep step")
     parser.add_argument("--sweep-only", action="store_true", help="only the concurrency sweep")
     parser.add_argument("--log-level", default="WARNING", help="the transcriber's log level")
+    parser.add_argument("--models", nargs="*", default=["tiny.en", "base"],
+                        help="models to compare side by side (none: skip that part)")
     args = parser.parse_args(argv)
     args.speakers = args.speakers or ([1] if args.smoke else [1, 2, 4, 6])
     args.seconds = args.seconds or (6.0 if args.smoke else 25.0)

@@ -102,7 +102,15 @@ class OutgoingAudio(MediaStreamTrack):
         self._pts = 0
 
     def set_source(self, track: MediaStreamTrack | None) -> None:
+        if track is None and self._source is not None:
+            self._restart_silence()
         self._source = track
+
+    def _restart_silence(self) -> None:
+        # the silence track paces itself from when it started: one left running while a
+        # source played would send the whole gap at once (receivers would see a burst)
+        self._silence.stop()
+        self._silence = AudioStreamTrack()
 
     async def recv(self) -> av.AudioFrame:
         while not self._ready:
@@ -112,6 +120,7 @@ class OutgoingAudio(MediaStreamTrack):
                     frame = await self._source.recv()
                 except MediaStreamError:
                     self._source = None  # the source ended: back to silence
+                    self._restart_silence()
             if frame is None:
                 frame = await self._silence.recv()
             frame.pts = None

@@ -12,6 +12,8 @@ the scheduler's worker pool (``VOICEBOT_STT_WORKERS`` threads, 1 by default).
 from __future__ import annotations
 
 import asyncio
+import bisect
+import collections
 import contextlib
 import logging
 import os
@@ -193,6 +195,12 @@ class SpeakerStream:
         self._posting: asyncio.Future[None] | None = None
         self._task: asyncio.Task[None] | None = None
         self._closed = False
+        # (sample index, wall clock, monotonic clock) when the audio up to that index arrived,
+        # about the last minute of it: a speaker's audio need not arrive in real time (a bot's
+        # sender catches up on silence in a burst when its file ends), so times come from
+        # when the samples came, not from how many have come since
+        self._arrivals: collections.deque[tuple[int, float, float]] = collections.deque(
+            maxlen=3000)
 
     def lag(self) -> float:
         return self.bot.scheduler.lag(self.key)
@@ -218,7 +226,9 @@ class SpeakerStream:
             while not self._closed:
                 frame = await self.track.recv()
                 samples = self.resample(frame)  # type: ignore[arg-type]
-                for utt in self.segmenter.feed(samples):
+                utterances = self.segmenter.feed(samples)
+                self._arrivals.append((self.segmenter.buffer.end, time.time(), time.monotonic()))
+                for utt in utterances:
                     self._utterance(utt)
                 self._maybe_interim()
         except MediaStreamError:
@@ -230,9 +240,14 @@ class SpeakerStream:
 
     def _times(self, start: int, end: int) -> tuple[float, float, float]:
         """Wall-clock start and end of samples ``[start, end)``, and the monotonic end."""
-        behind = (self.segmenter.buffer.end - end) / 16000
-        now_wall, now_mono = time.time(), time.monotonic()
-        return (now_wall - behind - (end - start) / 16000, now_wall - behind, now_mono - behind)
+        # the first batch of audio that reached ``end`` (past the minute kept: the oldest kept)
+        i = bisect.bisect_left(self._arrivals, (end,))
+        if i < len(self._arrivals):
+            index, wall, mono = self._arrivals[i]
+        else:  # not recorded yet: as if it had just come
+            index, wall, mono = self.segmenter.buffer.end, time.time(), time.monotonic()
+        behind = (index - end) / 16000
+        return (wall - behind - (end - start) / 16000, wall - behind, mono - behind)
 
     def _maybe_interim(self) -> None:
         cfg, seg = self.bot.config, self.segmenter

@@ -20,8 +20,20 @@ def run_bench(module: str, *args: str, timeout: float = 300) -> str:
 @pytest.mark.timeout(400)
 def test_transcribe_bench_smoke() -> None:
     out = run_bench("bench.transcribe")
-    for heading in ("offline WER", "live WER", "TTFS p50", "speakers", "against the targets"):
+    for heading in ("offline WER", "live WER", "TTFS p50", "speakers", "models side by side",
+                    "against the targets"):
         assert heading in out
+    # the models table: a row for each model compared, or a note saying why there is none
+    models = out.split("models side by side")[1].split("== against the targets")[0]
+    for model in ("tiny.en", "base"):
+        row = next((line.split() for line in models.splitlines()
+                    if line.startswith(f"{model} ")), None)
+        if row is None:
+            assert f"skipped {model}: not installed" in models, models
+            continue
+        # model, WER fixtures, WER hard, RTF, live WER, finals/utts, TTFS p50, TTFS p95, CPU
+        assert float(row[3]) > 0, row  # an offline RTF was measured
+        assert int(row[5].split("/")[0]) >= 1 and float(row[6]) > 0, row  # a final came live
 
 
 @pytest.mark.timeout(400)
@@ -33,5 +45,34 @@ def test_fuzz_smoke() -> None:
 @pytest.mark.timeout(400)
 def test_relay_smoke() -> None:
     out = run_bench("bench.relay")
-    for line in ("ours", "bare aiohttp", "python-socketio", "ours / bare aiohttp", "fan-out"):
+    for line in ("ours", "bare aiohttp", "python-socketio", "ours / bare aiohttp",
+                 "per server CPU-second", "fan-out", "generator CPU", "bound by"):
         assert line in out
+    rows = [line.split() for line in out.splitlines() if " / " not in line
+            and line.startswith(("ours ", "bare aiohttp ", "python-socketio "))]
+    assert len(rows) == 3
+    for cells in rows:  # every server relayed something, and a latency was measured
+        numbers = [c for c in cells if c.replace(".", "").isdigit()]
+        assert float(numbers[0]) > 0 and float(numbers[1]) > 0
+
+
+@pytest.mark.timeout(400)
+def test_scale_smoke() -> None:
+    out = run_bench("bench.scale")
+    assert "KiB/session" in out and "target <= 30" in out
+    rows = [line.split() for line in out.splitlines() if line.startswith(("ours ", "bare "))]
+    assert len(rows) == 2
+    for cells in rows:
+        assert cells[-1] == "200/200"  # every session still connected after the idle period
+
+
+@pytest.mark.timeout(400)
+def test_receive_smoke() -> None:
+    out = run_bench("bench.receive")
+    for line in ("idle bot", "decode", "resample", "vad", "per stream", "join/leave",
+                 "target <= 3 %", "target: flat within 5 %"):
+        assert line in out
+    lines = out.splitlines()
+    assert len([line for line in lines if line[:2] in ("1 ", "2 ")]) == 6  # k = 1, 2; 3 depths
+    churn = lines[next(i for i, line in enumerate(lines) if line.startswith("bot RSS")) + 1]
+    assert churn.split()[-3] == "0"  # no peer connection left behind

@@ -320,3 +320,39 @@ def test_voicebot_models_lists_the_bundled_model() -> None:
                          text=True, cwd=ROOT, timeout=60)
     rows = {line.split()[0]: line.split()[1:3] for line in out.stdout.splitlines()}
     assert out.returncode == 0 and rows["tiny.en"] == ["installed", "package"]
+
+
+class _Finite(MediaStreamTrack):
+    """Real-time silence for ``frames`` frames, then the end of the stream."""
+
+    kind = "audio"
+
+    def __init__(self, frames: int) -> None:
+        super().__init__()
+        from aiortc.mediastreams import AudioStreamTrack
+
+        self._inner, self._left = AudioStreamTrack(), frames
+
+    async def recv(self) -> Any:
+        from aiortc.mediastreams import MediaStreamError
+
+        if self._left == 0:
+            raise MediaStreamError
+        self._left -= 1
+        return await self._inner.recv()
+
+
+async def test_outgoing_audio_stays_paced_when_a_source_ends() -> None:
+    from bots.mesh import OutgoingAudio
+
+    out = OutgoingAudio()
+    await out.recv()
+    out.set_source(_Finite(25))  # half a second of a source, then back to silence
+    for _ in range(25):
+        await out.recv()
+    started = time.monotonic()
+    for _ in range(25):
+        await out.recv()
+    # silence resumes in real time; a silence clock left running would burst the gap at once
+    assert time.monotonic() - started >= 0.35
+    out.stop()

@@ -168,6 +168,54 @@ async def test_transcriber_in_a_fake_lobby() -> None:
     await lobby.stop()
 
 
+class CatchUpTrack(FileTrack):
+    """The file as if live for ``live_s``, then ``burst_s`` of silence at once: what a bot's
+    sender does when its file ends and it catches up on the silence it owes."""
+
+    def __init__(self, path: Path, live_s: float, burst_s: float = 10.0) -> None:
+        import av
+
+        super().__init__(path, pace=0.02)
+        self.live = int(live_s / 0.02)
+        self.frames = self.frames[:self.live]
+        silence = np.zeros((1, 960 * 2), dtype=np.int16)
+        for _ in range(int(burst_s / 0.02)):
+            f = av.AudioFrame.from_ndarray(silence, format="s16", layout="stereo")
+            f.sample_rate = 48000
+            self.frames.append(f)
+        self.burst_at: float | None = None
+
+    async def recv(self) -> Any:
+        from aiortc.mediastreams import MediaStreamError
+
+        if self.live > 0:
+            self.live -= 1
+            return await super().recv()
+        if self.burst_at is None:
+            self.burst_at = time.time()
+        if not self.frames or self.stopped:
+            raise MediaStreamError
+        await asyncio.sleep(0)
+        return self.frames.pop(0)
+
+
+async def test_transcript_times_are_when_the_speech_came() -> None:
+    """A final decoded while a burst of audio comes in is still dated by when its own audio
+    arrived, not counted back from the newest audio (which would put it seconds too early)."""
+    lobby = FakeLobby()
+    bot = TranscriberBot(lobby, TranscriberBot.Config.parse({}))
+    await lobby.start(bot)
+    # short.wav's speech ends 2.8 s in: the burst starts as the pause that ends it does
+    track = CatchUpTrack(DATA / "short.wav", live_s=2.8)
+    await lobby.add_peer("Alice", track)  # type: ignore[arg-type]
+    await wait_until(lambda: any(t.final for t in lobby.transcripts), 30, "the final")
+    final = next(t for t in lobby.transcripts if isinstance(t, p.Transcript) and t.final)
+    assert track.burst_at is not None
+    assert abs(final.end - track.burst_at) < 1.0, final.end - track.burst_at
+    assert 2.0 < final.end - final.start < 2.8  # the utterance's own length
+    await lobby.stop()
+
+
 # --- end to end with real processes --------------------------------------------------------------
 
 
@@ -178,10 +226,11 @@ async def start_transcriber(url: str, token: str, lobby: str, **config: Any) -> 
     return bot
 
 
-async def start_player(url: str, token: str, lobby: str, path: Path, name: str) -> dict[str, Any]:
+async def start_player(url: str, token: str, lobby: str, path: Path, name: str,
+                       delay: float = 1.0) -> dict[str, Any]:
     status, bot = await api("POST", url + f"api/lobbies/{lobby}/bots", token,
                             {"kind": "player", "name": name,
-                             "config": {"path": str(path), "delay": 1.0}})
+                             "config": {"path": str(path), "delay": delay}})
     assert status == 201, bot
     return bot
 

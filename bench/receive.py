@@ -1,0 +1,443 @@
+"""The media receive path: CPU per incoming speech stream, and memory over join/leave cycles.
+
+    python -m bench.receive                  # ~2.5 minutes
+    python -m bench.receive --smoke          # seconds
+
+This process is the bot: a signaling session in a lobby with the bots' own ``Mesh`` (one
+aiortc peer connection per peer, received tracks behind a ``BoundedTrack``) and, per stream,
+what the transcriber does to every frame before Whisper: ``SpeechResampler`` (PyAV, 48 kHz →
+16 kHz mono) and the Silero ``Segmenter`` (VAD). Speakers are aiortc peers in other processes,
+each sending looped speech (``tests/data/english_espeak.wav``) as Opus, 20 ms a packet.
+
+For k = 1, 2, 4, 8 streams it reads this process's CPU (user + system ticks of all threads,
+from /proc, so aiortc's decoder threads count) at three depths, in the same run:
+
+- ``decode``: receive + SRTP + jitter buffer + Opus decode, frames read and dropped;
+- ``resample``: the same, each frame resampled to 16 kHz mono float32;
+- ``vad``: the same, the samples fed to the Silero segmenter — the transcriber's front end.
+
+The bot with no peers is the baseline; CPU per stream is (CPU with k streams − baseline) / k.
+Frames per second per stream show the bot kept up (50 is every packet).
+
+Join/leave: a peer joins the bot's lobby, negotiates, sends speech for a moment and leaves,
+100 times; the bot's RSS after the cycles is compared with its RSS after a warm-up.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import fractions
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import av
+import numpy as np
+from aiortc import (MediaStreamTrack, RTCConfiguration, RTCPeerConnection,
+                    RTCSessionDescription)
+from aiortc.mediastreams import MediaStreamError
+
+from bench.relay import cpu_seconds, rss_kib, table
+from bots.audio import SpeechResampler
+from bots.mesh import Mesh
+from bots.plugin import Peer
+from bots.vad import Segmenter, SileroVad
+from shared import protocol as p
+from shared.client import ClientConfig, SignalingClient
+from signaling.testing import ROOT, ServerProcess
+
+SPEECH = ROOT / "tests" / "data" / "english_espeak.wav"
+RATE, FRAME = 48_000, 960  # what a browser sends: 20 ms Opus packets at 48 kHz
+MODES = ("decode", "resample", "vad")
+TARGET_PER_STREAM = 0.03
+TARGET_RSS_GROWTH = 0.05
+
+
+# --- speakers (other processes) -------------------------------------------------------------------
+
+
+def speech_frames(path: Path = SPEECH) -> list[np.ndarray]:
+    """The file as 20 ms frames of 48 kHz mono s16, decoded once."""
+    resampler = av.AudioResampler(format="s16", layout="mono", rate=RATE)
+    pcm = []
+    with av.open(str(path)) as container:
+        for decoded in container.decode(audio=0):
+            pcm.extend(f.to_ndarray().reshape(-1) for f in resampler.resample(decoded))
+    pcm.extend(f.to_ndarray().reshape(-1) for f in resampler.resample(None))
+    samples = np.concatenate(pcm)
+    return [samples[i:i + FRAME] for i in range(0, len(samples) - FRAME + 1, FRAME)]
+
+
+class LoopedSpeech(MediaStreamTrack):
+    """Speech frames in a loop, paced in real time like a microphone."""
+
+    kind = "audio"
+
+    def __init__(self, frames: list[np.ndarray], offset: int) -> None:
+        super().__init__()
+        self._frames, self._next = frames, offset
+        self._pts = 0
+        self._start: float | None = None
+
+    async def recv(self) -> av.AudioFrame:
+        if self._start is None:
+            self._start = time.monotonic()
+        wait = self._start + self._pts / RATE - time.monotonic()
+        if wait > 0:
+            await asyncio.sleep(wait)
+        pcm = self._frames[self._next % len(self._frames)]
+        self._next += 1
+        frame = av.AudioFrame.from_ndarray(pcm.reshape(1, -1), format="s16", layout="mono")
+        frame.sample_rate, frame.pts, frame.time_base = RATE, self._pts, fractions.Fraction(1, RATE)
+        self._pts += FRAME
+        return frame
+
+
+class Speaker:
+    """One signaling session that joins the lobby and offers its speech to the bot only (the
+    other speakers in the lobby are ignored: only the bot's receive path is measured)."""
+
+    def __init__(self, url: str, lobby_id: str, bot_id: str, name: str,
+                 frames: list[np.ndarray], offset: int) -> None:
+        self.lobby_id, self.bot_id = lobby_id, bot_id
+        self.frames, self.offset = frames, offset
+        self.client = SignalingClient(ClientConfig(url=url, name=name))
+        self.pc: RTCPeerConnection | None = None
+        self.connected = asyncio.Event()
+        self.client.on(p.MessageType.PEER_ADDED, self._peer_added)
+        self.client.on(p.MessageType.SDP, self._sdp)
+
+    async def start(self) -> None:
+        await self.client.start(wait=30)
+        assert self.client.config.name is not None
+        await self.client.set_name(self.client.config.name)
+
+    async def join(self) -> None:
+        self.connected.clear()
+        await self.client.join(lobby_id=self.lobby_id)  # the joiner offers (peer_added)
+
+    async def leave(self) -> None:
+        await self.client.part(self.lobby_id)
+        if self.pc is not None:
+            await self.pc.close()
+            self.pc = None
+
+    async def _peer_added(self, msg: p.Message) -> None:
+        assert isinstance(msg, p.PeerAdded)
+        if msg.peer.session_id != self.bot_id or not msg.create_offer:
+            return
+        if self.pc is not None:
+            await self.pc.close()
+        pc = self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))  # localhost only
+        pc.addTrack(LoopedSpeech(self.frames, self.offset))
+
+        @pc.on("connectionstatechange")
+        def on_state() -> None:
+            if pc.connectionState == "connected":
+                self.connected.set()
+
+        await pc.setLocalDescription(await pc.createOffer())
+        desc = pc.localDescription
+        self.client.send(p.Sdp(lobby_id=self.lobby_id, peer_id=self.bot_id,
+                               description=p.SessionDescription(type=desc.type, sdp=desc.sdp)))
+
+    async def _sdp(self, msg: p.Message) -> None:
+        assert isinstance(msg, p.Sdp)
+        if msg.peer_id == self.bot_id and msg.description.type == "answer" and self.pc:
+            await self.pc.setRemoteDescription(RTCSessionDescription(
+                sdp=msg.description.sdp, type=msg.description.type))
+
+
+async def speak(url: str, lobby_id: str, bot_id: str, count: int, first: int) -> None:
+    """``count`` speakers; prints ``ready`` once all are connected, leaves when stdin closes."""
+    frames = speech_frames()
+    speakers = [Speaker(url, lobby_id, bot_id, f"speaker {first + i}", frames,
+                        (first + i) * 411 % len(frames)) for i in range(count)]
+    for s in speakers:
+        await s.start()
+        await s.join()
+    await asyncio.wait_for(asyncio.gather(*(s.connected.wait() for s in speakers)), 60)
+    print("ready", flush=True)
+    await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
+    for s in speakers:
+        await s.leave()
+        await s.client.close(drain=0.5)
+
+
+async def cycle(url: str, lobby_id: str, bot_id: str, warmup: int, cycles: int,
+                talk: float) -> None:
+    """One speaker joins, talks for ``talk`` seconds and leaves: ``warmup`` times, then (after
+    ``go`` on stdin, once the bot's memory has been read) ``cycles`` times."""
+    frames = speech_frames()
+    speaker = Speaker(url, lobby_id, bot_id, "cycling speaker", frames, 0)
+    await speaker.start()
+    for i in range(warmup + cycles):
+        if i == warmup:
+            print("warm", flush=True)
+            await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
+        await speaker.join()
+        await asyncio.wait_for(speaker.connected.wait(), 30)
+        await asyncio.sleep(talk)
+        await speaker.leave()
+    print("done", flush=True)
+    await speaker.client.close(drain=0.5)
+
+
+# --- the bot (this process) -----------------------------------------------------------------------
+
+
+@dataclass
+class Stream:
+    frames: int = 0
+    resample: SpeechResampler = field(default_factory=SpeechResampler)
+    segmenter: Segmenter = field(default_factory=Segmenter)
+
+
+class ReceivingBot:
+    """The bots' mesh, and per stream what the transcriber does to each frame before Whisper."""
+
+    def __init__(self, url: str) -> None:
+        self.client = SignalingClient(ClientConfig(url=url, name="receive bench bot"))
+        self.mode = "vad"
+        self.streams: dict[int, Stream] = {}  # one per received track, live ones only
+        self.tracks_seen = 0
+        self.lobby_id = ""
+        self.mesh: Mesh | None = None
+
+    async def start(self) -> None:
+        SileroVad.shared()  # the ONNX session is loaded once per process, as in a provider
+        await self.client.start(wait=30)
+        await self.client.set_name("receive bench bot")
+        self.lobby_id = (await self.client.join(lobby_name="receive bench")).lobby.id
+        self.mesh = Mesh(self.client, self.lobby_id, sends_audio=False, on_track=self._track,
+                         on_peer_connected=self._nothing, on_peer_left=self._nothing)
+
+    @property
+    def session_id(self) -> str:
+        return self.client.session_id or ""
+
+    async def _nothing(self, peer: Peer) -> None:
+        pass
+
+    async def _track(self, peer: Peer, track: MediaStreamTrack) -> None:
+        stream = Stream()
+        key = id(stream)
+        self.streams[key] = stream
+        self.tracks_seen += 1
+        try:
+            while True:
+                frame = await track.recv()
+                stream.frames += 1
+                if self.mode != "decode":
+                    samples = stream.resample(frame)  # type: ignore[arg-type]
+                    if self.mode == "vad":
+                        stream.segmenter.feed(samples)  # utterances would go to Whisper
+        except MediaStreamError:
+            pass  # the peer left
+        finally:
+            del self.streams[key]
+
+    def frames(self) -> int:
+        return sum(s.frames for s in self.streams.values())
+
+    async def close(self) -> None:
+        if self.mesh is not None:
+            await self.mesh.close()
+        await self.client.close(drain=0.5)
+
+
+@dataclass
+class Depth:
+    k: int
+    mode: str
+    cpu: float  # fraction of one core, the whole process
+    fps: float  # frames per second per stream
+
+
+async def measure(bot: ReceivingBot, k: int, mode: str, seconds: float) -> Depth:
+    bot.mode = mode
+    await asyncio.sleep(0.5)  # the new depth has taken over
+    me = os.getpid()
+    cpu0, frames0, t0 = cpu_seconds(me), bot.frames(), time.monotonic()
+    await asyncio.sleep(seconds)
+    elapsed = time.monotonic() - t0
+    return Depth(k, mode, (cpu_seconds(me) - cpu0) / elapsed,
+                 (bot.frames() - frames0) / elapsed / max(k, 1))
+
+
+async def spawn(*args: str) -> asyncio.subprocess.Process:
+    return await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "bench.receive", *args, cwd=ROOT, stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+async def expect(child: asyncio.subprocess.Process, prefix: bytes, timeout: float) -> bytes:
+    assert child.stdout is not None and child.stderr is not None
+    line = await asyncio.wait_for(child.stdout.readline(), timeout)
+    if not line.startswith(prefix):
+        child.kill()
+        err = (await child.stderr.read()).decode(errors="replace")
+        raise RuntimeError(f"speaker process failed: {err[-2000:]}")
+    return line
+
+
+async def wait_streams(bot: ReceivingBot, k: int, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while len(bot.streams) < k or any(s.frames < 25 for s in bot.streams.values()):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{len(bot.streams)} of {k} streams flowing after {timeout} s")
+        await asyncio.sleep(0.1)
+
+
+async def sweep(bot: ReceivingBot, url: str, ks: tuple[int, ...], seconds: float) -> list[Depth]:
+    results = [await measure(bot, 0, "vad", seconds)]
+    speakers: list[asyncio.subprocess.Process] = []
+    have = 0
+    try:
+        for k in ks:
+            while have < k:  # at most 4 speakers a process; earlier ones keep talking
+                count = min(k - have, 4)
+                child = await spawn("--speak", url, bot.lobby_id, bot.session_id, str(count),
+                                    str(have))
+                speakers.append(child)
+                await expect(child, b"ready", 90)
+                have += count
+            await wait_streams(bot, k)
+            for mode in MODES:
+                results.append(await measure(bot, k, mode, seconds))
+    finally:
+        for child in speakers:
+            if child.stdin is not None:
+                child.stdin.close()
+        for child in speakers:
+            try:
+                await asyncio.wait_for(child.wait(), 15)
+            except asyncio.TimeoutError:
+                child.kill()
+    return results
+
+
+@dataclass
+class Churn:
+    warmup: int
+    cycles: int
+    rss_before_kib: int
+    rss_after_kib: int
+    threads_before: int
+    threads_after: int
+    links_after: int
+    tracks: int
+    seconds: float
+
+    @property
+    def growth(self) -> float:
+        return self.rss_after_kib / self.rss_before_kib - 1
+
+
+async def churn(bot: ReceivingBot, url: str, warmup: int, cycles: int, talk: float) -> Churn:
+    bot.mode = "vad"
+    await asyncio.sleep(1.0)  # the sweep's speakers have gone
+    started_tracks = bot.tracks_seen
+    child = await spawn("--cycle", url, bot.lobby_id, bot.session_id, str(warmup), str(cycles),
+                        str(talk))
+    assert child.stdin is not None
+    try:
+        await expect(child, b"warm", 60 + 10 * warmup)
+        await asyncio.sleep(1.0)  # the last warm-up peer's connection is torn down
+        rss_before, threads_before = rss_kib(os.getpid()), threading.active_count()
+        t0 = time.monotonic()
+        child.stdin.write(b"go\n")
+        await child.stdin.drain()
+        await expect(child, b"done", 60 + 10 * cycles)
+        elapsed = time.monotonic() - t0
+        await asyncio.wait_for(child.wait(), 30)
+    finally:
+        if child.returncode is None:
+            child.kill()
+            await child.wait()
+    await asyncio.sleep(2.0)  # the last peer's connection is torn down
+    assert bot.mesh is not None
+    return Churn(warmup, cycles, rss_before, rss_kib(os.getpid()), threads_before,
+                 threading.active_count(), len(bot.mesh.links), bot.tracks_seen - started_tracks,
+                 elapsed)
+
+
+async def bench(url: str, ks: tuple[int, ...], seconds: float, warmup: int, cycles: int,
+                talk: float) -> None:
+    bot = ReceivingBot(url)
+    await bot.start()
+    try:
+        print(f"== receive path: k speakers → one bot, {seconds:.0f} s per reading; CPU of the "
+              "bot process in % of one core")
+        depths = await sweep(bot, url, ks, seconds)
+        base = depths[0].cpu
+        rows = [["streams", "depth", "process CPU", "per stream", "frames/s per stream"]]
+        rows.append(["0", "idle bot", f"{base * 100:.2f} %", "-", "-"])
+        for d in depths[1:]:
+            rows.append([str(d.k), d.mode, f"{d.cpu * 100:.2f} %",
+                         f"{(d.cpu - base) / d.k * 100:.2f} %", f"{d.fps:.1f}"])
+        print(table(rows))
+        worst = max((d.cpu - base) / d.k for d in depths[1:] if d.mode == "vad")
+        widest = max(d.k for d in depths[1:])
+        at_widest = next(d for d in depths if d.k == widest and d.mode == "vad")
+        print(f"receive + decode + resample + VAD: at most {worst * 100:.2f} % of a core per stream"
+              f" (target <= {TARGET_PER_STREAM * 100:.0f} %); "
+              f"{(at_widest.cpu - base) / widest * 100:.2f} % at {widest} streams")
+
+        print(f"\n== join/leave: {cycles} cycles of a speaker joining, talking {talk:.1f} s and "
+              f"leaving, after {warmup} to warm up")
+        c = await churn(bot, url, warmup, cycles, talk)
+        print(table([
+            ["bot RSS before MiB", "after MiB", "growth", "per cycle KiB", "threads before/after",
+             "links left", "tracks", "s per cycle"],
+            [f"{c.rss_before_kib / 1024:.1f}", f"{c.rss_after_kib / 1024:.1f}",
+             f"{c.growth * 100:+.1f} %",
+             f"{(c.rss_after_kib - c.rss_before_kib) / max(c.cycles, 1):.1f}",
+             f"{c.threads_before}/{c.threads_after}", str(c.links_after), str(c.tracks),
+             f"{c.seconds / max(c.cycles, 1):.2f}"]]))
+        print(f"RSS after {cycles} join/leave cycles: {c.growth * 100:+.1f} % "
+              f"(target: flat within {TARGET_RSS_GROWTH * 100:.0f} %)")
+    finally:
+        await bot.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--smoke", action="store_true")
+    parser.add_argument("--seconds", type=float, default=5.0, help="per CPU reading")
+    parser.add_argument("--cycles", type=int, default=100)
+    parser.add_argument("--warmup", type=int, default=10, help="join/leave cycles before the "
+                                                               "first RSS reading")
+    parser.add_argument("--talk", type=float, default=0.5, help="seconds of speech per cycle")
+    parser.add_argument("--speak", nargs=5, help=argparse.SUPPRESS)
+    parser.add_argument("--cycle", nargs=6, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.speak:
+        url, lobby, bot, count, first = args.speak
+        asyncio.run(speak(url, lobby, bot, int(count), int(first)))
+        return 0
+    if args.cycle:
+        url, lobby, bot, warmup, cycles, talk = args.cycle
+        asyncio.run(cycle(url, lobby, bot, int(warmup), int(cycles), float(talk)))
+        return 0
+
+    ks, seconds, warmup, cycles = (((1, 2), 1.0, 2, 3) if args.smoke else
+                                   ((1, 2, 4, 8), args.seconds, args.warmup, args.cycles))
+    server = ServerProcess(Path(tempfile.mkdtemp(prefix="bench-receive-")) / "data")
+    server.start()
+    try:
+        asyncio.run(bench(server.url, ks, seconds, warmup, cycles, args.talk))
+    finally:
+        server.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
