@@ -31,6 +31,9 @@ class TaskSet:
 
     async def close(self) -> None:
         self._closed = True
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        while self._tasks:
+            # cancelled again until done: asyncio.wait_for (3.11) can swallow a cancellation
+            # that arrives as the awaited thing completes, and a loop would then run on
+            for task in list(self._tasks):
+                task.cancel()
+            await asyncio.wait(list(self._tasks), timeout=1.0)

@@ -91,6 +91,7 @@ class Cluster:
         self._tasks = TaskSet(log, "cluster task")
         self._subscribed = asyncio.Event()
         self._applying = asyncio.Event()  # set once the snapshot is loaded
+        self._closed = False
 
     def inbox(self, node_id: str) -> str:
         return f"{self.prefix}:inbox:{node_id}"
@@ -124,6 +125,7 @@ class Cluster:
         self._tasks.spawn(self._heartbeat_loop())
 
     async def close(self) -> None:
+        self._closed = True
         await self._flush()
         await self._tasks.close()
         with contextlib.suppress(RedisError, OSError):
@@ -142,7 +144,7 @@ class Cluster:
         self._outbox_ready.set()
 
     async def _send_loop(self) -> None:
-        while True:
+        while not self._closed:
             await self._outbox_ready.wait()
             await self._flush()
 
@@ -167,11 +169,11 @@ class Cluster:
     async def _listen(self) -> None:
         subscriptions = 0
         delay = 0.05
-        while True:
+        while not self._closed:
             pubsub = self.redis.pubsub()
             try:
                 await pubsub.subscribe(self.changes_channel)
-                while True:
+                while not self._closed:
                     msg = await pubsub.get_message(timeout=1.0)
                     if msg is None:
                         continue
@@ -207,7 +209,7 @@ class Cluster:
         key = self.inbox(self.node_id)
         last = "0-0"  # this node's id is new: whatever is in its inbox is for it
         delay = 0.05
-        while True:
+        while not self._closed:
             try:
                 batches = await self.redis.xread({key: last}, count=500, block=1000)
                 delay = 0.05
@@ -251,9 +253,11 @@ class Cluster:
         nonce = secrets.token_hex(6)
         fut = self._markers[nonce] = asyncio.get_running_loop().create_future()
         try:
-            await self.redis.publish(self.changes_channel, json.dumps({"op": "marker", "n": nonce}))
-            await asyncio.wait_for(fut, timeout)
-        except (RedisError, OSError, asyncio.TimeoutError) as exc:
+            async with asyncio.timeout(timeout):
+                await self.redis.publish(self.changes_channel,
+                                         json.dumps({"op": "marker", "n": nonce}))
+                await fut
+        except (RedisError, OSError, TimeoutError) as exc:
             raise StoreError(f"the other nodes' changes did not arrive: {exc!r}") from exc
         finally:
             self._markers.pop(nonce, None)
@@ -286,7 +290,7 @@ class Cluster:
                              px=int(self.node_ttl * 1000))
 
     async def _heartbeat_loop(self) -> None:
-        while True:
+        while not self._closed:
             await asyncio.sleep(self.node_ttl / 4)
             try:
                 await self._beat()

@@ -138,25 +138,41 @@ class Hub:
         return await self.check_integrity()
 
     async def resync(self) -> None:
-        """Reloads the picture from the shared store (changes may have been missed)."""
+        """Brings the picture in line with the shared store (changes may have been missed).
+
+        Objects are updated in place: handlers in flight hold them."""
         assert self.cluster is not None
         snap = self.snapshot = await self.store.snapshot()
-        local = {sid: s.conn for sid, s in self.sessions.items() if s.conn is not None}
-        self.sessions.clear()
-        self.claims.clear()
-        self.lobbies.clear()
-        self._by_token.clear()
-        self._lobby_keys.clear()
-        self._load(snap)
-        await self._load_presence(snap)
-        for sid, conn in local.items():
-            s = self.sessions.get(sid)
-            if s is None:
-                await conn.close(CLOSE_REMOVED, "removed")
+        stored = {rec.id for rec in snap.sessions}
+        gone = [sid for sid in self.sessions if sid not in stored]
+        self.apply_sessions_deleted({"ids": gone})
+        for rec in snap.sessions:
+            self._upsert_session(rec)
+        self.claims = {c.key: c for c in snap.claims}
+        for lobby_id in [lid for lid in self.lobbies if lid not in {r.id for r in snap.lobbies}]:
+            self.apply_lobby_deleted({"id": lobby_id})
+        for lrec in snap.lobbies:
+            self._upsert_lobby(lrec)
+        for lobby in self.lobbies.values():
+            lobby.members.clear()
+        for session in self.sessions.values():
+            session.lobbies.clear()
+        for lobby_id, sid in snap.members:
+            self.apply_member_added({"lobby": lobby_id, "session": sid})
+        nodes = {v.get("node") for v in snap.presence.values()} - {None, self.node_id}
+        alive = {n for n in nodes if n and await self.cluster.alive(n)}
+        now = time.time()
+        for session in self.sessions.values():
+            if session.conn is not None:  # this node's own sockets are the truth about them
+                session.node = self.node_id
+                if snap.presence.get(session.id, {}).get("node") != self.node_id:
+                    await self.store.save_presence(session.id, self.node_id, now)
                 continue
-            s.conn, s.node = conn, self.node_id
-            if snap.presence.get(sid, {}).get("node") != self.node_id:
-                await self.store.save_presence(sid, self.node_id, time.time())
+            value = snap.presence.get(session.id, {})
+            if value.get("node") in alive:
+                session.node = value["node"]
+            elif session.node is not None:
+                session.node, session.disconnected_at = None, float(value.get("at") or now)
 
     async def _load_presence(self, snap: Snapshot) -> None:
         """Sessions connected to a live node stay connected (there is no such node alone)."""
@@ -691,7 +707,9 @@ class Hub:
                     self._broadcast_state(self.lobbies[lobby_id])
 
     def apply_session(self, change: Change) -> None:
-        rec = SessionRecord(**change["rec"])
+        self._upsert_session(SessionRecord(**change["rec"]))
+
+    def _upsert_session(self, rec: SessionRecord) -> None:
         s = self.sessions.get(rec.id)
         if s is None:
             s = self.sessions[rec.id] = LiveSession(rec)
@@ -725,7 +743,9 @@ class Hub:
         self.claims.pop(change["key"], None)
 
     def apply_lobby(self, change: Change) -> None:
-        rec = LobbyRecord(**change["rec"])
+        self._upsert_lobby(LobbyRecord(**change["rec"]))
+
+    def _upsert_lobby(self, rec: LobbyRecord) -> None:
         lobby = self.lobbies.get(rec.id)
         if lobby is None:
             self.lobbies[rec.id] = Lobby(rec)
