@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import subprocess
 import sys
@@ -9,21 +10,48 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis.asyncio
 
 from shared import protocol as p
 from shared.client import ServerError
 from signaling.hub import HUB
 from signaling.testing import ROOT
 
-from .conftest import Clients, free_port, start_server
+from .conftest import Clients, free_port, make_settings, start_server
 from .netfaults import TcpProxy
 
 
 
-@pytest.mark.backends("sqlite")  # on Redis: test_cluster.py's Redis faults
 async def test_full_disk_refuses_writes_cleanly_and_loses_nothing(tmp_path: Path, backend: str) -> None:
-    srv = await start_server(tmp_path, max_db_mb=1, chat_rate=1000.0, chat_burst=1000.0,
-                      msg_rate=1000.0, msg_burst=1000.0)
+    """SQLite at its size cap, or Redis at its ``maxmemory``: the same clean refusal."""
+    rates = {"chat_rate": 1000.0, "chat_burst": 1000.0, "msg_rate": 1000.0, "msg_burst": 1000.0}
+    if backend == "sqlite":
+        srv = await start_server(tmp_path, max_db_mb=1, **rates)
+    else:
+        srv = await start_server(tmp_path, **rates)
+        redis_full = redis.asyncio.Redis.from_url(make_settings(tmp_path).redis_url or "")
+        used = (await redis_full.info("memory"))["used_memory"]
+        await redis_full.config_set("maxmemory", used + 1024 * 1024)
+    try:
+        lobby, acknowledged = await _fill_up(srv, tmp_path, backend)
+    finally:
+        if backend == "redis":
+            await redis_full.config_set("maxmemory", 0)
+            await redis_full.aclose()
+    # with room again, the same data dir works and still holds every message
+    srv = await start_server(tmp_path)
+    pool = Clients(str(srv.make_url("/")))
+    try:
+        writer, inbox = await pool.new("Writer 2")
+        await writer.join(lobby_id=lobby)
+        assert isinstance(await writer.chat(lobby, "room again"), int)
+        await inbox.wait_for(p.Chat, text=acknowledged[-1])
+    finally:
+        await pool.close()
+        await srv.close()
+
+
+async def _fill_up(srv: Any, tmp_path: Path, backend: str) -> tuple[str, list[str]]:
     pool = Clients(str(srv.make_url("/")))
     acknowledged: list[str] = []
     try:
@@ -49,22 +77,19 @@ async def test_full_disk_refuses_writes_cleanly_and_loses_nothing(tmp_path: Path
     finally:
         await pool.close()
         await srv.close()
-    db = sqlite3.connect(tmp_path / "voicebot.sqlite3")
-    assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
-    stored = [t for (t,) in db.execute("SELECT text FROM chat ORDER BY id")]
-    db.close()
+    if backend == "sqlite":
+        db = sqlite3.connect(tmp_path / "voicebot.sqlite3")
+        assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+        stored = [t for (t,) in db.execute("SELECT text FROM chat ORDER BY id")]
+        db.close()
+    else:
+        st = make_settings(tmp_path)
+        r = redis.asyncio.Redis.from_url(st.redis_url or "")
+        stored = [json.loads(m)["text"] for m in
+                  await r.zrange(f"{st.redis_prefix}:chat:{lobby}", 0, -1)]
+        await r.aclose()
     assert stored == acknowledged  # everything acknowledged, nothing else
-    # with room again, the same data dir works and still holds every message
-    srv = await start_server(tmp_path)
-    pool = Clients(str(srv.make_url("/")))
-    try:
-        writer, inbox = await pool.new("Writer 2")
-        await writer.join(lobby_id=lobby)
-        assert isinstance(await writer.chat(lobby, "room again"), int)
-        await inbox.wait_for(p.Chat, text=acknowledged[-1])
-    finally:
-        await pool.close()
-        await srv.close()
+    return lobby, acknowledged
 
 
 @pytest.mark.backends("sqlite")  # on Redis: test_cluster.py's unreachable-Redis test
