@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +13,10 @@ from playwright.async_api import Page, expect
 
 from .browser import chromium
 
-DOCS = Path(__file__).resolve().parent.parent / "docs"
+# the README's screenshots are refreshed on request (VOICEBOT_SCREENSHOTS=1); otherwise they go
+# to a scratch folder, so a test run leaves the checkout as it was
+DOCS = Path(__file__).resolve().parent.parent / "docs" if os.environ.get("VOICEBOT_SCREENSHOTS") \
+    else Path(tempfile.mkdtemp(prefix="voicebot-screenshots-"))
 
 
 async def enter(page: Page, url: str, name: str) -> None:
