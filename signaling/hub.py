@@ -149,7 +149,8 @@ class Hub:
         for rec in snap.sessions:
             self._upsert_session(rec)
         self.claims = {c.key: c for c in snap.claims}
-        for lobby_id in [lid for lid in self.lobbies if lid not in {r.id for r in snap.lobbies}]:
+        kept = {r.id for r in snap.lobbies}
+        for lobby_id in [lid for lid in self.lobbies if lid not in kept]:
             self.apply_lobby_deleted({"id": lobby_id})
         for lrec in snap.lobbies:
             self._upsert_lobby(lrec)
@@ -159,35 +160,26 @@ class Hub:
             session.lobbies.clear()
         for lobby_id, sid in snap.members:
             self.apply_member_added({"lobby": lobby_id, "session": sid})
-        nodes = {v.get("node") for v in snap.presence.values()} - {None, self.node_id}
-        alive = {n for n in nodes if n and await self.cluster.alive(n)}
-        now = time.time()
-        for session in self.sessions.values():
-            if session.conn is not None:  # this node's own sockets are the truth about them
-                session.node = self.node_id
-                if snap.presence.get(session.id, {}).get("node") != self.node_id:
-                    await self.store.save_presence(session.id, self.node_id, now)
-                continue
-            value = snap.presence.get(session.id, {})
-            if value.get("node") in alive:
-                session.node = value["node"]
-            elif session.node is not None:
-                session.node, session.disconnected_at = None, float(value.get("at") or now)
+        await self._load_presence(snap)
 
     async def _load_presence(self, snap: Snapshot) -> None:
-        """Sessions connected to a live node stay connected (there is no such node alone)."""
+        """Who is connected where: sessions on a live node stay connected; sockets held here
+        are the truth about themselves (and are recorded again if the store lost that)."""
         if self.cluster is None:
             return
         nodes = {v.get("node") for v in snap.presence.values()} - {None, self.node_id}
         alive = {n for n in nodes if n and await self.cluster.alive(n)}
-        for sid, value in snap.presence.items():
-            s = self.sessions.get(sid)
-            if s is None:
-                continue
-            if value.get("node") in alive:
-                s.node = value["node"]
-            else:
-                s.disconnected_at = float(value.get("at") or s.disconnected_at)
+        now = time.time()
+        for session in self.sessions.values():
+            value = snap.presence.get(session.id, {})
+            if session.conn is not None:
+                session.node = self.node_id
+                if value.get("node") != self.node_id:
+                    await self.store.save_presence(session.id, self.node_id, now)
+            elif value.get("node") in alive:
+                session.node = value["node"]
+            elif session.node is not None:
+                session.node, session.disconnected_at = None, float(value.get("at") or now)
 
     def _load(self, snap: Snapshot) -> None:
         now = time.time()
