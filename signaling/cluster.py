@@ -86,6 +86,7 @@ class Cluster:
         self.watched_nodes: Callable[[], Iterable[str]] = lambda: ()
         self._outbox: list[tuple[str, str]] = []
         self._outbox_ready = asyncio.Event()
+        self._flush_lock = asyncio.Lock()
         self._markers: dict[str, asyncio.Future[None]] = {}
         self._release = self.redis.register_script(_RELEASE)
         self._tasks = TaskSet(log, "cluster task")
@@ -126,7 +127,7 @@ class Cluster:
 
     async def close(self) -> None:
         self._closed = True
-        await self._flush()
+        await self.flush()
         await self._tasks.close()
         with contextlib.suppress(RedisError, OSError):
             await self.redis.delete(self._alive_key(self.node_id), self.inbox(self.node_id))
@@ -146,6 +147,12 @@ class Cluster:
     async def _send_loop(self) -> None:
         while not self._closed:
             await self._outbox_ready.wait()
+            await self.flush()
+
+    async def flush(self) -> None:
+        """Returns once every frame forwarded so far is in its node's inbox (in order: one
+        flush at a time)."""
+        async with self._flush_lock:
             await self._flush()
 
     async def _flush(self) -> None:

@@ -574,6 +574,8 @@ class Hub:
         if created:
             self._send(lobby.members, stored_message(rec), f"m{rec.id}")
             self.bus.emit(events.ChatPosted(lobby.id, rec.id, rec.session_id, kind))
+        if self.cluster is not None:  # acknowledged means on its way to every node, too
+            await self.cluster.flush()
         return rec
 
     async def post_system(self, lobby_id: str, text: str) -> None:
