@@ -27,7 +27,7 @@ import aiohttp
 from shared import protocol as p
 from shared.client import ClientConfig, SignalingClient
 from signaling.testing import ServerProcess
-from signaling.ws import HANDLERS
+from signaling.ws import ACCEPTED
 
 TYPES = [t.value for t in p.MessageType] + ["", "PING", "chat ", "x" * 70]
 FIELDS = sorted({f for cls in p.MESSAGES.values() for f in cls.__dataclass_fields__})
@@ -75,7 +75,7 @@ def expected_error(text: str) -> str | None:
     if len(text.encode()) > 64 * 1024:
         return "message_too_large"
     try:
-        p.decode(text, HANDLERS)
+        p.decode(text, ACCEPTED)
     except p.ProtocolError as exc:
         return exc.code.value
     return None

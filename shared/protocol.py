@@ -189,25 +189,64 @@ def _checker(hint: Any) -> Checker:
     raise TypeError(f"unsupported annotation {hint!r}")  # a bug in this module, not bad input
 
 
+_MISSING = object()
+
+
+def _compile_decoder(cls: type[Payload]) -> Callable[[Any], Any]:
+    """``from_dict`` written out for one class, the way ``dataclasses`` writes ``__init__``.
+
+    It runs for every frame a server reads: each value is checked once (not again in
+    ``__post_init__``), plain strings without a call, and the instance is filled directly.
+    """
+    hints = typing.get_type_hints(cls)
+    env: dict[str, Any] = {"_invalid": _invalid, "_new": object.__new__, "cls": cls,
+                           "_MISSING": _MISSING}
+    lines = ["def from_dict(data):",
+             "    if not isinstance(data, dict):",
+             f"        raise _invalid({cls.__name__ + ' data must be an object'!r})",
+             "    obj = _new(cls)",
+             "    d = obj.__dict__  # frozen forbids setattr, not the instance dict"]
+    for i, (name, check, required, default) in enumerate(cls._spec()):
+        env[f"check{i}"], env[f"default{i}"] = check, default
+        hint = hints[name]
+        lines += [f"    v = data.get({name!r}, _MISSING)",
+                  "    if v is _MISSING:",
+                  f"        raise _invalid({f'missing field {name!r}'!r})" if required else
+                  f"        v = default{i}()"]
+        if hint is str or hint == (str | None):
+            none_ok = "v is not None and " if hint is not str else ""
+            lines += [f"    elif {none_ok}type(v) is not str:",
+                      f"        raise _invalid({name + ' must be a string'!r})"]
+        else:
+            lines += ["    else:", f"        v = check{i}({name!r}, v)"]
+        lines.append(f"    d[{name!r}] = v")
+    lines += ["    obj.validate()", "    return obj"]
+    exec("\n".join(lines), env)  # noqa: S102 - our own source, built from field names
+    return env["from_dict"]  # type: ignore[no-any-return]
+
+
 class Payload:
     """Base of every value object on the wire: typed fields, checked on construction."""
 
-    # per class: (field name, checker, required) for each field, compiled on first use
-    _specs: ClassVar[dict[type, tuple[tuple[str, Checker, bool], ...]]] = {}
+    # per class: (field name, checker, required, default maker) for each field, compiled once
+    _specs: ClassVar[dict[type, tuple[tuple[str, Checker, bool, Callable[[], Any]], ...]]] = {}
+    _decoders: ClassVar[dict[type, Callable[[Any], Any]]] = {}
 
     @classmethod
-    def _spec(cls) -> tuple[tuple[str, Checker, bool], ...]:
+    def _spec(cls) -> tuple[tuple[str, Checker, bool, Callable[[], Any]], ...]:
         spec = Payload._specs.get(cls)
         if spec is None:
             hints = typing.get_type_hints(cls)
             spec = Payload._specs[cls] = tuple(
                 (f.name, _checker(hints[f.name]),
-                 f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING)
+                 f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING,
+                 f.default_factory if f.default_factory is not dataclasses.MISSING
+                 else (lambda d=f.default: d))
                 for f in dataclasses.fields(cls))  # type: ignore[arg-type]
         return spec
 
     def __post_init__(self) -> None:
-        for name, check, _ in self._spec():
+        for name, check, _, _ in self._spec():
             object.__setattr__(self, name, check(name, getattr(self, name)))
         self.validate()
 
@@ -216,19 +255,15 @@ class Payload:
 
     @classmethod
     def from_dict(cls, data: Any) -> Self:
-        if not isinstance(data, dict):
-            raise _invalid(f"{cls.__name__} data must be an object")
-        kwargs = {}
-        for name, _, required in cls._spec():
-            if name in data:
-                kwargs[name] = data[name]
-            elif required:
-                raise _invalid(f"missing field {name!r}")
-        return cls(**kwargs)
+        """The same checks as the constructor. Keys that are not fields are ignored."""
+        decoder = Payload._decoders.get(cls)
+        if decoder is None:
+            decoder = Payload._decoders[cls] = _compile_decoder(cls)
+        return decoder(data)
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
-        for name, _, _ in self._spec():
+        for name, _, _, _ in self._spec():
             value = getattr(self, name)
             if isinstance(value, Payload):
                 value = value.to_dict()
@@ -572,14 +607,20 @@ MESSAGES: dict[MessageType, type[Message]] = {
                 PeerAdded, PeerRemoved, Ack, Pong, Error, ProviderHello, BotStart, BotStop,
                 BotStatus, Transcript)
 }
+_BY_TYPE_NAME: dict[str, type[Message]] = {t.value: cls for t, cls in MESSAGES.items()}
 
 
 def encode(message: Message, id: str | None = None) -> str:
-    return encode_data(message.type, message.to_dict(), id)
+    # orjson writes dataclasses (nested ones and enums too) itself, several times faster than
+    # building the dict with to_dict(): this runs for every frame a server sends
+    frame: dict[str, Any] = {"type": message.type.value, "data": message}
+    if id is not None:
+        frame["id"] = id
+    return orjson.dumps(frame).decode()
 
 
 def encode_data(type_: MessageType, data: dict[str, Any], id: str | None = None) -> str:
-    """A frame from already-valid data (the caller vouches for it)."""
+    """A frame from already-valid data (the caller vouches for it); values may be payloads."""
     frame: dict[str, Any] = {"type": type_.value, "data": data}
     if id is not None:
         frame["id"] = id
@@ -617,9 +658,8 @@ def decode_envelope(text: str) -> tuple[str, Any, str | None]:
 def decode(text: str, allowed: Collection[MessageType] | None = None) -> tuple[Message, str | None]:
     """Parses and validates a frame; ``allowed`` limits the types this side accepts."""
     type_, data, id_ = decode_envelope(text)
-    try:
-        cls = MESSAGES[MessageType(type_)]
-    except (ValueError, KeyError):
+    cls = _BY_TYPE_NAME.get(type_)
+    if cls is None:
         raise ProtocolError(ErrorCode.UNKNOWN_TYPE, f"unknown message type {type_[:40]!r}") from None
     if allowed is not None and cls.type not in allowed:
         raise ProtocolError(ErrorCode.NOT_ALLOWED, f"{type_!r} may not be sent to this side")

@@ -590,8 +590,9 @@ class Hub:
         target = self.sessions.get(msg.peer_id)
         if target is None or msg.peer_id not in lobby.members:
             raise ProtocolError(ErrorCode.PEER_NOT_IN_LOBBY, "that peer is not in this lobby")
-        # the hot path: the validated message goes on with the sender's id, not rebuilt
-        if not self._send_text(target, p.encode_data(msg.type, msg.to_dict() | {"peer_id": s.id})):
+        # the hot path: the validated fields go on with the sender's id, not rebuilt or checked
+        # again (a payload's instance dict holds exactly its fields)
+        if not self._send_text(target, p.encode_data(msg.type, vars(msg) | {"peer_id": s.id})):
             raise ProtocolError(ErrorCode.PEER_UNAVAILABLE, "that peer is not connected")
 
     # --- delivery -----------------------------------------------------------------------------

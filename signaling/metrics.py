@@ -2,13 +2,57 @@
 
 from __future__ import annotations
 
-from typing import Any
+import bisect
+from collections import defaultdict
+from collections.abc import Iterator, Sequence
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
 from .events import BotReported
+
+
+class FrameCounter:
+    """A counter by one label for the per-frame path: plain ints, turned into a metric family
+    when scraped (``Counter.labels().inc()`` takes a dict lookup and a lock each time)."""
+
+    def __init__(self, name: str, doc: str, label: str, registry: CollectorRegistry) -> None:
+        self.name, self.doc, self.label = name, doc, label
+        self.counts: defaultdict[str, int] = defaultdict(int)
+        registry.register(self)
+
+    def inc(self, value: str) -> None:
+        self.counts[value] += 1
+
+    def collect(self) -> Iterator[Metric]:
+        family = CounterMetricFamily(self.name, self.doc, labels=[self.label])
+        for value, count in sorted(self.counts.items()):
+            family.add_metric([value], count)
+        yield family
+
+
+class FrameHistogram:
+    """A histogram for the per-frame path, the same way as ``FrameCounter``."""
+
+    def __init__(self, name: str, doc: str, buckets: Sequence[float],
+                 registry: CollectorRegistry) -> None:
+        self.name, self.doc, self.bounds = name, doc, tuple(buckets)
+        self.counts = [0] * (len(self.bounds) + 1)  # the last one is +Inf
+        self.sum = 0.0
+        registry.register(self)
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect.bisect_left(self.bounds, value)] += 1  # bucket "le" the bound
+        self.sum += value
+
+    def collect(self) -> Iterator[Metric]:
+        cumulative, total = [], 0
+        for bound, count in zip((*map(str, self.bounds), "+Inf"), self.counts):
+            total += count
+            cumulative.append((bound, total))
+        yield HistogramMetricFamily(self.name, self.doc, buckets=cumulative, sum_value=self.sum)
 
 
 class Metrics:
@@ -23,28 +67,18 @@ class Metrics:
         self.lobbies = Gauge("voicebot_lobbies", "lobbies", registry=r)
         self.providers = Gauge("voicebot_bot_providers", "connected bot providers", registry=r)
         self.bots = Gauge("voicebot_bots", "bots by status", ["status"], registry=r)
-        self.messages = Counter("voicebot_messages", "frames received by type", ["type"],
-                                registry=r)
+        self.messages = FrameCounter("voicebot_messages", "frames received by type", "type", r)
         self.errors = Counter("voicebot_errors", "errors sent by code", ["code"], registry=r)
         self.closed = Counter("voicebot_closed_connections", "connections the server closed, "
                               "by reason", ["reason"], registry=r)
-        self.relay_latency = Histogram(
+        self.relay_latency = FrameHistogram(
             "voicebot_relay_latency_seconds", "SDP/ICE relay: frame read to queued for the peer",
-            registry=r, buckets=(1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 0.1))
+            (1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 0.1), r)
         self.ttfs = Histogram(
             "voicebot_transcript_ttfs_seconds", "end of speech to final transcript at the server",
             registry=r, buckets=(0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0))
         self.lag = Gauge("voicebot_transcription_lag_seconds", "how far a transcriber is behind "
                          "live, as it last reported", ["bot_id"], registry=r)
-        self._messages_by_type: dict[str, Any] = {}
-
-    def count_message(self, type_: str) -> None:
-        """``messages.labels(type_).inc()``, with the child looked up once per type: this runs
-        for every frame, and ``labels()`` costs more than the increment."""
-        child = self._messages_by_type.get(type_)
-        if child is None:
-            child = self._messages_by_type[type_] = self.messages.labels(type_)
-        child.inc()
 
     def bot_reported(self, event: BotReported) -> None:
         lag = event.metrics.get("lag")

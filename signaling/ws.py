@@ -63,13 +63,6 @@ async def on_chat(app: web.Application, s: LiveSession, msg: p.Message, ref: str
     reply(s, p.Ack(result={"message_id": rec.id}), ref)
 
 
-async def on_relay(app: web.Application, s: LiveSession, msg: p.Message, ref: str | None) -> None:
-    assert isinstance(msg, (p.Sdp, p.Ice))
-    app[HUB].relay(s, msg)
-    if ref is not None:
-        reply(s, p.Ack(), ref)
-
-
 def _provider_only(s: LiveSession) -> None:
     if not s.record.bot:
         raise ProtocolError(ErrorCode.NOT_ALLOWED, "only bot providers may send this")
@@ -121,13 +114,12 @@ HANDLERS: dict[MessageType, Handler] = {
     MessageType.JOIN: on_join,
     MessageType.PART: on_part,
     MessageType.CHAT: on_chat,
-    MessageType.SDP: on_relay,
-    MessageType.ICE: on_relay,
     MessageType.PING: on_ping,
     MessageType.PROVIDER_HELLO: on_provider_hello,
     MessageType.BOT_STATUS: on_bot_status,
     MessageType.TRANSCRIPT: on_transcript,
 }
+ACCEPTED = frozenset((*HANDLERS, MessageType.SDP, MessageType.ICE))
 
 
 async def dispatch(app: web.Application, s: LiveSession, conn: Connection, text: str) -> None:
@@ -140,13 +132,17 @@ async def dispatch(app: web.Application, s: LiveSession, conn: Connection, text:
         # a character is at most 4 bytes: only frames near the limit need encoding to measure
         if len(text) > limit or (len(text) * 4 > limit and len(text.encode()) > limit):
             raise ProtocolError(ErrorCode.MESSAGE_TOO_LARGE, f"frames are limited to {limit} bytes")
-        msg, ref = p.decode(text, HANDLERS)
-        metrics.count_message(msg.type.value)
+        msg, ref = p.decode(text, ACCEPTED)
+        metrics.messages.inc(msg.type.value)
         if conn.limits is not None and not s.record.bot:
             check_limits(hub, conn.limits, msg)
-        await HANDLERS[msg.type](app, s, msg, ref)
-        if msg.type in (MessageType.SDP, MessageType.ICE):
+        if isinstance(msg, (p.Sdp, p.Ice)):  # the hot path: no handler coroutine to create
+            hub.relay(s, msg)
+            if ref is not None:
+                reply(s, p.Ack(), ref)
             metrics.relay_latency.observe(time.perf_counter() - started)
+        else:
+            await HANDLERS[msg.type](app, s, msg, ref)
     except ProtocolError as exc:
         fail(app, conn, exc.code, exc.message, ref if ref is not None else p.frame_id(text))
     except StoreError as exc:
@@ -205,7 +201,8 @@ async def websocket(request: web.Request) -> web.WebSocketResponse:
         metrics.closed.labels("capacity").inc()
         await ws.close(code=WSCloseCode.TRY_AGAIN_LATER, message=b"server full, try again later")
         return ws
-    conn = Connection(ws, session.id, st.send_queue, request.remote, limits.for_connection())
+    conn = Connection(ws, session.id, st.send_queue, request.remote, limits.for_connection(),
+                      request.transport)  # type: ignore[arg-type]
     hub.open_sockets += 1
     try:
         await hub.connect(session, conn)

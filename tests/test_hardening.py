@@ -333,3 +333,33 @@ async def test_http_creation_limit(limited: TestServer) -> None:
                 statuses.append(r.status)
                 body = await r.json()
         assert statuses == [201, 201, 429, 429] and body["error"]["code"] == "rate_limited"
+
+
+async def test_frames_keep_their_order_when_a_socket_backs_up(aiohttp_client: Any) -> None:
+    """A connection writes straight to the socket until the kernel stops taking bytes, then
+    queues; a client that reads late still gets every frame, once, in order."""
+    from aiohttp import web
+
+    from signaling.connection import Connection
+
+    n, pad = 3000, "x" * 8000  # 24 MB: more than the socket buffers hold
+    stats: dict[str, int] = {}
+
+    async def handler(request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        conn = Connection(ws, "s", n, transport=request.transport)  # type: ignore[arg-type]
+        for i in range(n):
+            conn.send(f"{i:05d}{pad}")
+        stats["queued"] = conn._queue.qsize()  # noqa: SLF001
+        await conn.close(1000, "done", drain=30)
+        return ws
+
+    app = web.Application()
+    app.router.add_get("/", handler)
+    client = await aiohttp_client(app)
+    async with client.ws_connect("/") as ws:
+        await asyncio.sleep(0.5)  # not reading: the server's socket backs up
+        got = [int(m.data[:5]) async for m in ws if m.type is aiohttp.WSMsgType.TEXT]
+    assert got == list(range(n))
+    assert 0 < stats["queued"] < n  # both ways were taken: straight through, then queued
