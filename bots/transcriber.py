@@ -55,14 +55,18 @@ class TranscriberConfig(BotConfig):
     model: str = setting("tiny.en", "an installed model (`voicebot models list`)")
     compute_type: str = setting("int8", "CTranslate2 compute type: int8, int8_float32, float32")
     threads: int = setting(0, "CPU threads per inference (0: one per core, at most 4)")
-    beam_size: int = setting(1, "beam size (1 is greedy: fastest)")
+    beam_size: int = setting(5, "beam size of finals (interims are greedy: 1)")
     language: str = setting("en", "language spoken, or auto: detected per utterance "
                             "(a multilingual model; a speaker's language sticks)")
     task: str = setting("transcribe", "transcribe, or translate (to English; multilingual "
                         "models)")
     final_window: str = setting("auto", "encoder window for finals: full (Whisper's 30 s), "
-                                "dynamic (fitted to the utterance: ~3x faster), or auto "
-                                "(full, dynamic while other finals wait)")
+                                "dynamic (fitted to the utterance, at least "
+                                "final_min_window_s), or auto (dynamic; while other finals "
+                                "wait, as short as an interim's, greedy)")
+    final_min_window_s: float = setting(10.0, "the shortest encoder window for finals, in "
+                                        "seconds (Whisper reads a window cut close to the "
+                                        "speech less well)")
     interim_interval: float = setting(1.0, "seconds between interim results; 0 turns them off")
     interim_after: float = setting(0.5, "seconds of speech before the first interim")
     min_silence_ms: int = setting(300, "a pause this long ends an utterance")
@@ -79,6 +83,8 @@ class TranscriberConfig(BotConfig):
             raise bad("task must be transcribe or translate")
         if self.final_window not in ("full", "dynamic", "auto"):
             raise bad("final_window must be full, dynamic or auto")
+        if not 0 <= self.final_min_window_s <= 30:
+            raise bad("final_min_window_s must be within 0..30")
         if not 1 <= self.beam_size <= 10:
             raise bad("beam_size must be within 1..10")
         if not 0 <= self.threads <= 64:
@@ -117,9 +123,10 @@ class TranscriberBot(Bot[TranscriberConfig]):
         self.lobby.set_status("loading", f"loading {cfg.model}")
         model = await asyncio.to_thread(load_whisper, cfg.model, compute_type=cfg.compute_type,
                                         threads=cfg.threads)
-        full_window = "dynamic" if cfg.final_window == "dynamic" else "full"
+        final_window = "full" if cfg.final_window == "full" else "dynamic"
         self.stt_final = WhisperSTT(model, name=cfg.model, language=cfg.language, task=cfg.task,
-                                    beam_size=cfg.beam_size, window=full_window)
+                                    beam_size=cfg.beam_size, window=final_window,
+                                    min_window_s=cfg.final_min_window_s)
         self.stt_interim = WhisperSTT(model, name=cfg.model, language=cfg.language,
                                       task=cfg.task, beam_size=1, window="dynamic")
         self.stt_fallback = self.stt_interim if cfg.final_window == "auto" else None

@@ -20,8 +20,8 @@ def run_bench(module: str, *args: str, timeout: float = 300) -> str:
 @pytest.mark.timeout(400)
 def test_transcribe_bench_smoke() -> None:
     out = run_bench("bench.transcribe")
-    for heading in ("offline WER", "live WER", "TTFS p50", "speakers", "models side by side",
-                    "against the targets"):
+    for heading in ("offline WER", "10 s floor, beam 5 (finals)", "live WER", "TTFS p50",
+                    "speakers", "models side by side", "against the targets"):
         assert heading in out
     # the models table: a row for each model compared, or a note saying why there is none
     models = out.split("models side by side")[1].split("== against the targets")[0]

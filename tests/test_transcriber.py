@@ -110,9 +110,15 @@ def test_model_resolution_and_errors(tmp_path: Path) -> None:
         WhisperSTT(load_whisper("tiny.en"), name="tiny.en", language="de")
 
 
-@pytest.mark.parametrize("window", ["full", "dynamic"])
-def test_whisper_recognizes_fixture_speech(window: str) -> None:
-    stt = WhisperSTT(load_whisper("tiny.en"), name="tiny.en", window=window)
+@pytest.mark.parametrize(("window", "min_window_s"), [("full", 0), ("dynamic", 0),
+                                                     ("dynamic", 10)])
+def test_whisper_recognizes_fixture_speech(window: str, min_window_s: float) -> None:
+    stt = WhisperSTT(load_whisper("tiny.en"), name="tiny.en", window=window,
+                     min_window_s=min_window_s, beam_size=5)
+    # the encoder window in 10 ms frames: the speech plus 1 s, in 2 s steps, then the floor
+    expected = {"full": 3000, "dynamic": 1000 if min_window_s else 400}[window]
+    assert stt._frames(2.5) == expected  # noqa: SLF001
+    assert stt._frames(13.2) == (3000 if window == "full" else 1600)  # noqa: SLF001
     audio = decode_audio(str(DATA / "short.wav"), 16000)
     result = stt.recognize(audio, final=True)
     assert wer(reference("short.wav"), result.text) <= WER_BOUND, result.text
