@@ -1,14 +1,16 @@
 """Transcription benchmark: offline faster-whisper vs the live WebRTC path, in one run.
 
-    python -m bench.transcribe            # full run (~5 minutes on 2 cores)
+    python -m bench.transcribe            # full run (~10 minutes on 2 cores)
     python -m bench.transcribe --smoke    # seconds: one fixture, one speaker
     python -m bench.transcribe --models tiny.en base small.en   # which models (e) compares
 
-(a) Offline: ``WhisperModel.transcribe`` over each whole file — the quality baseline.
+(a) Offline: ``WhisperModel.transcribe`` over each whole file, at its default beam of 5 (the
+    quality baseline) and greedy.
 (b) Live: a real server and providers; ``player`` bots speak the same files into a lobby and
     the ``transcriber`` bot captions them; a client measures what arrives.
-(c) Window lever: finals with Whisper's full 30 s window vs a window fitted to the utterance,
-    on held-out sentences (not the ones the tests use).
+(c) Engines: held-out sentences (not the ones the tests use) cut by the segmenter, one
+    utterance at a time: the full 30 s window greedy and with a beam, the transcriber's finals
+    (beam 5 in a window of at least 10 s) and its interims (fitted window, greedy).
 (d) Concurrency sweep: 1..N players talking continuously at once.
 (e) Models side by side (tiny.en and base by default; one not installed is skipped, with a
     note): offline WER and RTF on the English fixtures and on ``english_hard.wav`` (a voice and

@@ -18,6 +18,7 @@ from __future__ import annotations
 import abc
 import logging
 import os
+import re
 import threading
 import time
 import zlib
@@ -140,6 +141,20 @@ def load_whisper(spec: str, *, compute_type: str = "int8", threads: int = 0,
 # --- faster-whisper ------------------------------------------------------------------------------
 
 
+def drop_restart(text: str) -> str:
+    """Cuts a sentence that begins with the text's own first two words: Whisper, reading a
+    shortened window, may start the utterance over once it is done ("Good morning, can you
+    hear me? Good morning,"). A speaker who really says the same two words again after a full
+    stop loses that sentence; the hallucination is far more common."""
+    first = re.findall(r"[\w']+", text.lower())[:2]
+    if len(first) < 2:
+        return text
+    for stop in re.finditer(r"[.?!]\s+", text):
+        if re.findall(r"[\w']+", text[stop.end():].lower())[:2] == first:
+            return text[:stop.start() + 1]
+    return text
+
+
 def compression_ratio(text: str) -> float:
     data = text.encode()
     return len(data) / max(1, len(zlib.compress(data)))
@@ -235,7 +250,7 @@ class WhisperSTT(STT):
             return_no_speech_prob=True, suppress_blank=True, suppress_tokens=self.suppress,
             repetition_penalty=1.0, no_repeat_ngram_size=self.no_repeat_ngram_size)[0]
         tokens = [t for t in result.sequences_ids[0] if t < tokenizer.eot]
-        text = tokenizer.decode(tokens).strip()
+        text = drop_restart(tokenizer.decode(tokens).strip())
         avg_logprob = result.scores[0] if result.scores else 0.0
         dropped = None
         nsp = result.no_speech_prob

@@ -140,10 +140,16 @@ async def test_captions_of_my_own_speech(server: TestServer, provider_process: A
         await expect(page.locator("#bot-kind option")).to_have_count(1, timeout=15000)
         await page.click("#add-bot")
         await expect(page.locator(".bot .status")).to_have_text("live", timeout=60000)
-        final = page.locator("#messages .msg.transcript").first
-        await expect(final).to_be_visible(timeout=60000)
-        assert await final.locator(".who").text_content() == "Ann"
-        text = await final.locator(".text").text_content() or ""
-        assert wer(reference("short.wav"), text) <= 0.25, text
+        # the fake microphone loops the file from the moment the page opened it, so the
+        # transcriber may come in mid-sentence: the first final can be the end of one
+        finals, texts = page.locator("#messages .msg.transcript"), []
+        for i in range(2):
+            await expect(finals.nth(i)).to_be_visible(timeout=60000)
+            assert await finals.nth(i).locator(".who").text_content() == "Ann"
+            texts.append(await finals.nth(i).locator(".text").text_content() or "")
+            if wer(reference("short.wav"), texts[-1]) <= 0.25:
+                break
+        else:
+            raise AssertionError(f"no final matches the speech: {texts}")
         await expect(page.locator("#captions .caption").first).to_be_visible(timeout=20000)
         await page.screenshot(path=str(DOCS / "screenshot-captions.png"))

@@ -15,7 +15,7 @@ from faster_whisper.audio import decode_audio
 
 from bots.scheduler import Scheduler
 from bots.models import listing
-from bots.stt import ModelError, WhisperSTT, load_whisper, resolve_model
+from bots.stt import ModelError, WhisperSTT, drop_restart, load_whisper, resolve_model
 from bots.testing import FakeLobby, ScriptedSTT
 from bots.transcriber import TranscriberBot
 from bots.vad import Segmenter
@@ -108,6 +108,15 @@ def test_model_resolution_and_errors(tmp_path: Path) -> None:
         load_whisper(str(corrupt))
     with pytest.raises(ModelError, match="English-only"):
         WhisperSTT(load_whisper("tiny.en"), name="tiny.en", language="de")
+
+
+def test_a_restarted_utterance_is_cut() -> None:
+    assert drop_restart("Good morning, can you hear me clearly. Good morning,") == \
+        "Good morning, can you hear me clearly."
+    assert drop_restart("Good morning. Can you hear me? good morning, can you") == \
+        "Good morning. Can you hear me?"
+    for kept in ("Good morning. Can you hear me?", "We shipped it. We are done.", "Yes.", ""):
+        assert drop_restart(kept) == kept
 
 
 @pytest.mark.parametrize(("window", "min_window_s"), [("full", 0), ("dynamic", 0),
