@@ -154,10 +154,13 @@ class Mesh:
 
     def __init__(self, client: SignalingClient, lobby_id: str, *, sends_audio: bool,
                  on_track: TrackHandler, on_peer_connected: PeerHandler,
-                 on_peer_left: PeerHandler, max_frames: int = 100) -> None:
+                 on_peer_left: PeerHandler, max_frames: int = 100,
+                 receives_audio: bool = True) -> None:
         self.client = client
         self.lobby_id = lobby_id
         self.sends_audio = sends_audio
+        # False: peers are told not to send us audio (the SDP direction), so none is decoded
+        self.receives_audio = receives_audio
         self.max_frames = max_frames
         self.links: dict[str, PeerLink] = {}
         self._on_track, self._on_peer_connected, self._on_peer_left = (
@@ -260,13 +263,16 @@ class Mesh:
         await self._drop(peer.session_id, left=False)
         pc = RTCPeerConnection()
         outgoing = None
+        direction = ("send" if self.sends_audio else "") + ("recv" if self.receives_audio else "")
+        direction = {"send": "sendonly", "recv": "recvonly", "": "inactive"}.get(direction,
+                                                                                 direction)
         if self.sends_audio:
             outgoing = OutgoingAudio()
             if self._source is not None:
                 outgoing.set_source(self._relay.subscribe(self._source))
-            pc.addTransceiver(outgoing, direction="sendrecv")
+            pc.addTransceiver(outgoing, direction=direction)
         else:
-            pc.addTransceiver("audio", direction="recvonly")
+            pc.addTransceiver("audio", direction=direction)
         link = PeerLink(peer, pc, outgoing)
         self.links[peer.session_id] = link
 

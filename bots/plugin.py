@@ -139,7 +139,13 @@ class Bot(Generic[C]):
 
     async def on_track(self, peer: Peer, track: MediaStreamTrack) -> None:
         """A peer's audio arrived. ``track.recv()`` yields frames from a bounded queue;
-        a bot that reads too slowly loses the oldest frames, never memory."""
+        a bot that reads too slowly loses the oldest frames, never memory. A bot that does not
+        define this hook is sent no audio at all, so nobody's audio is decoded for it."""
+
+    @classmethod
+    def listens(cls) -> bool:
+        """Whether peers send this bot their audio: it defines ``on_track``."""
+        return cls.on_track is not Bot.on_track
 
     async def on_peer_left(self, peer: Peer) -> None:
         """A peer left the lobby (or its connection ended)."""

@@ -48,9 +48,9 @@ async def api(method: str, url: str, token: str | None, body: Any = None) -> tup
 class Listener:
     """A test peer: joins over the shared client and measures the audio energy it receives."""
 
-    def __init__(self, client: Any, lobby_id: str) -> None:
+    def __init__(self, client: Any, lobby_id: str, sends_audio: bool = False) -> None:
         self.energy: dict[str, list[float]] = {}
-        self.mesh = Mesh(client, lobby_id, sends_audio=False, on_track=self._track,
+        self.mesh = Mesh(client, lobby_id, sends_audio=sends_audio, on_track=self._track,
                          on_peer_connected=self._noop, on_peer_left=self._noop)
 
     async def _noop(self, peer: Peer) -> None:
@@ -141,7 +141,7 @@ async def test_provider_player_bot_reaches_a_peer(server: TestServer, clients: C
 
     human, inbox = await clients.new("Listener")
     lobby = (await human.join(lobby_name="with a bot")).lobby.id
-    listener = Listener(human, lobby)
+    listener = Listener(human, lobby, sends_audio=True)  # offers its own audio too
     status, bot = await api("POST", url + f"api/lobbies/{lobby}/bots", human.config.token,
                             {"kind": "player", "config": {"path": SPEECH, "delay": 0.2}})
     assert status == 201, bot
@@ -154,7 +154,10 @@ async def test_provider_player_bot_reaches_a_peer(server: TestServer, clients: C
     # the speech arrives: clearly louder than silence for a good part of a second
     await wait_until(lambda: sum(e > 0.02 for e in listener.energy.get("Player", [])) > 25,
                      20, "speech energy from the player")
-    assert listener.mesh.links[bot["session_id"]].pc.connectionState == "connected"
+    link = listener.mesh.links[bot["session_id"]]
+    assert link.pc.connectionState == "connected"
+    # the player has no on_track: it declined our audio, so it decodes nobody's
+    assert [t.currentDirection for t in link.pc.getTransceivers()] == ["recvonly"]
 
     status, _ = await api("DELETE", url + f"api/lobbies/{lobby}/bots/{bot['bot_id']}",
                           human.config.token)
