@@ -149,6 +149,11 @@ TrackHandler = Callable[[Peer, MediaStreamTrack], Awaitable[None]]
 PeerHandler = Callable[[Peer], Awaitable[None]]
 
 
+# the SDP direction of a bot's audio: (sends, receives) → direction
+_DIRECTIONS = {(True, True): "sendrecv", (True, False): "sendonly", (False, True): "recvonly",
+               (False, False): "inactive"}
+
+
 class Mesh:
     """Peer connections of one bot session in one lobby."""
 
@@ -263,9 +268,7 @@ class Mesh:
         await self._drop(peer.session_id, left=False)
         pc = RTCPeerConnection()
         outgoing = None
-        direction = ("send" if self.sends_audio else "") + ("recv" if self.receives_audio else "")
-        direction = {"send": "sendonly", "recv": "recvonly", "": "inactive"}.get(direction,
-                                                                                 direction)
+        direction = _DIRECTIONS[self.sends_audio, self.receives_audio]
         if self.sends_audio:
             outgoing = OutgoingAudio()
             if self._source is not None:
