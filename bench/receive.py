@@ -45,6 +45,7 @@ from aiortc.mediastreams import MediaStreamError
 
 from bench.relay import cpu_seconds, rss_kib, table
 from bots.audio import SpeechResampler
+from bots.inbound import InboundAudio, recv_batch
 from bots.mesh import Mesh
 from bots.plugin import Peer
 from bots.vad import Segmenter, SileroVad
@@ -225,17 +226,17 @@ class ReceivingBot:
     async def _nothing(self, peer: Peer) -> None:
         pass
 
-    async def _track(self, peer: Peer, track: MediaStreamTrack) -> None:
+    async def _track(self, peer: Peer, track: InboundAudio) -> None:
         stream = Stream()
         key = id(stream)
         self.streams[key] = stream
         self.tracks_seen += 1
         try:
             while True:
-                frame = await track.recv()
-                stream.frames += 1
+                frames = await recv_batch(track)
+                stream.frames += len(frames)
                 if self.mode != "decode":
-                    samples = stream.resample(frame)  # type: ignore[arg-type]
+                    samples = np.concatenate([stream.resample(f) for f in frames])
                     if self.mode == "vad":
                         stream.segmenter.feed(samples)  # utterances would go to Whisper
         except MediaStreamError:

@@ -43,32 +43,46 @@ class SpeechResampler:
 
 
 class SampleBuffer:
-    """A bounded window of a stream's samples, addressed by absolute sample index."""
+    """A bounded window of a stream's samples, addressed by absolute sample index.
+
+    Appends go into spare room at the end of one array; the window is moved to the front only
+    when that room runs out, so an append costs what it adds, not what is held.
+    """
 
     def __init__(self, max_samples: int) -> None:
         self.max_samples = max_samples
-        self._data = np.zeros(0, dtype=np.float32)
-        self.start = 0  # absolute index of _data[0]
+        self._data = np.zeros(max_samples + max(max_samples // 2, 16_000), dtype=np.float32)
+        self._lo = self._hi = 0  # the window is _data[_lo:_hi]
+        self.start = 0  # absolute index of the window's first sample
 
     @property
     def end(self) -> int:
-        return self.start + len(self._data)
+        return self.start + self._hi - self._lo
 
     def append(self, samples: np.ndarray) -> None:
-        self._data = np.concatenate([self._data, samples.astype(np.float32, copy=False)])
-        excess = len(self._data) - self.max_samples
+        if len(samples) >= self.max_samples:
+            self.start += self._hi - self._lo + len(samples) - self.max_samples
+            self._data[:self.max_samples] = samples[-self.max_samples:]
+            self._lo, self._hi = 0, self.max_samples
+            return
+        excess = self._hi - self._lo + len(samples) - self.max_samples
         if excess > 0:
-            self._data = self._data[excess:]
+            self._lo += excess
             self.start += excess
+        if self._hi + len(samples) > len(self._data):
+            held = self._hi - self._lo
+            self._data[:held] = self._data[self._lo:self._hi]
+            self._lo, self._hi = 0, held
+        self._data[self._hi:self._hi + len(samples)] = samples
+        self._hi += len(samples)
 
     def slice(self, begin: int, end: int | None = None) -> np.ndarray:
         """Samples ``[begin, end)`` (clipped to what is still held), as a copy."""
         lo = max(begin, self.start) - self.start
         hi = (self.end if end is None else min(end, self.end)) - self.start
-        return self._data[lo:max(lo, hi)].copy()
+        return self._data[self._lo + lo:self._lo + max(lo, hi)].copy()
 
     def discard_before(self, index: int) -> None:
-        cut = min(max(0, index - self.start), len(self._data))
-        if cut:
-            self._data = self._data[cut:]
-            self.start += cut
+        cut = min(max(0, index - self.start), self._hi - self._lo)
+        self._lo += cut
+        self.start += cut

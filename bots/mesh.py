@@ -8,13 +8,12 @@ aiortc gathers all of its candidates before ``setLocalDescription`` returns, so 
 them and we send only the end-of-candidates marker; candidates trickled by browsers are added
 as they come (buffered until the remote description is set).
 
-Every queue between aiortc and the bot is bounded: received tracks are pumped continuously
-into a ``BoundedTrack`` that drops its oldest frame when the bot falls behind.
+Every queue between aiortc and the bot is bounded: received audio is decoded into an
+``InboundAudio`` that drops its oldest frame when the bot falls behind.
 """
 
 from __future__ import annotations
 
-import asyncio
 import collections
 import fractions
 import logging
@@ -33,55 +32,12 @@ from shared.client import SignalingClient
 from shared.tasks import TaskSet
 
 from .audio import Converter
+from .inbound import InboundAudio
 from .plugin import Peer
 
 log = logging.getLogger(__name__)
 
 SAMPLE_RATE = 48_000
-
-
-class BoundedTrack(MediaStreamTrack):
-    """A received track behind a bounded queue; the oldest frame goes when it is full."""
-
-    kind = "audio"
-
-    def __init__(self, source: MediaStreamTrack, max_frames: int) -> None:
-        super().__init__()
-        self.source = source
-        self.dropped = 0
-        self.received = 0
-        self._queue: asyncio.Queue[av.AudioFrame | None] = asyncio.Queue(max_frames)
-        self._pump = asyncio.create_task(self._run(), name="bounded-track-pump")
-
-    def _put(self, frame: av.AudioFrame | None) -> None:
-        if self._queue.full():
-            self._queue.get_nowait()
-            self.dropped += 1
-        self._queue.put_nowait(frame)
-
-    async def _run(self) -> None:
-        try:
-            while True:
-                frame = await self.source.recv()
-                self.received += 1
-                self._put(frame)  # type: ignore[arg-type]
-        except (MediaStreamError, asyncio.CancelledError):
-            pass
-        finally:
-            self._put(None)
-
-    async def recv(self) -> av.AudioFrame:
-        if self.readyState != "live":
-            raise MediaStreamError
-        frame = await self._queue.get()
-        if frame is None:
-            self.stop()
-            raise MediaStreamError
-        return frame
-
-    def stop(self) -> None:
-        super().stop()
-        self._pump.cancel()
 
 
 class OutgoingAudio(MediaStreamTrack):
@@ -141,7 +97,7 @@ class PeerLink:
     pc: RTCPeerConnection
     outgoing: OutgoingAudio | None
     pending_ice: list[RTCIceCandidate] = field(default_factory=list)
-    tracks: list[BoundedTrack] = field(default_factory=list)
+    tracks: list[InboundAudio] = field(default_factory=list)
     connected: bool = False
 
 
@@ -160,13 +116,14 @@ class Mesh:
     def __init__(self, client: SignalingClient, lobby_id: str, *, sends_audio: bool,
                  on_track: TrackHandler, on_peer_connected: PeerHandler,
                  on_peer_left: PeerHandler, max_frames: int = 100,
-                 receives_audio: bool = True) -> None:
+                 receives_audio: bool = True, receive_batch: int = 1) -> None:
         self.client = client
         self.lobby_id = lobby_id
         self.sends_audio = sends_audio
         # False: peers are told not to send us audio (the SDP direction), so none is decoded
         self.receives_audio = receives_audio
         self.max_frames = max_frames
+        self.receive_batch = receive_batch  # frames a received track hands over at a time
         self.links: dict[str, PeerLink] = {}
         self._on_track, self._on_peer_connected, self._on_peer_left = (
             on_track, on_peer_connected, on_peer_left)
@@ -283,9 +240,11 @@ class Mesh:
         def on_track(track: MediaStreamTrack) -> None:
             if track.kind != "audio":
                 return
-            bounded = BoundedTrack(track, self.max_frames)
-            link.tracks.append(bounded)
-            self._tasks.spawn(self._on_track(peer, bounded))
+            receiver = next(t.receiver for t in pc.getTransceivers()
+                            if t.receiver.track is track)
+            inbound = InboundAudio(receiver, self.max_frames, self.receive_batch)
+            link.tracks.append(inbound)
+            self._tasks.spawn(self._on_track(peer, inbound))
 
         @pc.on("connectionstatechange")
         async def on_state() -> None:

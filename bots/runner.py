@@ -82,7 +82,8 @@ class BotRunner(LobbyAccess):
         bot = self.bot = self.cls(self, config)
         self.mesh = Mesh(self.client, self.lobby_id, sends_audio=self.cls.sends_audio,
                          on_track=self._track, on_peer_connected=self._peer_connected,
-                         on_peer_left=self._peer_left, receives_audio=self.cls.listens())
+                         on_peer_left=self._peer_left, receives_audio=self.cls.listens(),
+                         receive_batch=self.cls.receive_batch)
         self.client.on(p.MessageType.CHAT, self._chat)
         self.client.on(p.MessageType.LOBBY_STATE, self._roster)
         try:

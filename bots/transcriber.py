@@ -22,6 +22,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 from aiortc import MediaStreamTrack
 from aiortc.mediastreams import MediaStreamError
 
@@ -29,6 +30,7 @@ from shared import protocol as p
 from shared.protocol import ErrorCode, ProtocolError
 
 from .audio import SpeechResampler
+from .inbound import recv_batch
 from .plugin import Bot, BotConfig, LobbyAccess, Peer, setting
 from .scheduler import Scheduler
 from .models import installed_names
@@ -108,6 +110,7 @@ class TranscriberBot(Bot[TranscriberConfig]):
     kind = "transcriber"
     description = "Live captions: transcribes every speaker with Whisper, interim and final."
     Config = TranscriberConfig
+    receive_batch = 5  # 100 ms: well within the time to a final, and less CPU per speaker
 
     def __init__(self, lobby: LobbyAccess, config: TranscriberConfig) -> None:
         super().__init__(lobby, config)
@@ -231,8 +234,9 @@ class SpeakerStream:
         self._task = asyncio.current_task()
         try:
             while not self._closed:
-                frame = await self.track.recv()
-                samples = self.resample(frame)  # type: ignore[arg-type]
+                frames = await recv_batch(self.track)
+                # scored together: one VAD call for the batch
+                samples = np.concatenate([self.resample(f) for f in frames])
                 utterances = self.segmenter.feed(samples)
                 self._arrivals.append((self.segmenter.buffer.end, time.time(), time.monotonic()))
                 for utt in utterances:

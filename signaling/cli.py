@@ -38,6 +38,11 @@ def _serve(args: argparse.Namespace) -> int:
     return _run_server(create_app(settings), settings)
 
 
+POLL_MS = 40
+POLL_HELP = ("the provider's loop looks for network input at most every this many ms (0: at "
+             "once); fewer wake-ups cost less CPU per audio stream, and add at most this delay")
+
+
 def _local_url(settings: Settings) -> str:
     host = "127.0.0.1" if settings.host in ("0.0.0.0", "::", "") else settings.host
     return f"http://{host}:{settings.port}{settings.base_path}"
@@ -52,7 +57,8 @@ def _up(args: argparse.Namespace) -> int:
     app = create_app(settings)
     provider_cmd = [sys.executable, "-m", "signaling.cli", "--log-level", args.log_level,
                     "--log-format", args.log_format, "bots",
-                    "--server", _local_url(settings), "--capacity", str(args.capacity)]
+                    "--server", _local_url(settings), "--capacity", str(args.capacity),
+                    "--poll-ms", str(args.poll_ms)]
 
     async def supervise(app: web.Application) -> AsyncIterator[None]:
         task = asyncio.create_task(_keep_running(provider_cmd, os.environ | {
@@ -87,6 +93,7 @@ async def _keep_running(cmd: list[str], env: dict[str, str]) -> None:
 
 
 def _bots(args: argparse.Namespace) -> int:
+    from bots.loop import loop_factory
     from bots.plugin import discover
     from bots.provider import Provider
 
@@ -115,7 +122,8 @@ def _bots(args: argparse.Namespace) -> int:
         except asyncio.CancelledError:
             return 0
 
-    return asyncio.run(main())
+    with asyncio.Runner(loop_factory=lambda: loop_factory(args.poll_ms / 1000)) as runner:
+        return runner.run(main())
 
 
 def _models(args: argparse.Namespace) -> int:
@@ -158,12 +166,14 @@ def build_parser() -> argparse.ArgumentParser:
     up = sub.add_parser("up", help="run the server and a local bot provider")
     Settings.add_arguments(up)
     up.add_argument("--capacity", type=int, default=4, help="bots the local provider runs")
+    up.add_argument("--poll-ms", type=int, default=POLL_MS, help=POLL_HELP)
     up.set_defaults(run=_up)
     prov = sub.add_parser("bots", help="run a bot provider (key in VOICEBOT_PROVIDER_KEY)")
     prov.add_argument("--server", default="http://127.0.0.1:8080/", help="the server's URL")
     prov.add_argument("--capacity", type=int, default=4, help="bots this provider runs at once")
     prov.add_argument("--name", default=None, help="how the server lists this provider")
     prov.add_argument("--plugin", action="append", help="offer only this kind (repeatable)")
+    prov.add_argument("--poll-ms", type=int, default=POLL_MS, help=POLL_HELP)
     prov.set_defaults(run=_bots)
     models = sub.add_parser("models", help="the speech model store: list, install, import, verify")
     models.add_argument("action", nargs="?", default="list",

@@ -1,0 +1,170 @@
+"""Received audio: decoded on the event loop, behind a bounded queue.
+
+aiortc decodes every received frame in a thread of its own per track and hands each decoded
+frame back with ``asyncio.run_coroutine_threadsafe``. For 20 ms Opus packets that costs more
+than the decoding: per packet, a wake-up of the decoder thread, a write to the loop's self-pipe,
+a loop wake-up and a task. Opus decodes a packet in tens of microseconds, so ``InboundAudio``
+decodes on the loop instead, as each frame leaves the jitter buffer, and hands the frame to the
+bot's queue directly.
+
+That takes the place of the queue between aiortc's receiver and its decoder thread (a private
+attribute). It is only done while the thread has not started; otherwise, or if aiortc's
+receiver no longer has that queue, frames are pumped from aiortc's own track as before. The
+thread itself still starts, and waits, idle, until the receiver stops.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import threading
+from typing import Any
+
+import av
+from aiortc import MediaStreamTrack, RTCRtpReceiver
+from aiortc.codecs import get_decoder
+from aiortc.mediastreams import MediaStreamError
+
+log = logging.getLogger(__name__)
+
+_QUEUE = "_RTCRtpReceiver__decoder_queue"
+_THREAD = "_RTCRtpReceiver__decoder_thread"
+
+
+class InboundAudio(MediaStreamTrack):
+    """A received audio track; the oldest frame goes when ``max_frames`` are waiting.
+
+    With ``batch`` > 1 a waiting ``recv()`` is woken only once that many frames have arrived,
+    and the frames are decoded together then: on a shared box most of the cost of a 20 ms
+    frame is in touching the decoder's (and the caller's) code and data again each time, not
+    in decoding. The price is up to ``batch`` × 20 ms of delay.
+    """
+
+    kind = "audio"
+
+    def __init__(self, receiver: RTCRtpReceiver, max_frames: int, batch: int = 1) -> None:
+        super().__init__()
+        if not 1 <= batch <= max_frames:
+            raise ValueError("need 1 <= batch <= max_frames")
+        self.max_frames, self.batch = max_frames, batch
+        self.received = 0
+        self.dropped = 0
+        # frames in arrival order: encoded (codec, JitterFrame) pairs or decoded frames;
+        # None marks the end of the stream
+        self._pending: collections.deque[Any] = collections.deque()
+        self._decoded: collections.deque[av.AudioFrame] = collections.deque()
+        self._ended = False
+        self._waiter: asyncio.Future[None] | None = None
+        self._decoder: Any = None
+        self._codec_name: str | None = None
+        self._pump: asyncio.Task[None] | None = None
+        self.inline = _decode_inline(receiver, self)
+        if not self.inline:
+            self._pump = asyncio.create_task(self._run(receiver.track), name="inbound-audio-pump")
+
+    def push(self, item: Any) -> None:
+        """An encoded ``(codec, frame)`` pair or a decoded frame; None at the end of the stream."""
+        if item is None:
+            self._ended = True
+        else:
+            self.received += 1
+            if len(self._pending) + len(self._decoded) >= self.max_frames:
+                (self._decoded or self._pending).popleft()  # dropped before it is decoded
+                self.dropped += 1
+            self._pending.append(item)
+        if self._waiter is not None and not self._waiter.done() and \
+                (self._ended or len(self._pending) >= self.batch):
+            self._waiter.set_result(None)
+
+    async def recv(self) -> av.AudioFrame:
+        if self.readyState != "live":
+            raise MediaStreamError
+        while not self._decoded:
+            if self._pending and (self._ended or len(self._pending) >= self.batch):
+                self._decode_pending()
+                continue
+            if self._ended:
+                self.stop()
+                raise MediaStreamError
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+            if self.readyState != "live":
+                raise MediaStreamError
+        return self._decoded.popleft()
+
+    async def recv_batch(self) -> list[av.AudioFrame]:
+        """The next frame and those that came with it (``batch`` of them, unless some are late)."""
+        frames = [await self.recv()]
+        frames.extend(self._decoded)
+        self._decoded.clear()
+        return frames
+
+    def _decode_pending(self) -> None:
+        while self._pending:
+            item = self._pending.popleft()
+            if not isinstance(item, tuple):
+                self._decoded.append(item)
+                continue
+            codec, encoded = item
+            if codec.name != self._codec_name:
+                self._decoder, self._codec_name = get_decoder(codec), codec.name
+            try:
+                self._decoded.extend(self._decoder.decode(encoded))
+            except av.FFmpegError as exc:  # one bad packet: the stream goes on
+                log.warning("failed to decode a %s frame: %s", codec.name, exc)
+
+    def stop(self) -> None:
+        super().stop()
+        if self._pump is not None:
+            self._pump.cancel()
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)  # a recv() in progress sees the end
+
+    async def _run(self, source: MediaStreamTrack) -> None:
+        try:
+            while True:
+                self.push(await source.recv())
+        except (MediaStreamError, asyncio.CancelledError):
+            pass
+        finally:
+            self.push(None)
+
+
+async def recv_batch(track: MediaStreamTrack) -> list[av.AudioFrame]:
+    """The next frames that came together: an ``InboundAudio``'s batch, or one frame of any
+    other track (a bot under ``bots.testing`` reads the tracks it is given directly)."""
+    if isinstance(track, InboundAudio):
+        return await track.recv_batch()
+    return [await track.recv()]  # type: ignore[list-item]
+
+
+class _LoopDecoder:
+    """Stands in for the receiver's queue to its decoder thread.
+
+    ``put`` is called on the loop by the receiver with each complete frame (or None when it
+    stops); ``get`` is called by the idle decoder thread, and returns once the receiver stops.
+    """
+
+    def __init__(self, sink: InboundAudio) -> None:
+        self._sink = sink
+        self._stopped = threading.Event()
+
+    def put(self, task: tuple[Any, Any] | None) -> None:
+        self._sink.push(task)
+        if task is None:
+            self._stopped.set()
+
+    def get(self) -> None:
+        self._stopped.wait()  # then aiortc's worker ends its own (unused) track
+
+
+def _decode_inline(receiver: RTCRtpReceiver, sink: InboundAudio) -> bool:
+    if getattr(receiver, _THREAD, True) is not None or not hasattr(receiver, _QUEUE):
+        log.info("aiortc's receiver has changed or already started: decoding in its thread")
+        return False
+    setattr(receiver, _QUEUE, _LoopDecoder(sink))
+    return True

@@ -1,0 +1,236 @@
+"""The media receive path: ``InboundAudio`` over real aiortc peers, the coalescing loop, and
+the VAD's sample buffer."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import socket
+import threading
+import time
+from typing import Any
+
+import numpy as np
+import pytest
+from aiortc import RTCPeerConnection
+from aiortc.mediastreams import AudioStreamTrack, MediaStreamError
+
+from bots.audio import SampleBuffer
+from bots.inbound import InboundAudio, recv_batch
+from bots.loop import CoalescingSelector, loop_factory
+
+
+class Tone(AudioStreamTrack):
+    """aiortc's paced silence, filled with a 440 Hz tone so that decoding shows."""
+
+    async def recv(self) -> Any:
+        frame = await super().recv()
+        t = (frame.pts + np.arange(frame.samples)) / frame.sample_rate
+        frame.planes[0].update((np.sin(2 * np.pi * 440 * t) * 8000).astype(np.int16).tobytes())
+        return frame
+
+
+async def connected_pair(max_frames: int, batch: int) -> tuple[RTCPeerConnection,
+                                                              RTCPeerConnection,
+                                                              asyncio.Future[InboundAudio]]:
+    sender, receiver = RTCPeerConnection(), RTCPeerConnection()
+    sender.addTrack(Tone())
+    inbound: asyncio.Future[InboundAudio] = asyncio.get_running_loop().create_future()
+
+    @receiver.on("track")
+    def on_track(track: Any) -> None:
+        rtp_receiver = next(t.receiver for t in receiver.getTransceivers()
+                            if t.receiver.track is track)
+        inbound.set_result(InboundAudio(rtp_receiver, max_frames, batch))
+
+    await sender.setLocalDescription(await sender.createOffer())
+    await receiver.setRemoteDescription(sender.localDescription)
+    await receiver.setLocalDescription(await receiver.createAnswer())
+    await sender.setRemoteDescription(receiver.localDescription)
+    return sender, receiver, inbound
+
+
+def decoder_threads() -> int:
+    return sum(t.name == "audio-decoder" for t in threading.enumerate())
+
+
+async def test_inbound_audio_decodes_on_the_loop_in_batches() -> None:
+    threads_before = decoder_threads()
+    sender, receiver, pending = await connected_pair(max_frames=50, batch=5)
+    try:
+        track = await asyncio.wait_for(pending, 10)
+        assert track.inline  # aiortc's decoder thread is bypassed
+        batches = [await asyncio.wait_for(recv_batch(track), 10) for _ in range(6)]
+        assert all(len(b) == 5 for b in batches), [len(b) for b in batches]
+        frames = [f for b in batches for f in b]
+        assert {(f.sample_rate, f.samples) for f in frames} == {(48_000, 960)}
+        pts = [f.pts for f in frames]
+        assert pts == sorted(pts) and len(set(pts)) == len(pts)
+        loud = np.abs(frames[-1].to_ndarray()).max()
+        assert loud > 4000  # the tone, decoded
+        # aiortc's own track never saw a frame: nothing is decoded twice
+        assert track.received >= 30 and receiver.getReceivers()[0].track._queue.empty()
+    finally:
+        await sender.close()
+        await receiver.close()
+    # the stream ends for the reader, and aiortc's idle thread is gone
+    with pytest.raises(MediaStreamError):
+        for _ in range(100):
+            await asyncio.wait_for(track.recv(), 5)
+    assert decoder_threads() == threads_before
+
+
+async def test_a_slow_reader_loses_the_oldest_frames_not_memory() -> None:
+    sender, receiver, pending = await connected_pair(max_frames=10, batch=1)
+    try:
+        track = await asyncio.wait_for(pending, 10)
+        while track.received < 40:  # ~0.8 s of audio that nobody reads
+            await asyncio.sleep(0.1)
+        assert track.dropped >= 30
+        first = await track.recv()
+        assert len(track._pending) + len(track._decoded) <= 9
+        later = await track.recv()
+        assert later.pts > first.pts
+        # the frames kept are the newest: the first one read came well after the stream began
+        assert first.pts >= 30 * 960
+    finally:
+        await sender.close()
+        await receiver.close()
+
+
+class NoPrivateQueue:
+    """Stands for an aiortc whose receiver has no decoder queue to replace."""
+
+    def __init__(self) -> None:
+        self.track = AudioStreamTrack()
+
+
+async def test_without_the_hook_frames_are_pumped_from_aiortcs_track() -> None:
+    track = InboundAudio(NoPrivateQueue(), max_frames=20, batch=3)  # type: ignore[arg-type]
+    assert not track.inline
+    batch = await asyncio.wait_for(recv_batch(track), 5)
+    assert [f.pts for f in batch] == [0, 160, 320]  # aiortc's 20 ms silence at 8 kHz
+    track.stop()
+    with pytest.raises(MediaStreamError):
+        await track.recv()
+
+
+def test_batch_must_fit_the_queue() -> None:
+    with pytest.raises(ValueError):
+        InboundAudio(NoPrivateQueue(), max_frames=4, batch=5)  # type: ignore[arg-type]
+
+
+def test_coalescing_loop_delivers_io_in_batches_and_keeps_timers() -> None:
+    polls = 0
+
+    class Counting(CoalescingSelector):
+        def select(self, timeout: float | None = None) -> list[tuple[Any, int]]:
+            nonlocal polls
+            ready = super().select(timeout)
+            polls += bool(ready)
+            return ready
+
+    async def main() -> tuple[int, float]:
+        loop = asyncio.get_running_loop()
+        a, b = socket.socketpair()
+        a.setblocking(False)
+        got = 0
+        all_in = asyncio.Event()
+
+        def on_readable() -> None:
+            nonlocal got
+            got += len(a.recv(4096))
+            if got == 20:
+                all_in.set()
+
+        loop.add_reader(a.fileno(), on_readable)
+
+        def write_slowly() -> None:  # 20 writes, 5 ms apart, from another thread
+            for _ in range(20):
+                b.send(b"x")
+                time.sleep(0.005)
+
+        writer = threading.Thread(target=write_slowly)
+        writer.start()
+        await asyncio.wait_for(all_in.wait(), 5)  # no timer fires meanwhile to poll for us
+        writer.join()
+        loop.remove_reader(a.fileno())
+        a.close()
+        b.close()
+        started = time.monotonic()
+        for _ in range(10):
+            await asyncio.sleep(0.005)  # a timer far shorter than the poll interval
+        return got, time.monotonic() - started
+
+    loop = asyncio.SelectorEventLoop(Counting(0.2))
+    try:
+        got, timers_took = loop.run_until_complete(main())
+    finally:
+        loop.close()
+    assert got == 20
+    assert polls < 10  # ~0.1 s of writes in at most a few polls, not one per write
+    assert timers_took < 1.5  # ten 5 ms sleeps; held to the interval they would take >= 2 s
+
+
+def test_loop_factory_zero_is_the_ordinary_loop() -> None:
+    loop = loop_factory(0)
+    try:
+        assert not isinstance(getattr(loop, "_selector", None), CoalescingSelector)
+    finally:
+        loop.close()
+    loop = loop_factory(0.04)
+    try:
+        assert isinstance(loop._selector, CoalescingSelector)  # type: ignore[attr-defined]
+    finally:
+        loop.close()
+
+
+class PlainBuffer:
+    """What ``SampleBuffer`` must behave like: one array, concatenated on every append."""
+
+    def __init__(self, max_samples: int) -> None:
+        self.max_samples, self.data, self.start = max_samples, np.zeros(0, np.float32), 0
+
+    @property
+    def end(self) -> int:
+        return self.start + len(self.data)
+
+    def append(self, x: np.ndarray) -> None:
+        self.data = np.concatenate([self.data, x])
+        excess = len(self.data) - self.max_samples
+        if excess > 0:
+            self.data, self.start = self.data[excess:], self.start + excess
+
+    def slice(self, begin: int, end: int | None) -> np.ndarray:
+        lo = max(begin, self.start) - self.start
+        hi = (self.end if end is None else min(end, self.end)) - self.start
+        return self.data[lo:max(lo, hi)]
+
+    def discard_before(self, index: int) -> None:
+        cut = min(max(0, index - self.start), len(self.data))
+        self.data, self.start = self.data[cut:], self.start + cut
+
+
+def test_sample_buffer_matches_a_plain_array() -> None:
+    rng = random.Random(7)
+    counter = 0
+    for _ in range(100):
+        size = rng.randint(1, 4000)
+        buf, ref = SampleBuffer(size), PlainBuffer(size)
+        for _ in range(300):
+            op = rng.random()
+            if op < 0.6:
+                n = rng.randint(0, 2 * size if rng.random() < 0.05 else 600)
+                samples = np.arange(counter, counter + n, dtype=np.float32)
+                counter += n
+                buf.append(samples)
+                ref.append(samples)
+            elif op < 0.8:
+                index = rng.randint(ref.start - 50, ref.end + 50)
+                buf.discard_before(index)
+                ref.discard_before(index)
+            else:
+                begin = rng.randint(ref.start - 100, ref.end + 100)
+                end = rng.choice([None, rng.randint(begin - 10, ref.end + 100)])
+                assert np.array_equal(buf.slice(begin, end), ref.slice(begin, end))
+            assert (buf.start, buf.end) == (ref.start, ref.end)
