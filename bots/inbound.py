@@ -43,7 +43,8 @@ class InboundAudio(MediaStreamTrack):
 
     kind = "audio"
 
-    def __init__(self, receiver: RTCRtpReceiver, max_frames: int, batch: int = 1) -> None:
+    def __init__(self, receiver: RTCRtpReceiver, max_frames: int, batch: int = 1,
+                 on_loop: bool = True) -> None:
         super().__init__()
         if not 1 <= batch <= max_frames:
             raise ValueError("need 1 <= batch <= max_frames")
@@ -59,7 +60,8 @@ class InboundAudio(MediaStreamTrack):
         self._decoder: Any = None
         self._codec_name: str | None = None
         self._pump: asyncio.Task[None] | None = None
-        self.inline = _decode_inline(receiver, self)
+        # False: aiortc decodes in its thread (what the receive bench compares with)
+        self.inline = on_loop and _decode_inline(receiver, self)
         if not self.inline:
             self._pump = asyncio.create_task(self._run(receiver.track), name="inbound-audio-pump")
 

@@ -116,7 +116,8 @@ class Mesh:
     def __init__(self, client: SignalingClient, lobby_id: str, *, sends_audio: bool,
                  on_track: TrackHandler, on_peer_connected: PeerHandler,
                  on_peer_left: PeerHandler, max_frames: int = 100,
-                 receives_audio: bool = True, receive_batch: int = 1) -> None:
+                 receives_audio: bool = True, receive_batch: int = 1,
+                 decode_on_loop: bool = True) -> None:
         self.client = client
         self.lobby_id = lobby_id
         self.sends_audio = sends_audio
@@ -124,6 +125,7 @@ class Mesh:
         self.receives_audio = receives_audio
         self.max_frames = max_frames
         self.receive_batch = receive_batch  # frames a received track hands over at a time
+        self.decode_on_loop = decode_on_loop  # False: in aiortc's thread per track
         self.links: dict[str, PeerLink] = {}
         self._on_track, self._on_peer_connected, self._on_peer_left = (
             on_track, on_peer_connected, on_peer_left)
@@ -242,7 +244,8 @@ class Mesh:
                 return
             receiver = next(t.receiver for t in pc.getTransceivers()
                             if t.receiver.track is track)
-            inbound = InboundAudio(receiver, self.max_frames, self.receive_batch)
+            inbound = InboundAudio(receiver, self.max_frames, self.receive_batch,
+                                   self.decode_on_loop)
             link.tracks.append(inbound)
             self._tasks.spawn(self._on_track(peer, inbound))
 

@@ -14,6 +14,8 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
+from bots.loop import POLL_INTERVAL
+
 from . import logs
 from .app import create_app
 from .settings import Settings
@@ -38,7 +40,7 @@ def _serve(args: argparse.Namespace) -> int:
     return _run_server(create_app(settings), settings)
 
 
-POLL_MS = 40
+POLL_MS = round(POLL_INTERVAL * 1000)
 POLL_HELP = ("the provider's loop looks for network input at most every this many ms (0: at "
              "once); fewer wake-ups cost less CPU per audio stream, and add at most this delay")
 

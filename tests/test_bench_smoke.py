@@ -70,9 +70,15 @@ def test_scale_smoke() -> None:
 def test_receive_smoke() -> None:
     out = run_bench("bench.receive")
     for line in ("idle bot", "decode", "resample", "vad", "per stream", "join/leave",
-                 "target <= 3 %", "target: flat within 5 %"):
+                 "target <= 3 %", "target: flat within 5 %", "aiortc as shipped"):
         assert line in out
     lines = out.splitlines()
-    assert len([line for line in lines if line[:2] in ("1 ", "2 ")]) == 6  # k = 1, 2; 3 depths
+    # one stream at 3 depths, received each way: aiortc's own and ours
+    readings = [line.split()[:3] for line in lines if line.split()[:2] in (["aiortc", "1"],
+                                                                           ["ours", "1"])]
+    assert readings == [[way, "1", depth] for way in ("aiortc", "ours")
+                        for depth in ("decode", "resample", "vad")], readings
+    compared = next(line for line in lines if line.startswith("1 "))
+    assert compared.endswith("x") and len(compared.split()) == 14, compared
     churn = lines[next(i for i, line in enumerate(lines) if line.startswith("bot RSS")) + 1]
     assert churn.split()[-3] == "0"  # no peer connection left behind
