@@ -444,7 +444,7 @@ async def bench(url: str, selector: CoalescingSelector, ks: tuple[int, ...], sec
         for k in ks:
             rows.append([str(k), *(f"{base[k, m] * 100:.2f} %" for m in MODES),
                          *(f"{ours[k, m] * 100:.2f} %" for m in MODES),
-                         f"{ours[k, 'vad'] / base[k, 'vad']:.2f}x"])
+                         f"{ours[k, 'vad'] / max(base[k, 'vad'], 1e-9):.2f}x"])
         print("\nCPU per stream\n" + table(rows))
         worst = max(ours[k, "vad"] for k in ks)
         print(f"receive + decode + resample + VAD: at most {worst * 100:.2f} % of a core per stream"

@@ -50,6 +50,8 @@ class SampleBuffer:
     """
 
     def __init__(self, max_samples: int) -> None:
+        if max_samples < 1:
+            raise ValueError("max_samples must be at least 1")
         self.max_samples = max_samples
         self._data = np.zeros(max_samples + max(max_samples // 2, 16_000), dtype=np.float32)
         self._lo = self._hi = 0  # the window is _data[_lo:_hi]

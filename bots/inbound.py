@@ -51,12 +51,12 @@ class InboundAudio(MediaStreamTrack):
         self.max_frames, self.batch = max_frames, batch
         self.received = 0
         self.dropped = 0
-        # frames in arrival order: encoded (codec, JitterFrame) pairs or decoded frames;
-        # None marks the end of the stream
+        # frames not yet read, in arrival order: decoded ones, then encoded (codec, JitterFrame)
+        # pairs (or, without the hook, frames aiortc decoded)
         self._pending: collections.deque[Any] = collections.deque()
         self._decoded: collections.deque[av.AudioFrame] = collections.deque()
-        self._ended = False
-        self._waiter: asyncio.Future[None] | None = None
+        self._ended = False  # no frame will come after those pending
+        self._waiters: list[asyncio.Future[None]] = []  # readers waiting (one, as a rule)
         self._decoder: Any = None
         self._codec_name: str | None = None
         self._pump: asyncio.Task[None] | None = None
@@ -75,9 +75,14 @@ class InboundAudio(MediaStreamTrack):
                 (self._decoded or self._pending).popleft()  # dropped before it is decoded
                 self.dropped += 1
             self._pending.append(item)
-        if self._waiter is not None and not self._waiter.done() and \
-                (self._ended or len(self._pending) >= self.batch):
-            self._waiter.set_result(None)
+        if self._waiters and (self._ended or len(self._pending) >= self.batch):
+            self._wake()
+
+    def _wake(self) -> None:
+        for waiter in self._waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+        self._waiters.clear()
 
     async def recv(self) -> av.AudioFrame:
         if self.readyState != "live":
@@ -89,17 +94,20 @@ class InboundAudio(MediaStreamTrack):
             if self._ended:
                 self.stop()
                 raise MediaStreamError
-            self._waiter = asyncio.get_running_loop().create_future()
+            waiter = asyncio.get_running_loop().create_future()
+            self._waiters.append(waiter)
             try:
-                await self._waiter
+                await waiter
             finally:
-                self._waiter = None
+                if waiter in self._waiters:
+                    self._waiters.remove(waiter)
             if self.readyState != "live":
                 raise MediaStreamError
         return self._decoded.popleft()
 
     async def recv_batch(self) -> list[av.AudioFrame]:
-        """The next frame and those that came with it (``batch`` of them, unless some are late)."""
+        """The next frame and those that came with it: ``batch`` or more (more if the reader
+        was late), fewer only at the end of the stream."""
         frames = [await self.recv()]
         frames.extend(self._decoded)
         self._decoded.clear()
@@ -123,8 +131,7 @@ class InboundAudio(MediaStreamTrack):
         super().stop()
         if self._pump is not None:
             self._pump.cancel()
-        if self._waiter is not None and not self._waiter.done():
-            self._waiter.set_result(None)  # a recv() in progress sees the end
+        self._wake()  # a recv() in progress sees the end
 
     async def _run(self, source: MediaStreamTrack) -> None:
         try:
@@ -155,17 +162,20 @@ class _LoopDecoder:
         self._sink = sink
         self._stopped = threading.Event()
 
-    def put(self, task: tuple[Any, Any] | None) -> None:
-        self._sink.push(task)
-        if task is None:
-            self._stopped.set()
+    def put(self, task: tuple[Any, Any] | None, *args: Any, **kwargs: Any) -> None:
+        try:
+            self._sink.push(task)
+        finally:
+            if task is None:
+                self._stopped.set()  # whatever happened, the receiver's join() returns
 
-    def get(self) -> None:
+    def get(self, *args: Any, **kwargs: Any) -> None:
         self._stopped.wait()  # then aiortc's worker ends its own (unused) track
 
 
 def _decode_inline(receiver: RTCRtpReceiver, sink: InboundAudio) -> bool:
-    if getattr(receiver, _THREAD, True) is not None or not hasattr(receiver, _QUEUE):
+    if getattr(receiver, _THREAD, True) is not None or not hasattr(receiver, _QUEUE) or \
+            isinstance(getattr(receiver, _QUEUE), _LoopDecoder):
         log.info("aiortc's receiver has changed or already started: decoding in its thread")
         return False
     setattr(receiver, _QUEUE, _LoopDecoder(sink))

@@ -29,12 +29,15 @@ class CoalescingSelector(selectors.DefaultSelector):  # type: ignore[misc,valid-
 
     def select(self, timeout: float | None = None) -> list[tuple[Any, int]]:
         if timeout is None or timeout > 0:
-            wait = self._last + self.poll_interval - time.monotonic()
+            now = time.monotonic()
+            wait = self._last + self.poll_interval - now
             if wait > 0:
                 if timeout is not None:
-                    wait = min(wait, timeout)
-                    timeout -= wait
-                time.sleep(wait)
+                    deadline = now + timeout  # a sleep may run long: the timer must not
+                    time.sleep(min(wait, timeout))
+                    timeout = max(0.0, deadline - time.monotonic())
+                else:
+                    time.sleep(wait)
         ready = super().select(timeout)
         self._last = time.monotonic()
         return ready

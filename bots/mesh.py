@@ -124,6 +124,8 @@ class Mesh:
         # False: peers are told not to send us audio (the SDP direction), so none is decoded
         self.receives_audio = receives_audio
         self.max_frames = max_frames
+        if not 1 <= receive_batch <= max_frames:
+            raise ValueError(f"receive_batch must be 1..{max_frames} frames")
         self.receive_batch = receive_batch  # frames a received track hands over at a time
         self.decode_on_loop = decode_on_loop  # False: in aiortc's thread per track
         self.links: dict[str, PeerLink] = {}
