@@ -325,9 +325,9 @@ async def expect(child: asyncio.subprocess.Process, prefix: bytes, timeout: floa
 
 async def wait_streams(bot: ReceivingBot, k: int, timeout: float = 30) -> None:
     deadline = time.monotonic() + timeout
-    while len(bot.streams) < k or any(s.frames < 25 for s in bot.streams.values()):
+    while len(bot.streams) != k or any(s.frames < 25 for s in bot.streams.values()):
         if time.monotonic() > deadline:
-            raise RuntimeError(f"{len(bot.streams)} of {k} streams flowing after {timeout} s")
+            raise RuntimeError(f"{len(bot.streams)} streams, not {k}, after {timeout} s")
         await asyncio.sleep(0.1)
 
 
@@ -360,16 +360,8 @@ async def sweep(bot: ReceivingBot, url: str, way: Way, ks: tuple[int, ...], seco
                 await asyncio.wait_for(child.wait(), 15)
             except asyncio.TimeoutError:
                 child.kill()
-    await wait_streams_gone(bot)
+    await wait_streams(bot, 0)  # the speakers have gone
     return results
-
-
-async def wait_streams_gone(bot: ReceivingBot, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while bot.streams:
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"{len(bot.streams)} streams still open after {timeout} s")
-        await asyncio.sleep(0.1)
 
 
 @dataclass

@@ -433,11 +433,14 @@ class SignalingClient:
         if cfg.token is None:
             await self._create_session(timeout)
         try:
-            ws = await self._http.ws_connect(
-                cfg.ws_url, params={"token": cfg.token or ""}, heartbeat=cfg.heartbeat,
-                timeout=aiohttp.ClientWSTimeout(ws_receive=cfg.receive_timeout,
-                                                ws_close=cfg.connect_timeout),
-                max_msg_size=0)
+            # ws_connect's own timeout covers the open socket, not the handshake: one sent
+            # into a dead link would wait for the session's default (5 minutes)
+            async with asyncio.timeout(cfg.connect_timeout):
+                ws = await self._http.ws_connect(
+                    cfg.ws_url, params={"token": cfg.token or ""}, heartbeat=cfg.heartbeat,
+                    timeout=aiohttp.ClientWSTimeout(ws_receive=cfg.receive_timeout,
+                                                    ws_close=cfg.connect_timeout),
+                    max_msg_size=0)
         except aiohttp.WSServerHandshakeError as exc:
             if exc.status == 401:  # the server no longer knows us
                 if not cfg.create_session:

@@ -86,6 +86,12 @@ async def test_dead_link_is_detected_within_the_timeout(server: TestServer) -> N
         assert not client.connected
         # within the receive timeout, plus slack for a loaded 2-core box
         assert detected <= 2.0 + 1.5, detected
+        # a reconnect attempt goes into the dead link too: its handshake must time out
+        deadline = time.monotonic() + 10
+        while proxy.accepted < 2 and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        assert proxy.accepted >= 2
+        await asyncio.sleep(0.1)  # the handshake request has gone into the void
         proxy.frozen = False  # the link heals: the client is back
         await client.wait_connected(20)
     finally:
