@@ -32,6 +32,11 @@ _QUEUE = "_RTCRtpReceiver__decoder_queue"
 _THREAD = "_RTCRtpReceiver__decoder_thread"
 
 
+def check_batch(batch: int, max_frames: int) -> None:
+    if not 1 <= batch <= max_frames:
+        raise ValueError(f"a receive batch must be 1..{max_frames} frames, not {batch}")
+
+
 class InboundAudio(MediaStreamTrack):
     """A received audio track; the oldest frame goes when ``max_frames`` are waiting.
 
@@ -46,8 +51,7 @@ class InboundAudio(MediaStreamTrack):
     def __init__(self, receiver: RTCRtpReceiver, max_frames: int, batch: int = 1,
                  on_loop: bool = True) -> None:
         super().__init__()
-        if not 1 <= batch <= max_frames:
-            raise ValueError("need 1 <= batch <= max_frames")
+        check_batch(batch, max_frames)
         self.max_frames, self.batch = max_frames, batch
         self.received = 0
         self.dropped = 0

@@ -32,7 +32,7 @@ from shared.client import SignalingClient
 from shared.tasks import TaskSet
 
 from .audio import Converter
-from .inbound import InboundAudio
+from .inbound import InboundAudio, check_batch
 from .plugin import Peer
 
 log = logging.getLogger(__name__)
@@ -124,8 +124,7 @@ class Mesh:
         # False: peers are told not to send us audio (the SDP direction), so none is decoded
         self.receives_audio = receives_audio
         self.max_frames = max_frames
-        if not 1 <= receive_batch <= max_frames:
-            raise ValueError(f"receive_batch must be 1..{max_frames} frames")
+        check_batch(receive_batch, max_frames)  # here, not in aiortc's track event
         self.receive_batch = receive_batch  # frames a received track hands over at a time
         self.decode_on_loop = decode_on_loop  # False: in aiortc's thread per track
         self.links: dict[str, PeerLink] = {}
