@@ -37,6 +37,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import fractions
+import json
 import os
 import subprocess
 import sys
@@ -307,10 +308,12 @@ async def measure(bot: ReceivingBot, way: Way, k: int, mode: str, seconds: float
                  (bot.frames() - frames0) / elapsed / max(k, 1))
 
 
-async def spawn(*args: str) -> asyncio.subprocess.Process:
+async def spawn(role: str, *values: str) -> asyncio.subprocess.Process:
+    # the values go as one JSON list: a session id may begin with "-", which argparse would
+    # take for an option
     return await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "bench.receive", *args, cwd=ROOT, stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        sys.executable, "-m", "bench.receive", role, json.dumps(values), cwd=ROOT,
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 
 async def expect(child: asyncio.subprocess.Process, prefix: bytes, timeout: float) -> bytes:
@@ -470,8 +473,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=10, help="join/leave cycles before the "
                                                                "first RSS reading")
     parser.add_argument("--talk", type=float, default=0.5, help="seconds of speech per cycle")
-    parser.add_argument("--speak", nargs=6, help=argparse.SUPPRESS)
-    parser.add_argument("--cycle", nargs=6, help=argparse.SUPPRESS)
+    parser.add_argument("--speak", type=json.loads, help=argparse.SUPPRESS)
+    parser.add_argument("--cycle", type=json.loads, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.speak:
         url, lobby, bot, count, first, prefix = args.speak
