@@ -43,13 +43,22 @@ class BotConfig(p.Payload):
             raise InvalidConfig(f"unknown setting(s) {', '.join(unknown)}; known: "
                                 f"{', '.join(sorted(known)) or 'none'}")
         try:
-            return cls.from_dict(data)
+            config = cls.from_dict(data)
         except p.ProtocolError as exc:
             raise InvalidConfig(exc.message) from None
+        for f in dataclasses.fields(cls):
+            value, low, high = getattr(config, f.name), f.metadata.get("minimum"), \
+                f.metadata.get("maximum")
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and (
+                    (low is not None and value < low) or (high is not None and value > high)):
+                raise InvalidConfig(f"{f.name} must be within {low}..{high}")
+        return config
 
     @classmethod
     def schema(cls) -> dict[str, Any]:
-        """``{name: {"type", "default", "help"}}``, announced to the server and shown in the UI."""
+        """``{name: {"type", "nullable", "default", "help", "minimum"?, "maximum"?,
+        "choices"?}}``, announced to the server (which checks a config against it) and shown
+        in the UI."""
         hints = typing.get_type_hints(cls)
         out = {}
         for f in dataclasses.fields(cls):
@@ -60,6 +69,9 @@ class BotConfig(p.Payload):
                            "nullable": type(None) in typing.get_args(hint),
                            "default": None if f.default is dataclasses.MISSING else f.default,
                            "help": f.metadata.get("help", "")}
+            for bound in ("minimum", "maximum"):
+                if f.metadata.get(bound) is not None:
+                    out[f.name][bound] = f.metadata[bound]
         for name, values in cls.choices().items():
             out[name]["choices"] = list(values)
         return out
@@ -74,9 +86,12 @@ class BotConfig(p.Payload):
 _JSON_TYPES = {str: "string", int: "integer", float: "number", bool: "boolean"}
 
 
-def setting(default: Any, help: str) -> Any:
-    """A config field with a default and a line of help, e.g. ``path: str = setting("", "…")``."""
-    return dataclasses.field(default=default, metadata={"help": help})
+def setting(default: Any, help: str, *, minimum: float | None = None,
+            maximum: float | None = None) -> Any:
+    """A config field with a default and a line of help, e.g. ``path: str = setting("", "…")``;
+    a number may have bounds, which the server checks before the bot is created."""
+    return dataclasses.field(default=default, metadata={"help": help, "minimum": minimum,
+                                                        "maximum": maximum})
 
 
 @dataclass(frozen=True)

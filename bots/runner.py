@@ -14,7 +14,7 @@ from collections.abc import Callable
 from aiortc import MediaStreamTrack
 
 from shared import protocol as p
-from shared.client import ClientConfig, SignalingClient
+from shared.client import ClientConfig, SessionEnded, SignalingClient
 
 from .mesh import Mesh
 from .plugin import Bot, BotConfig, InvalidConfig, LobbyAccess, Peer
@@ -75,8 +75,10 @@ class BotRunner(LobbyAccess):
         """Runs until cancelled; reports ``failed`` if the bot can't start."""
         try:
             config: BotConfig = self.cls.Config.parse(self.start_msg.config)
-        except InvalidConfig as exc:
-            self.set_status("failed", f"invalid config: {exc}")
+        except InvalidConfig as exc:  # the server refuses the bot with this message
+            self.status = "failed"
+            self._report(p.BotStatus(bot_id=self.bot_id, status="failed", detail=str(exc)[:1000],
+                                     error=p.ErrorCode.INVALID_CONFIG.value))
             return
         self.set_status("starting")
         bot = self.bot = self.cls(self, config)
@@ -95,8 +97,8 @@ class BotRunner(LobbyAccess):
             if self.status == "starting":
                 self.set_status("live")
             failure = await self.client.wait_stopped()
-            if failure is not None:
-                self.set_status("failed", str(failure))
+            if failure is not None and not isinstance(failure, SessionEnded):
+                self.set_status("failed", str(failure))  # removed (4002): nothing to report
         except asyncio.CancelledError:
             raise
         except Exception as exc:

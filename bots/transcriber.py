@@ -33,7 +33,7 @@ from .audio import SpeechResampler
 from .inbound import recv_batch
 from .plugin import Bot, BotConfig, LobbyAccess, Peer, setting
 from .scheduler import Scheduler
-from .models import installed_names
+from .models import listing
 from .stt import LANGUAGES, STT, Recognition, WhisperSTT, load_whisper
 from .vad import Segmenter, Utterance, VadConfig
 
@@ -52,12 +52,19 @@ def shared_scheduler() -> Scheduler:
         return _scheduler
 
 
+# what CTranslate2 accepts on a CPU or a GPU
+COMPUTE_TYPES = ("int8", "int8_float32", "int8_float16", "int8_bfloat16", "int16", "float16",
+                 "bfloat16", "float32", "default", "auto")
+
+
 @dataclass(frozen=True)
 class TranscriberConfig(BotConfig):
     model: str = setting("tiny.en", "an installed model (`voicebot models list`)")
     compute_type: str = setting("int8", "CTranslate2 compute type: int8, int8_float32, float32")
-    threads: int = setting(0, "CPU threads per inference (0: one per core, at most 4)")
-    beam_size: int = setting(5, "beam size of finals (interims are greedy: 1)")
+    threads: int = setting(0, "CPU threads per inference (0: one per core, at most 4)",
+                           minimum=0, maximum=64)
+    beam_size: int = setting(5, "beam size of finals (interims are greedy: 1)",
+                             minimum=1, maximum=10)
     language: str = setting("en", "language spoken, or auto: detected per utterance "
                             "(a multilingual model; a speaker's language sticks)")
     task: str = setting("transcribe", "transcribe, or translate (to English; multilingual "
@@ -68,12 +75,16 @@ class TranscriberConfig(BotConfig):
                                 "wait, as short as an interim's, greedy)")
     final_min_window_s: float = setting(10.0, "the shortest encoder window for finals, in "
                                         "seconds (Whisper reads a window cut close to the "
-                                        "speech less well)")
-    interim_interval: float = setting(1.0, "seconds between interim results; 0 turns them off")
-    interim_after: float = setting(0.5, "seconds of speech before the first interim")
-    min_silence_ms: int = setting(300, "a pause this long ends an utterance")
-    max_utterance_s: float = setting(15.0, "longer utterances are cut")
-    lag_warning_s: float = setting(3.0, "report 'lagging' when a speaker is this far behind")
+                                        "speech less well)", minimum=0, maximum=30)
+    interim_interval: float = setting(1.0, "seconds between interim results; 0 turns them off",
+                                      minimum=0, maximum=10)
+    interim_after: float = setting(0.5, "seconds of speech before the first interim",
+                                   minimum=0, maximum=10)
+    min_silence_ms: int = setting(300, "a pause this long ends an utterance",
+                                  minimum=100, maximum=5000)
+    max_utterance_s: float = setting(15.0, "longer utterances are cut", minimum=2, maximum=30)
+    lag_warning_s: float = setting(3.0, "report 'lagging' when a speaker is this far behind",
+                                   minimum=0.5, maximum=60)
 
     def validate(self) -> None:
         def bad(message: str) -> ProtocolError:
@@ -83,27 +94,32 @@ class TranscriberConfig(BotConfig):
             raise bad(f"unknown language code {self.language!r}")
         if self.task not in ("transcribe", "translate"):
             raise bad("task must be transcribe or translate")
+        if self.compute_type not in COMPUTE_TYPES:
+            raise bad(f"compute_type must be one of {', '.join(COMPUTE_TYPES)}")
         if self.final_window not in ("full", "dynamic", "auto"):
             raise bad("final_window must be full, dynamic or auto")
-        if not 0 <= self.final_min_window_s <= 30:
-            raise bad("final_min_window_s must be within 0..30")
-        if not 1 <= self.beam_size <= 10:
-            raise bad("beam_size must be within 1..10")
-        if not 0 <= self.threads <= 64:
-            raise bad("threads must be within 0..64")
-        if self.interim_interval and not 0.3 <= self.interim_interval <= 10:
+        if self.interim_interval and self.interim_interval < 0.3:
             raise bad("interim_interval must be 0 or within 0.3..10")
-        if not 100 <= self.min_silence_ms <= 5000:
-            raise bad("min_silence_ms must be within 100..5000")
-        if not 2 <= self.max_utterance_s <= 30:
-            raise bad("max_utterance_s must be within 2..30")
-
+        installed = {m["name"]: m for m in listing() if m.get("installed")}
+        if self.model not in installed:
+            raise bad(f"model {self.model!r} is not installed here (installed: "
+                      f"{', '.join(sorted(installed)) or 'none'}; `voicebot models install NAME`)")
+        if installed[self.model].get("multilingual") is False:
+            hint = "install a multilingual model (`voicebot models install base`) and pick it"
+            if self.task == "translate":
+                raise bad(f"{self.model} knows English only and cannot translate: {hint}")
+            if self.language not in ("en", "auto"):
+                raise bad(f"{self.model} knows English only, not {self.language!r}: {hint}")
 
     @classmethod
     def choices(cls) -> dict[str, list[Any]]:
-        return {"model": installed_names(), "task": ["transcribe", "translate"],
-                "language": ["auto", *sorted(LANGUAGES)],
-                "final_window": ["auto", "full", "dynamic"]}
+        installed = [m for m in listing() if m.get("installed")]
+        if any(m.get("multilingual") is not False for m in installed):
+            tasks, languages = ["transcribe", "translate"], ["auto", *sorted(LANGUAGES)]
+        else:  # English-only models: offer nothing they can't do
+            tasks, languages = ["transcribe"], ["en", "auto"]
+        return {"model": [m["name"] for m in installed], "task": tasks, "language": languages,
+                "compute_type": list(COMPUTE_TYPES), "final_window": ["auto", "full", "dynamic"]}
 
 
 class TranscriberBot(Bot[TranscriberConfig]):

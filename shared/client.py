@@ -15,7 +15,9 @@ Delivery model:
 * Incoming frames with an ``id`` that is no reply (chat, transcripts) are de-duplicated within
   a window, since the server replays history after a reconnect.
 
-Exceptions: everything raised to callers derives from ``ClientError``.
+Exceptions: everything raised to callers derives from ``ClientError``. A close with code 4001
+(the session connected elsewhere), 4002 (deleted) or 4003 (kicked) ends the client with
+``SessionEnded``; any other lost connection is retried. See docs/client.md.
 """
 
 from __future__ import annotations
@@ -65,6 +67,20 @@ class NotDelivered(ClientError):
 
 class AuthError(ClientError):
     """The server refused our credentials (provider key or session token); the client stops."""
+
+
+class SessionEnded(ClientError):
+    """The server ended this session's connection for good: ``code`` 4001 (the session
+    connected again elsewhere), 4002 (the session was deleted) or 4003 (kicked). The client
+    stops instead of reconnecting, which would only take the session back."""
+
+    def __init__(self, code: int, reason: str) -> None:
+        super().__init__(f"closed by the server ({code}: {reason or 'no reason'})")
+        self.code = code
+        self.reason = reason
+
+
+FINAL_CLOSE_CODES = (4001, 4002, 4003)
 
 
 class QueueFull(ClientError):
@@ -361,6 +377,10 @@ class SignalingClient:
             log.error("giving up: %s", exc)
             self.failure = exc
             self.stats.state = "failed"
+        except SessionEnded as exc:  # the server's decision, not a fault: no error logged
+            log.info("stopping: %s", exc)
+            self.failure = exc
+            self.stats.state = "closed"
         finally:
             self._stopped.set()
 
@@ -389,7 +409,7 @@ class SignalingClient:
             self.stats.breaker = "closed"
             try:
                 await self._serve(ws)
-            except asyncio.CancelledError:
+            except (asyncio.CancelledError, SessionEnded):
                 raise
             except Exception as exc:
                 log.info("connection lost: %s", exc)
@@ -436,8 +456,10 @@ class SignalingClient:
             # ws_connect's own timeout covers the open socket, not the handshake: one sent
             # into a dead link would wait for the session's default (5 minutes)
             async with asyncio.timeout(cfg.connect_timeout):
+                # the token in a header: a URL ends up in logs and error messages
                 ws = await self._http.ws_connect(
-                    cfg.ws_url, params={"token": cfg.token or ""}, heartbeat=cfg.heartbeat,
+                    cfg.ws_url, headers={"Authorization": f"Bearer {cfg.token or ''}"},
+                    heartbeat=cfg.heartbeat,
                     timeout=aiohttp.ClientWSTimeout(ws_receive=cfg.receive_timeout,
                                                     ws_close=cfg.connect_timeout),
                     max_msg_size=0)
@@ -561,6 +583,8 @@ class SignalingClient:
     async def _read(self, ws: aiohttp.ClientWebSocketResponse) -> None:
         while True:
             frame = await ws.receive()
+            if frame.type is aiohttp.WSMsgType.CLOSE and frame.data in FINAL_CLOSE_CODES:
+                raise SessionEnded(frame.data, frame.extra or "")
             if frame.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSING,
                               aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.ERROR):
                 raise ConnectionError(f"socket closed ({frame.type.name}: {frame.data!r})")

@@ -102,6 +102,9 @@ def _invalid(message: str) -> ProtocolError:
     return ProtocolError(ErrorCode.INVALID_PAYLOAD, message)
 
 
+MAX_JSON_DEPTH = 8  # nesting inside a free-form object field (a bot's config, its metrics)
+
+
 def _check_len(name: str, value: str | None, max_len: int, min_len: int = 0) -> None:
     if value is None:
         return
@@ -112,6 +115,56 @@ def _check_len(name: str, value: str | None, max_len: int, min_len: int = 0) -> 
 
 
 Checker = Callable[[str, Any], Any]
+
+
+def is_text(value: str) -> bool:
+    """Whether ``value`` is valid Unicode text we can store and send: UTF-8-encodable (no lone
+    surrogate, which a JSON escape such as ``\\ud800`` can produce) and without NUL."""
+    if value.isascii():
+        return "\x00" not in value
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        return False
+    return "\x00" not in value
+
+
+def _check_text(name: str, value: str) -> str:
+    if not is_text(value):
+        raise _invalid(f"{name} must be valid Unicode text without NUL")
+    return value
+
+
+def check_json(name: str, value: Any, depth: int = 0) -> Any:
+    """Checks a free-form JSON value (a bot's config or metrics) for what every reader can
+    take: objects with string keys, text without NUL, integers within ±(2**53-1), finite
+    numbers, at most ``MAX_JSON_DEPTH`` levels of nesting."""
+    if value is None or type(value) is bool:
+        return value
+    if type(value) is str:
+        return _check_text(name, value)
+    if type(value) is int:
+        if not -MAX_SAFE_INT <= value <= MAX_SAFE_INT:
+            raise _invalid(f"{name} is out of range")
+        return value
+    if type(value) is float:
+        if value != value or value in (float("inf"), float("-inf")):
+            raise _invalid(f"{name} must be a finite number")
+        return value
+    if depth >= MAX_JSON_DEPTH:
+        raise _invalid(f"{name} is nested deeper than {MAX_JSON_DEPTH} levels")
+    if type(value) is list:
+        for item in value:
+            check_json(f"{name}[]", item, depth + 1)
+        return value
+    if type(value) is dict:
+        for key, item in value.items():
+            if type(key) is not str:
+                raise _invalid(f"{name} keys must be strings")
+            _check_text(f"{name} key", key)
+            check_json(f"{name}.{key[:32]}", item, depth + 1)
+        return value
+    raise _invalid(f"{name} holds a value that is not JSON")
 
 
 def _checker(hint: Any) -> Checker:
@@ -137,7 +190,7 @@ def _checker(hint: Any) -> Checker:
         def check_dict(name: str, value: Any) -> Any:
             if not isinstance(value, dict):
                 raise _invalid(f"{name} must be an object")
-            return value
+            return check_json(name, value)
         return check_dict
     if dataclasses.is_dataclass(hint):
         def check_object(name: str, value: Any) -> Any:
@@ -151,7 +204,7 @@ def _checker(hint: Any) -> Checker:
         def check_str(name: str, value: Any) -> Any:
             if type(value) is not str:
                 raise _invalid(f"{name} must be a string")
-            return value
+            return _check_text(name, value)
         return check_str
     if hint is bool:
         def check_bool(name: str, value: Any) -> Any:
@@ -183,7 +236,7 @@ def _checker(hint: Any) -> Checker:
         def check_enum(name: str, value: Any) -> Any:
             try:
                 return hint(value)
-            except ValueError:
+            except (ValueError, TypeError):
                 raise _invalid(f"{name} must be one of {[m.value for m in hint]}") from None
         return check_enum
     raise TypeError(f"unsupported annotation {hint!r}")  # a bug in this module, not bad input
@@ -200,7 +253,7 @@ def _compile_decoder(cls: type[Payload]) -> Callable[[Any], Any]:
     """
     hints = typing.get_type_hints(cls)
     env: dict[str, Any] = {"_invalid": _invalid, "_new": object.__new__, "cls": cls,
-                           "_MISSING": _MISSING}
+                           "_MISSING": _MISSING, "_is_text": is_text}
     lines = ["def from_dict(data):",
              "    if not isinstance(data, dict):",
              f"        raise _invalid({cls.__name__ + ' data must be an object'!r})",
@@ -215,8 +268,12 @@ def _compile_decoder(cls: type[Payload]) -> Callable[[Any], Any]:
                   f"        v = default{i}()"]
         if hint is str or hint == (str | None):
             none_ok = "v is not None and " if hint is not str else ""
+            # lone surrogates only come through the lenient parser, which checks the whole
+            # frame; NUL is the one thing the fast parser lets through
             lines += [f"    elif {none_ok}type(v) is not str:",
-                      f"        raise _invalid({name + ' must be a string'!r})"]
+                      f"        raise _invalid({name + ' must be a string'!r})",
+                      f"    elif {none_ok}'\\x00' in v:",
+                      f"        raise _invalid({name + ' must be valid Unicode text without NUL'!r})"]
         else:
             lines += ["    else:", f"        v = check{i}({name!r}, v)"]
         lines.append(f"    d[{name!r}] = v")
@@ -310,8 +367,10 @@ class SessionInfo(Payload):
 
 @dataclass(frozen=True)
 class SessionDescription(Payload):
+    """An ``RTCSessionDescriptionInit``: ``sdp`` may be left out (a rollback has none)."""
+
     type: str
-    sdp: str
+    sdp: str = ""
 
     def validate(self) -> None:
         if self.type not in ("offer", "answer", "pranswer", "rollback"):
@@ -321,13 +380,24 @@ class SessionDescription(Payload):
 
 @dataclass(frozen=True)
 class IceCandidate(Payload):
-    candidate: str
+    """An ``RTCIceCandidateInit``. A member left out and a member sent as null are the same
+    thing (WebIDL defaults them to null), so null members are left out when relayed."""
+
+    candidate: str = ""
     sdpMid: str | None = None  # noqa: N815 - the browser's RTCIceCandidateInit spelling
     sdpMLineIndex: int | None = None  # noqa: N815
+    usernameFragment: str | None = None  # noqa: N815
 
     def validate(self) -> None:
         _check_len("candidate", self.candidate, MAX_CANDIDATE_LEN)
         _check_len("sdpMid", self.sdpMid, MAX_ID_LEN)
+        _check_len("usernameFragment", self.usernameFragment, 256)
+        if self.sdpMLineIndex is not None and not 0 <= self.sdpMLineIndex <= 65535:
+            raise _invalid("sdpMLineIndex must be within 0..65535")
+
+    def wire(self) -> dict[str, Any]:
+        """The candidate as relayed: the members that were given."""
+        return {k: v for k, v in vars(self).items() if v is not None}
 
 
 # --- client -> server ----------------------------------------------------------------------------
@@ -360,7 +430,8 @@ class Join(Message):
         if (self.lobby_id is None) == (self.lobby_name is None):
             raise _invalid("give exactly one of lobby_id and lobby_name")
         _check_len("lobby_id", self.lobby_id, MAX_ID_LEN, 1)
-        _check_len("lobby_name", self.lobby_name, 4 * MAX_LOBBY_NAME_LEN, 1)
+        # an empty or blank name is the names registry's to refuse (name_invalid)
+        _check_len("lobby_name", self.lobby_name, 4 * MAX_LOBBY_NAME_LEN)
         _check_len("password", self.password, MAX_PASSWORD_LEN, 1)
 
 
@@ -547,6 +618,11 @@ class RunningBot(Payload):
     kind: str
     lobby_id: str
 
+    def validate(self) -> None:
+        _check_len("bot_id", self.bot_id, MAX_ID_LEN, 1)
+        _check_len("kind", self.kind, MAX_ID_LEN, 1)
+        _check_len("lobby_id", self.lobby_id, MAX_ID_LEN, 1)
+
 
 @dataclass(frozen=True)
 class ProviderHello(Message):
@@ -594,11 +670,18 @@ class BotStatus(Message):
     name: str | None = None
     session_id: str | None = None
     metrics: dict = field(default_factory=dict)  # e.g. {"lag": 1.2}: exported by the server
+    # why a bot failed, as an error code: "invalid_config" when its config was refused
+    error: str | None = None
 
     def validate(self) -> None:
+        _check_len("bot_id", self.bot_id, MAX_ID_LEN, 1)
         if self.status not in BOT_STATUSES:
             raise _invalid(f"status must be one of {BOT_STATUSES}")
         _check_len("detail", self.detail, 1000)
+        _check_len("error", self.error, MAX_ID_LEN)
+        for key, value in self.metrics.items():
+            if type(value) not in (int, float):
+                raise _invalid(f"metrics.{key[:32]} must be a number")
 
 
 MESSAGES: dict[MessageType, type[Message]] = {
@@ -637,21 +720,57 @@ def _lenient_loads(text: str) -> Any:
         return _INVALID
 
 
+def _holds_bad_text(value: Any) -> bool:
+    """Whether a parsed JSON value holds a string (or key) that is not valid Unicode."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if type(item) is str:
+            if not item.isascii() and not is_text(item.replace("\x00", "")):
+                return True
+        elif type(item) is dict:
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif type(item) is list:
+            stack.extend(item)
+    return False
+
+
+def loads(text: str) -> Any:
+    """Parses JSON from a client (a frame or an HTTP body).
+
+    orjson reads nearly every frame. What it refuses, the standard library reads, so that a
+    number out of range (``1e999``, ``NaN``) is named by the field check; a string holding an
+    escaped lone surrogate (``"\\ud800"``, which no UTF-8 text can hold) is refused here, and
+    so is nesting deeper than orjson's 1024 levels: both ``bad_json``.
+    """
+    try:
+        return orjson.loads(text)  # fast; refuses a few things the stdlib parser reads
+    except (ValueError, RecursionError):
+        value = _lenient_loads(text)
+    if value is _INVALID:
+        raise ProtocolError(ErrorCode.BAD_JSON, "frame is not valid JSON")
+    if _holds_bad_text(value):
+        raise ProtocolError(ErrorCode.BAD_JSON,
+                            "frame holds a string that is not valid Unicode (a lone surrogate)")
+    return value
+
+
+def _valid_id(id_: Any) -> bool:
+    return isinstance(id_, str) and 0 < len(id_) <= MAX_ID_LEN and is_text(id_)
+
+
 def decode_envelope(text: str) -> tuple[str, Any, str | None]:
     """Parses the frame's outer shape: returns ``(type, data, id)``."""
-    try:
-        frame = orjson.loads(text)  # fast; refuses a few things the stdlib parser reads
-    except (ValueError, RecursionError):
-        frame = _lenient_loads(text)  # 1e999, NaN, huge integers: let validation name them
-        if frame is _INVALID:
-            raise ProtocolError(ErrorCode.BAD_JSON, "frame is not valid JSON") from None
+    frame = loads(text)
     if not isinstance(frame, dict):
         raise ProtocolError(ErrorCode.BAD_FRAME, "frame must be a JSON object")
     type_, data, id_ = frame.get("type"), frame.get("data", {}), frame.get("id")
     if not isinstance(type_, str):
         raise ProtocolError(ErrorCode.BAD_FRAME, "frame needs a string 'type'")
-    if id_ is not None and (not isinstance(id_, str) or not 0 < len(id_) <= MAX_ID_LEN):
-        raise ProtocolError(ErrorCode.BAD_FRAME, f"'id' must be a string of 1..{MAX_ID_LEN} chars")
+    if id_ is not None and not _valid_id(id_):
+        raise ProtocolError(ErrorCode.BAD_FRAME, f"'id' must be a string of 1..{MAX_ID_LEN} "
+                                                 "characters (valid Unicode, no NUL)")
     return type_, data, id_
 
 
@@ -660,7 +779,8 @@ def decode(text: str, allowed: Collection[MessageType] | None = None) -> tuple[M
     type_, data, id_ = decode_envelope(text)
     cls = _BY_TYPE_NAME.get(type_)
     if cls is None:
-        raise ProtocolError(ErrorCode.UNKNOWN_TYPE, f"unknown message type {type_[:40]!r}") from None
+        raise ProtocolError(ErrorCode.UNKNOWN_TYPE,
+                            f"unknown message type {type_[:40]!r}") from None
     if allowed is not None and cls.type not in allowed:
         raise ProtocolError(ErrorCode.NOT_ALLOWED, f"{type_!r} may not be sent to this side")
     try:
@@ -670,8 +790,9 @@ def decode(text: str, allowed: Collection[MessageType] | None = None) -> tuple[M
 
 
 def frame_id(text: str) -> str | None:
-    """Best-effort request id of a frame that failed to decode, for the error's ``ref``."""
+    """The request id of a frame that failed to decode, for the error's ``ref``: None unless
+    the frame is a JSON object whose ``id`` is itself valid."""
     frame = _lenient_loads(text)
-    if isinstance(frame, dict) and isinstance(frame.get("id"), str):
-        return frame["id"][:MAX_ID_LEN]
+    if isinstance(frame, dict) and _valid_id(frame.get("id")):
+        return frame["id"]  # type: ignore[no-any-return]
     return None

@@ -121,7 +121,7 @@ async def stop_bot(request: web.Request) -> web.Response:
 
 async def integrity(request: web.Request) -> web.Response:
     started = time.monotonic()
-    repairs = await request.app[HUB].check_integrity()
+    repairs = await request.app[HUB].check_integrity(chat=True)
     return web.json_response({"repairs": repairs, "seconds": time.monotonic() - started})
 
 

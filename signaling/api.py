@@ -15,7 +15,8 @@ from shared.protocol import ErrorCode, ProtocolError
 
 from .dispatch import DISPATCHER
 from . import export
-from .hub import HUB, Hub, LiveSession, Lobby, stored_message
+from .history import readable
+from .hub import HUB, Hub, LiveSession, Lobby
 from .limits import LIMITS
 from .store import StoreError
 
@@ -79,32 +80,57 @@ async def json_errors(request: web.Request, handler: Any) -> web.StreamResponse:
             raise
         code = _CODE_FOR_STATUS.get(exc.status, ErrorCode.INVALID_PAYLOAD)
         return _error_response(exc.status, code, exc.reason)
+    except Exception:  # a bug: still the documented JSON, and logged
+        log.exception("%s %s failed", request.method, request.rel_url.path)
+        return _error_response(500, ErrorCode.INTERNAL, "internal error")
 
 
 async def read_json(request: web.Request) -> dict[str, Any]:
+    """The body as a JSON object, read by the frames' parser (the same limits and errors)."""
     if not request.can_read_body:
         return {}
     try:
-        body = await request.json()
-    except ValueError:
-        raise http_error(400, ErrorCode.BAD_JSON, "request body is not valid JSON") from None
+        body = p.loads(await request.text())
+    except UnicodeDecodeError:
+        raise http_error(400, ErrorCode.BAD_JSON, "request body is not UTF-8") from None
+    except ProtocolError as exc:
+        raise http_error(400, ErrorCode.BAD_JSON,
+                         exc.message.replace("frame", "request body")) from None
     if not isinstance(body, dict):
         raise http_error(400, ErrorCode.INVALID_PAYLOAD, "request body must be a JSON object")
     return body
 
 
 def field(body: dict[str, Any], name: str, kind: type, default: Any = None) -> Any:
-    value = body.get(name, default)
-    if value is not None and (not isinstance(value, kind) or isinstance(value, bool) != (kind is bool)):
+    """A field of a request body; null is the same as leaving it out."""
+    value = body.get(name)
+    if value is None:
+        return default
+    if not isinstance(value, kind) or isinstance(value, bool) != (kind is bool):
         raise http_error(400, ErrorCode.INVALID_PAYLOAD, f"{name} must be a {kind.__name__}")
+    if kind is str and not p.is_text(value):
+        raise http_error(400, ErrorCode.INVALID_PAYLOAD,
+                         f"{name} must be valid Unicode text without NUL")
+    if kind is int and not -p.MAX_SAFE_INT <= value <= p.MAX_SAFE_INT:
+        raise http_error(400, ErrorCode.INVALID_PAYLOAD, f"{name} is out of range")
     return value
 
 
+WS_PROTOCOL = "voicebot.v1"
+WS_TOKEN_PROTOCOL = "voicebot.bearer."  # + the token: how a browser's WebSocket sends it
+
+
 def bearer_token(request: web.Request) -> str | None:
-    """The session token from ``Authorization: Bearer`` or, for browsers' WebSockets, ``?token=``."""
+    """The session token from ``Authorization: Bearer``, from a WebSocket subprotocol
+    ``voicebot.bearer.<token>`` (browsers can't set headers on a WebSocket), or from
+    ``?token=`` (kept for old clients; the access log never writes a query)."""
     auth = request.headers.get("Authorization", "")
     if auth.lower().startswith("bearer "):
         return auth[7:].strip() or None
+    for offered in request.headers.get("Sec-WebSocket-Protocol", "").split(","):
+        offered = offered.strip()
+        if offered.startswith(WS_TOKEN_PROTOCOL):
+            return offered[len(WS_TOKEN_PROTOCOL):] or None
     return request.query.get("token") or None
 
 
@@ -143,11 +169,30 @@ async def get_session(request: web.Request) -> web.Response:
     return web.json_response(hub.session_info(await session_from(request, hub)).to_dict())
 
 
+def _missing_kinds(request: web.Request) -> list[str]:
+    """The automatic bot kinds no connected provider offers yet."""
+    offered = {k["kind"] for k in request.app[DISPATCHER].kinds()}
+    return [k for k in request.app[HUB].settings.auto_bot_kinds if k not in offered]
+
+
 async def health(request: web.Request) -> web.Response:
-    hub = request.app[HUB]
+    """Alive: the server answers. ``ready``: every automatic bot kind has a provider."""
+    hub, dispatcher = request.app[HUB], request.app[DISPATCHER]
     return web.json_response({"status": "ok", "sessions": len(hub.sessions),
                               "connections": len(hub.connections()),
-                              "lobbies": len(hub.lobbies), "time": time.time()})
+                              "lobbies": len(hub.lobbies), "time": time.time(),
+                              "providers": len(dispatcher.providers),
+                              "bot_kinds": [k["kind"] for k in dispatcher.kinds()],
+                              "ready": not _missing_kinds(request)})
+
+
+async def ready(request: web.Request) -> web.Response:
+    """200 once every automatic bot kind has a provider (what a load balancer asks), else 503."""
+    missing = _missing_kinds(request)
+    if missing:
+        raise http_error(503, ErrorCode.UNAVAILABLE,
+                         f"waiting for a bot provider of: {', '.join(missing)}")
+    return web.json_response({"ready": True})
 
 
 async def list_lobbies(request: web.Request) -> web.Response:
@@ -163,14 +208,20 @@ def creation_allowed(request: web.Request, session: LiveSession) -> None:
 
 async def create_lobby(request: web.Request) -> web.Response:
     hub = request.app[HUB]
-    creation_allowed(request, (await session_from(request, hub)))
+    session = await session_from(request, hub)
     body = await read_json(request)
     name = field(body, "name", str)
     if name is None:
         raise http_error(400, ErrorCode.INVALID_PAYLOAD, "name is required")
-    lobby = await hub.create_lobby(name, private=field(body, "private", bool, False),
-                                   password=field(body, "password", str) or None,
-                                   max_participants=field(body, "max_participants", int))
+    private = field(body, "private", bool, False)
+    password = field(body, "password", str) or None  # "" is no password, as null
+    if password is not None and len(password) > p.MAX_PASSWORD_LEN:
+        raise http_error(400, ErrorCode.INVALID_PAYLOAD,
+                         f"password is longer than {p.MAX_PASSWORD_LEN} characters")
+    max_participants = field(body, "max_participants", int)
+    creation_allowed(request, session)  # a well-formed request is what counts
+    lobby = await hub.create_lobby(name, private=private, password=password,
+                                   max_participants=max_participants)
     return web.json_response(lobby_json(hub, lobby), status=201)
 
 
@@ -212,7 +263,8 @@ async def lobby_messages(request: web.Request) -> web.Response:
     assert limit is not None
     before, after = int_query(request, "before"), int_query(request, "after")
     records = await hub.store.chat_history(lobby.id, before=before, after=after, limit=limit)
-    messages = [stored_message(r).to_dict() | {"kind": r.kind} for r in records]
+    # an unreadable record is left out; the cursor still moves past it
+    messages = [msg.to_dict() | {"kind": rec.kind} for rec, msg in readable(records)]
     page: dict[str, Any] = {"messages": messages}
     if records and len(records) == limit:
         page["next"] = {"after": records[-1].id} if after is not None else {"before": records[0].id}
@@ -233,7 +285,7 @@ async def lobby_transcript(request: web.Request) -> web.StreamResponse:
         if len(page) < 500:
             break
         after = page[-1].id
-    finals = [m for m in map(stored_message, records) if isinstance(m, p.Transcript)]
+    finals = [m for _, m in readable(records) if isinstance(m, p.Transcript)]
     body, content_type = export.render(fmt, lobby.record.name, finals)
     filename = f"transcript-{lobby.id}.{fmt}"
     return web.Response(text=body, content_type=content_type, charset="utf-8",
@@ -266,13 +318,14 @@ async def lobby_bots(request: web.Request) -> web.Response:
 async def add_bot(request: web.Request) -> web.Response:
     hub = request.app[HUB]
     lobby = await member_lobby(request, hub)
-    creation_allowed(request, (await session_from(request, hub)))
     body = await read_json(request)
     kind = field(body, "kind", str)
     if not kind:
         raise http_error(400, ErrorCode.INVALID_PAYLOAD, "kind is required")
-    bot = await request.app[DISPATCHER].add(lobby.id, kind, body.get("config"),
-                                             field(body, "name", str))
+    name = field(body, "name", str)
+    config = body.get("config")
+    creation_allowed(request, (await session_from(request, hub)))
+    bot = await request.app[DISPATCHER].add(lobby.id, kind, config, name, checked=True)
     return web.json_response(bot.to_dict(), status=201)
 
 
@@ -290,6 +343,7 @@ def add_routes(app: web.Application, base: str) -> None:
     app.router.add_post(api + "sessions", create_session)
     app.router.add_get(api + "session", get_session)
     app.router.add_get(api + "health", health)
+    app.router.add_get(api + "ready", ready)
     app.router.add_get(api + "lobbies", list_lobbies)
     app.router.add_post(api + "lobbies", create_lobby)
     app.router.add_get(api + "lobbies/{lobby_id}", get_lobby)

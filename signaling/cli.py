@@ -25,8 +25,11 @@ log = logging.getLogger("voicebot")
 
 
 def _run_server(app: web.Application, settings: Settings) -> int:
+    logs.add_secret(settings.provider_key)
+    logs.add_secret(settings.admin_token)
     try:
         web.run_app(app, host=settings.host, port=settings.port, shutdown_timeout=5.0,
+                    access_log_class=logs.AccessLogger,
                     print=lambda _: log.info("serving on http://%s:%d%s", settings.host,
                                              settings.port, settings.base_path))
     except StoreError as exc:
@@ -103,6 +106,7 @@ def _bots(args: argparse.Namespace) -> int:
     if not key:
         log.error("set VOICEBOT_PROVIDER_KEY to the server's provider key")
         return 2
+    logs.add_secret(key)
     plugins = discover()
     if args.plugin:
         missing = set(args.plugin) - set(plugins)

@@ -63,7 +63,10 @@ def default_node_id() -> str:
 def connect_redis(url: str) -> Redis:
     """A client that rides out a Redis restart: commands retry for about ten seconds."""
     retry = Retry(ExponentialBackoff(cap=0.5, base=0.02), retries=25)
-    return Redis.from_url(url, decode_responses=True, retry=retry,
+    # bytes that are not UTF-8 (written by something else) read as lone surrogates, which the
+    # readers of chat skip, instead of failing a whole read
+    return Redis.from_url(url, decode_responses=True, encoding_errors="surrogateescape",
+                          retry=retry,
                           retry_on_error=[RedisConnectionError, RedisTimeoutError],
                           socket_connect_timeout=2, socket_timeout=10, health_check_interval=5)
 

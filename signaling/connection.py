@@ -23,7 +23,6 @@ log = logging.getLogger(__name__)
 CLOSE_REPLACED = 4001  # the same session connected again elsewhere
 CLOSE_REMOVED = 4002  # the session was deleted (a bot removed from its lobby)
 CLOSE_KICKED = 4003  # an administrator kicked the session
-CLOSE_SLOW_CONSUMER = 4008
 
 
 def text_frame(payload: bytes) -> bytes:

@@ -49,12 +49,19 @@ class ProviderInfo:
                 "kinds": [k.to_dict() for k in self.kinds.values()]}
 
 
+# how long ``POST …/bots`` waits for the provider to accept or refuse the config
+CONFIG_VERDICT_TIMEOUT = 5.0
+
+
 @dataclass
 class BotInstance:
     record: BotRecord
     provider: str | None = None
     status: str = "pending"
     detail: str = ""
+    error: str | None = None  # the error code of a failure ("invalid_config")
+    # set when its provider reports on it: the config was parsed (accepted or refused)
+    reported: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
 
     @property
     def id(self) -> str:
@@ -73,6 +80,10 @@ def check_config(kind: p.BotKind, config: Any) -> dict[str, Any]:
         raise ProtocolError(ErrorCode.INVALID_CONFIG, "config must be an object")
     json_types: dict[str, tuple[type, ...]] = {"string": (str,), "integer": (int,),
                                                "number": (int, float), "boolean": (bool,)}
+    try:
+        p.check_json("config", config)
+    except ProtocolError as exc:
+        raise ProtocolError(ErrorCode.INVALID_CONFIG, exc.message) from None
     for key, value in config.items():
         spec = kind.config.get(key)
         if not isinstance(spec, dict):
@@ -81,14 +92,19 @@ def check_config(kind: p.BotKind, config: Any) -> dict[str, Any]:
                                 f"{kind.kind} has no setting {key!r} (known: {known})")
         if value is None and spec.get("nullable"):
             continue
-        choices = spec.get("choices")
-        if isinstance(choices, list) and value not in choices:
-            raise ProtocolError(ErrorCode.INVALID_CONFIG,
-                                f"{key} must be one of {', '.join(map(str, choices))}")
         expected = json_types.get(spec.get("type", "string"), (str,))
         if not isinstance(value, expected) or (isinstance(value, bool) and bool not in expected):
             raise ProtocolError(ErrorCode.INVALID_CONFIG,
                                 f"{key} must be of type {spec.get('type', 'string')}")
+        choices = spec.get("choices")
+        if isinstance(choices, list) and value not in choices:
+            raise ProtocolError(ErrorCode.INVALID_CONFIG,
+                                f"{key} must be one of {', '.join(map(str, choices))}")
+        low, high = spec.get("minimum"), spec.get("maximum")
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and (
+                (isinstance(low, (int, float)) and value < low) or
+                (isinstance(high, (int, float)) and value > high)):
+            raise ProtocolError(ErrorCode.INVALID_CONFIG, f"{key} must be within {low}..{high}")
     return config
 
 
@@ -98,6 +114,7 @@ class Dispatcher:
         self.providers: dict[str, ProviderInfo] = {}
         self.bots: dict[str, BotInstance] = {}
         self._lock = asyncio.Lock()
+        self._auto_lock = asyncio.Lock()
         self._tasks = TaskSet(log, "dispatcher task")
         self._dirty: dict[str, None] = {}  # bots whose state is not yet written, in order
         self._flushing = False
@@ -155,6 +172,9 @@ class Dispatcher:
             return
         state = change["state"]
         bot.provider, bot.status, bot.detail = state["provider"], state["status"], state["detail"]
+        bot.error = state.get("error")
+        if state.get("reported"):
+            bot.reported.set()
         for prov in self.providers.values():
             prov.bots.discard(bot.id)
         if bot.provider in self.providers:
@@ -191,16 +211,23 @@ class Dispatcher:
 
     # --- requests -----------------------------------------------------------------------------
 
-    async def add(self, lobby_id: str, kind: str, config: Any, name: str | None) -> BotInstance:
+    async def add(self, lobby_id: str, kind: str, config: Any, name: str | None, *,
+                  checked: bool = False, pending_ok: bool = False) -> BotInstance:
+        """Places a bot of ``kind`` in the lobby and hands it to a provider.
+
+        ``checked``: wait for the provider to parse the config, and refuse what it refuses
+        (``invalid_config``). ``pending_ok``: with no provider for the kind yet, the bot waits
+        for one (an automatic bot, whose config is the default) instead of being refused."""
         lobby = self.hub.find_lobby(lobby_id)
         announced = next((prov.kinds[kind] for prov in self.providers.values()
                           if kind in prov.kinds), None)
-        if announced is None:
+        if announced is None and not pending_ok:
             known = ", ".join(k["kind"] for k in self.kinds()) or "none"
             raise ProtocolError(ErrorCode.UNKNOWN_BOT_KIND,
                                 f"no provider offers a {kind!r} bot (available: {known})")
-        config = check_config(announced, config if config is not None else {})
-        if self._pick(kind) is None:
+        if announced is not None:
+            config = check_config(announced, config if config is not None else {})
+        if self._pick(kind) is None and not pending_ok:
             await self.hub.post_system(lobby_id, f"Could not add a {kind} bot: no provider has room")
             raise ProtocolError(ErrorCode.NO_PROVIDER, f"no provider has room for a {kind!r} bot")
         session, _ = await self.hub.create_session(bot=True)
@@ -214,8 +241,20 @@ class Dispatcher:
                         session_id=session.id, name=display, config=config)
         await self.hub.store.save_bot(rec)
         bot = self.bots[rec.id] = BotInstance(rec)
-        await self._dispatch(bot)
+        if not await self._dispatch(bot):
+            self._set_status(bot, "pending", f"waiting for a provider that runs {kind} bots")
+        elif checked:
+            await self._config_verdict(bot)
         return bot
+
+    async def _config_verdict(self, bot: BotInstance) -> None:
+        """Waits for the provider's first word on ``bot``; a refused config removes it."""
+        with contextlib.suppress(asyncio.TimeoutError):  # an old or slow provider: 201 anyway
+            await asyncio.wait_for(bot.reported.wait(), CONFIG_VERDICT_TIMEOUT)
+        if bot.status == "failed" and bot.error == ErrorCode.INVALID_CONFIG.value:
+            reason = bot.detail or "invalid config"
+            await self.remove(bot, "invalid config")
+            raise ProtocolError(ErrorCode.INVALID_CONFIG, reason)
 
     async def remove(self, bot: BotInstance, reason: str = "removed") -> None:
         self.bots.pop(bot.id, None)
@@ -247,6 +286,8 @@ class Dispatcher:
             else:  # moved elsewhere meanwhile, or removed: only one instance may run
                 self.hub.send_to_session(provider_session, p.BotStop(bot_id=running.bot_id))
         await self.dispatch_pending()
+        for lobby_id in list(self.hub.lobbies):  # people who joined while no provider was here
+            await self.add_auto_bots(lobby_id)
 
     def bot_status(self, provider_session: str, msg: p.BotStatus) -> None:
         bot = self.bots.get(msg.bot_id)
@@ -254,14 +295,18 @@ class Dispatcher:
             return
         if msg.metrics:
             self.hub.bus.emit(events.BotReported(bot.id, msg.status, dict(msg.metrics)))
+        bot.error = msg.error if msg.status == "failed" else None
+        refused = bot.error == ErrorCode.INVALID_CONFIG.value and not bot.reported.is_set()
+        bot.reported.set()
         self._set_status(bot, msg.status, msg.detail)
         if msg.status == "failed":
             prov = self.providers.get(provider_session)
             if prov is not None:
                 prov.bots.discard(bot.id)
             bot.provider = None
-            self._tasks.spawn(self.hub.post_system(bot.record.lobby_id,
-                                             f"{bot.record.name} failed: {msg.detail}"))
+            if not refused:  # a refused config is the adder's error to read, not the lobby's
+                self._tasks.spawn(self.hub.post_system(bot.record.lobby_id,
+                                                       f"{bot.record.name} failed: {msg.detail}"))
 
     def _set_status(self, bot: BotInstance, status: str, detail: str = "") -> None:
         bot.status, bot.detail = status, detail
@@ -308,7 +353,8 @@ class Dispatcher:
                 bot = self.bots.get(bot_id)
                 if bot is not None:
                     await self.hub.store.save_bot_state(bot_id, {
-                        "provider": bot.provider, "status": bot.status, "detail": bot.detail})
+                        "provider": bot.provider, "status": bot.status, "detail": bot.detail,
+                        "error": bot.error, "reported": bot.reported.is_set()})
         finally:
             self._flushing = False
 
@@ -333,14 +379,28 @@ class Dispatcher:
         self._tasks.spawn(self.dispatch_pending())
 
     def _on_member_joined(self, event: events.MemberJoined) -> None:
-        """Adds the configured automatic bots (e.g. the transcriber) when a person joins."""
         session = self.hub.sessions.get(event.session_id)
-        if session is None or session.record.bot:
-            return
-        present = {b.record.kind for b in self.lobby_bots(event.lobby_id)}
-        for kind in self.hub.settings.auto_bot_kinds:
-            if kind not in present and any(kind in prov.kinds for prov in self.providers.values()):
-                self._tasks.spawn(self.add(event.lobby_id, kind, {}, None))
+        if session is not None and not session.record.bot:
+            self._tasks.spawn(self.add_auto_bots(event.lobby_id))
+
+    async def add_auto_bots(self, lobby_id: str) -> None:
+        """Adds the configured automatic bots (e.g. the transcriber) missing from a lobby with
+        a person in it. With no provider for a kind yet, the bot is added ``pending`` and
+        starts when one connects (``hello`` runs this for every lobby, too)."""
+        async with self._auto_lock:  # one at a time: two joins at once add one transcriber
+            lobby = self.hub.lobbies.get(lobby_id)
+            if lobby is None or not any(
+                    (s := self.hub.sessions.get(m)) is not None and not s.record.bot
+                    for m in lobby.members):
+                return
+            present = {b.record.kind for b in self.lobby_bots(lobby_id)}
+            for kind in self.hub.settings.auto_bot_kinds:
+                if kind not in present:
+                    try:
+                        await self.add(lobby_id, kind, {}, None, pending_ok=True)
+                    except ProtocolError as exc:  # a full lobby, say: the people come first
+                        log.warning("could not add the automatic %s bot: %s", kind,
+                                    exc.message, extra={"lobby_id": lobby_id})
 
     def _on_member_left(self, event: events.MemberLeft) -> None:
         """Bots leave with the last human, so the lobby can empty and expire."""

@@ -29,11 +29,12 @@ from shared import protocol as p
 from shared.protocol import ErrorCode, ProtocolError
 
 from . import events
+from .history import check_storable, readable, repaired, stored_message
 from .cluster import Change, Cluster
 from .connection import CLOSE_REMOVED, CLOSE_REPLACED, Connection
 from .names import clean_lobby_name, clean_name, hash_password, new_token, token_hash, verify_password
 from .settings import Settings
-from .store import BotRecord, ChatRecord, LobbyRecord, NameClaim, SessionRecord, Snapshot, Store
+from .store import ChatRecord, LobbyRecord, NameClaim, SessionRecord, Snapshot, Store
 
 log = logging.getLogger(__name__)
 
@@ -71,20 +72,6 @@ class Lobby:
         return p.LobbyInfo(id=r.id, name=r.name, private=r.private,
                            has_password=r.password_hash is not None,
                            max_participants=r.max_participants)
-
-
-TRANSCRIPT_FIELDS = ("segment_id", "speaker_id", "speaker_name", "start", "end", "model",
-                     "language", "task")
-
-
-def stored_message(rec: ChatRecord) -> p.Chat | p.Transcript:
-    """A stored lobby message as it goes on the wire: chat, or a final transcript."""
-    if rec.kind == "transcript":
-        meta = {k: v for k, v in (rec.meta or {}).items() if k in TRANSCRIPT_FIELDS}
-        return p.Transcript(lobby_id=rec.lobby_id, text=rec.text, final=True, message_id=rec.id,
-                            bot_id=rec.session_id, **meta)
-    return p.Chat(lobby_id=rec.lobby_id, text=rec.text, message_id=rec.id,
-                  session_id=rec.session_id, name=rec.name, ts=rec.ts, kind=rec.kind)
 
 
 class Hub:
@@ -135,7 +122,7 @@ class Hub:
         await self._load_presence(snap)
         if self.cluster is not None:
             self.cluster.run()
-        return await self.check_integrity()
+        return await self.check_integrity(chat=True)
 
     async def resync(self) -> None:
         """Brings the picture in line with the shared store (changes may have been missed).
@@ -203,9 +190,38 @@ class Hub:
         """Connected, or disconnected for less than the grace period."""
         return s.connected or (now or time.time()) - s.disconnected_at < self.settings.grace
 
-    async def check_integrity(self) -> list[str]:
+    async def check_integrity(self, *, chat: bool = False) -> list[str]:
+        """Finds and repairs what breaks the rules; ``chat`` reads every stored message too
+        (at start-up and on the admin's request: it is the long part)."""
         async with self._exclusive():
-            return await self._check_integrity()
+            repairs = await self._check_integrity()
+        if chat:
+            repairs += await self._repair_chat()
+        return repairs
+
+    async def _repair_chat(self) -> list[str]:
+        repairs = []
+        for lobby_id in list(self.lobbies):
+            after = 0
+            while True:
+                page = await self.store.chat_history(lobby_id, after=after, limit=500)
+                good = {rec.id for rec, _ in readable(page)}
+                for rec in page:
+                    if rec.id in good:
+                        continue
+                    fixed = repaired(rec)
+                    if fixed is None:
+                        await self.store.delete_chat(rec)
+                        repairs.append(f"deleted unreadable message {rec.id} in lobby {lobby_id}")
+                    else:
+                        await self.store.replace_chat(fixed)
+                        repairs.append(f"repaired unreadable message {rec.id} in lobby {lobby_id}")
+                if len(page) < 500:
+                    break
+                after = page[-1].id
+        for repair in repairs:
+            log.warning("integrity: %s", repair)
+        return repairs
 
     async def _check_integrity(self) -> list[str]:
         repairs: list[str] = []
@@ -496,15 +512,12 @@ class Hub:
     async def _send_history(self, conn: Connection, lobby_id: str, since: int | None) -> None:
         history = await self.store.chat_history(lobby_id, after=since,
                                                 limit=self.settings.history_limit)
-        for rec in history:
-            conn.send(p.encode(stored_message(rec), f"m{rec.id}"))
+        for rec, msg in readable(history):
+            conn.send(p.encode(msg, f"m{rec.id}"))
 
     async def part(self, s: LiveSession, lobby_id: str) -> None:
-        async with self._exclusive():
-            lobby = self.find_lobby(lobby_id)
-            if s.id not in lobby.members:
-                raise ProtocolError(ErrorCode.NOT_IN_LOBBY, "not a member of this lobby")
-            await self._remove_member(s, lobby)
+        async with self._exclusive():  # an unknown lobby too: s is not a member of it
+            await self._remove_member(s, self.member_lobby(s, lobby_id))
 
     async def remove_session(self, s: LiveSession) -> None:
         """Takes ``s`` out of every lobby and deletes it (a bot being removed)."""
@@ -569,6 +582,7 @@ class Hub:
                    client_ref: str | None = None) -> ChatRecord:
         """Persists a lobby message, then delivers it to every connected member."""
         name = s.record.name or "" if s is not None else "system"
+        check_storable(ChatRecord(0, lobby.id, s.id if s else None, name, text, 0.0, kind, meta))
         rec, created = await self.store.add_chat(lobby.id, s.id if s else None, name, text,
                                                  kind=kind, meta=meta, client_ref=client_ref)
         if created:
@@ -592,7 +606,10 @@ class Hub:
             raise ProtocolError(ErrorCode.PEER_NOT_IN_LOBBY, "that peer is not in this lobby")
         # the hot path: the validated fields go on with the sender's id, not rebuilt or checked
         # again (a payload's instance dict holds exactly its fields)
-        if not self._send_text(target, p.encode_data(msg.type, vars(msg) | {"peer_id": s.id})):
+        data = vars(msg) | {"peer_id": s.id}
+        if isinstance(msg, p.Ice) and msg.candidate is not None:
+            data["candidate"] = msg.candidate.wire()  # the members that were sent
+        if not self._send_text(target, p.encode_data(msg.type, data)):
             raise ProtocolError(ErrorCode.PEER_UNAVAILABLE, "that peer is not connected")
 
     # --- delivery -----------------------------------------------------------------------------

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import time
 from typing import Any
 
@@ -22,6 +23,8 @@ from redis.exceptions import RedisError
 
 from .cluster import Cluster
 from .store import BotRecord, ChatRecord, LobbyRecord, NameClaim, SessionRecord, Snapshot, Store, StoreError
+
+log = logging.getLogger(__name__)
 
 CHAT_KINDS = ("chat", "system", "transcript")
 REF_TTL = 24 * 3600
@@ -244,7 +247,32 @@ class RedisStore(Store):
                 args=[json.dumps(body), self.chat_cap, REF_TTL])
         except (RedisError, OSError) as exc:
             raise StoreError(f"Redis: {exc}") from exc
-        return _chat(stored), bool(created)
+        rec = _chat(stored)
+        if rec is None:
+            raise StoreError("Redis returned a message it can't have stored")
+        return rec, bool(created)
+
+    async def replace_chat(self, rec: ChatRecord) -> None:
+        text = json.dumps(dataclasses.asdict(rec))
+        keys = (self._key("chat", rec.lobby_id), self._key("chat", rec.lobby_id, rec.kind))
+        try:
+            async with self.redis.pipeline(transaction=True) as pipe:
+                for key in keys:
+                    pipe.zremrangebyscore(key, rec.id, rec.id)
+                    pipe.zadd(key, {text: rec.id})
+                await pipe.execute()
+        except (RedisError, OSError) as exc:
+            raise StoreError(f"Redis: {exc}") from exc
+
+    async def delete_chat(self, rec: ChatRecord) -> None:
+        try:
+            async with self.redis.pipeline(transaction=True) as pipe:
+                for kind in CHAT_KINDS:
+                    pipe.zremrangebyscore(self._key("chat", rec.lobby_id, kind), rec.id, rec.id)
+                pipe.zremrangebyscore(self._key("chat", rec.lobby_id), rec.id, rec.id)
+                await pipe.execute()
+        except (RedisError, OSError) as exc:
+            raise StoreError(f"Redis: {exc}") from exc
 
     async def chat_history(self, lobby_id: str, *, before: int | None = None,
                            after: int | None = None, limit: int = 50,
@@ -262,16 +290,22 @@ class RedisStore(Store):
                 rows.reverse()
         except (RedisError, OSError) as exc:
             raise StoreError(f"Redis: {exc}") from exc
-        records = [_chat(r) for r in rows]
+        records = [rec for rec in map(_chat, rows) if rec is not None]
         if kinds and len(kinds) > 1:
             records = [r for r in records if r.kind in kinds]
             records = records[:limit] if after is not None else records[-limit:]
         return records
 
 
-def _chat(text: str) -> ChatRecord:
-    d = json.loads(text)
-    meta = d.get("meta")
-    return ChatRecord(id=int(d["id"]), lobby_id=d["lobby_id"], session_id=d.get("session_id"),
-                      name=d["name"], text=d["text"], ts=float(d["ts"]), kind=d["kind"],
-                      meta=meta if isinstance(meta, dict) else None)
+def _chat(text: str) -> ChatRecord | None:
+    """A stored message; None for one that is not even a record (readers skip it)."""
+    try:
+        d = json.loads(text)
+        meta = d.get("meta")
+        return ChatRecord(id=int(d["id"]), lobby_id=str(d["lobby_id"]),
+                          session_id=d.get("session_id"), name=str(d["name"]),
+                          text=str(d["text"]), ts=float(d["ts"]), kind=str(d["kind"]),
+                          meta=meta if isinstance(meta, dict) else None)
+    except (ValueError, TypeError, KeyError, AttributeError):
+        log.warning("skipping a stored message that is not a record: %.80r", text)
+        return None

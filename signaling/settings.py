@@ -104,12 +104,19 @@ class Settings:
                 continue
             parser.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, default=None,
                                 type=lambda raw, f=f: _convert(f, raw),
-                                help=f"{f.metadata['help']} (env VOICEBOT_{f.name.upper()})")
+                                help=f"{f.metadata['help']} (default: {_shown(f.default)}; "
+                                     f"env VOICEBOT_{f.name.upper()})")
 
     @classmethod
     def from_args(cls, args: argparse.Namespace, environ: Mapping[str, str] = os.environ) -> Self:
         names = {f.name for f in dataclasses.fields(cls)}
         return cls.from_env(environ, **{k: v for k, v in vars(args).items() if k in names})
+
+
+def _shown(default: Any) -> str:
+    """A default as ``--help`` shows it (argparse formats ``%``: escaped)."""
+    text = "unset" if default is None or default == "" else str(default)
+    return text.replace("%", "%%")
 
 
 def _convert(f: dataclasses.Field[Any], raw: str) -> Any:

@@ -156,6 +156,14 @@ class Store(abc.ABC):
         """Messages in ascending id order: the newest ``limit`` before ``before``, or the
         oldest ``limit`` after ``after``."""
 
+    @abc.abstractmethod
+    async def replace_chat(self, rec: ChatRecord) -> None:
+        """Rewrites a stored message's name, text and meta (the integrity check's repair)."""
+
+    @abc.abstractmethod
+    async def delete_chat(self, rec: ChatRecord) -> None:
+        """Deletes one stored message (one the integrity check could not repair)."""
+
     # Live state: which node holds a session's socket, which providers are connected, where a
     # bot runs. One node keeps it in memory; a store several nodes share records it too.
 
@@ -224,6 +232,9 @@ class SQLiteStore(Store):
             try:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
                 db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+                # text that is not valid UTF-8 (written by something else) reads as lone
+                # surrogates instead of failing the whole query; readers then skip that record
+                db.text_factory = lambda raw: raw.decode("utf-8", "surrogateescape")
                 db.execute("PRAGMA journal_mode=WAL")
                 db.execute("PRAGMA synchronous=FULL")
                 db.execute("PRAGMA busy_timeout=5000")
@@ -324,6 +335,14 @@ class SQLiteStore(Store):
 
         return await self._run(add)
 
+    async def replace_chat(self, rec: ChatRecord) -> None:
+        await self._run(lambda db: db.execute(
+            "UPDATE chat SET name=?, text=?, meta=? WHERE id=?",
+            (rec.name, rec.text, json.dumps(rec.meta) if rec.meta is not None else None, rec.id)))
+
+    async def delete_chat(self, rec: ChatRecord) -> None:
+        await self._run(lambda db: db.execute("DELETE FROM chat WHERE id=?", (rec.id,)))
+
     async def chat_history(self, lobby_id: str, *, before: int | None = None,
                            after: int | None = None, limit: int = 50,
                            kinds: tuple[str, ...] | None = None) -> list[ChatRecord]:
@@ -352,7 +371,11 @@ _CHAT_COLUMNS = "id, lobby_id, session_id, name, text, ts, kind, meta"
 
 def _chat(row: tuple[Any, ...]) -> ChatRecord:
     *head, meta = row
-    return ChatRecord(*head, meta=json.loads(meta) if meta else None)
+    try:
+        parsed = json.loads(meta) if meta else None
+    except ValueError:
+        parsed = {"unreadable": True}  # not a transcript's fields: readers skip the record
+    return ChatRecord(*head, meta=parsed if isinstance(parsed, dict) else None)
 
 
 def _load(db: sqlite3.Connection) -> Snapshot:

@@ -17,7 +17,7 @@ from aiohttp import WSCloseCode, WSMsgType, web
 from shared import protocol as p
 from shared.protocol import ErrorCode, MessageType, ProtocolError
 
-from .api import bearer_token, http_error
+from .api import WS_PROTOCOL, bearer_token, http_error
 from .connection import Connection
 from .dispatch import DISPATCHER
 from .hub import HUB, Hub, LiveSession
@@ -33,6 +33,12 @@ Handler = Callable[[web.Application, LiveSession, p.Message, str | None], Awaita
 def reply(s: LiveSession, msg: p.Message, ref: str | None) -> None:
     if s.conn is not None:
         s.conn.send(p.encode(msg, ref))
+
+
+def confirm(s: LiveSession, msg: p.Ack | p.Pong, ref: str | None) -> None:
+    """An ``ack`` or ``pong`` answers only a frame that has an id (docs/protocol.md)."""
+    if ref is not None:
+        reply(s, msg, ref)
 
 
 def send_error(conn: Connection, code: ErrorCode, message: str, ref: str | None) -> None:
@@ -52,7 +58,7 @@ async def on_join(app: web.Application, s: LiveSession, msg: p.Message, ref: str
 async def on_part(app: web.Application, s: LiveSession, msg: p.Message, ref: str | None) -> None:
     assert isinstance(msg, p.Part)
     await app[HUB].part(s, msg.lobby_id)
-    reply(s, p.Ack(), ref)
+    confirm(s, p.Ack(), ref)
 
 
 async def on_chat(app: web.Application, s: LiveSession, msg: p.Message, ref: str | None) -> None:
@@ -60,7 +66,7 @@ async def on_chat(app: web.Application, s: LiveSession, msg: p.Message, ref: str
     lobby = app[HUB].member_lobby(s, msg.lobby_id)
     # the request id doubles as an idempotency key: a resend after a reconnect is stored once
     rec = await app[HUB].post(lobby, s, msg.text, client_ref=ref)
-    reply(s, p.Ack(result={"message_id": rec.id}), ref)
+    confirm(s, p.Ack(result={"message_id": rec.id}), ref)
 
 
 def _provider_only(s: LiveSession) -> None:
@@ -72,15 +78,14 @@ async def on_provider_hello(app: web.Application, s: LiveSession, msg: p.Message
     assert isinstance(msg, p.ProviderHello)
     _provider_only(s)
     await app[DISPATCHER].hello(s.id, msg)
-    reply(s, p.Ack(), ref)
+    confirm(s, p.Ack(), ref)
 
 
 async def on_bot_status(app: web.Application, s: LiveSession, msg: p.Message, ref: str | None) -> None:
     assert isinstance(msg, p.BotStatus)
     _provider_only(s)
     app[DISPATCHER].bot_status(s.id, msg)
-    if ref is not None:
-        reply(s, p.Ack(), ref)
+    confirm(s, p.Ack(), ref)
 
 
 async def on_transcript(app: web.Application, s: LiveSession, msg: p.Message,
@@ -98,15 +103,14 @@ async def on_transcript(app: web.Application, s: LiveSession, msg: p.Message,
         rec = await hub.post(lobby, s, msg.text, kind="transcript", meta=meta, client_ref=ref)
         if msg.end:  # end of speech → stored here (the segmenter adds a 96 ms post-roll)
             app[METRICS].ttfs.observe(max(0.0, time.time() - msg.end + 0.096))
-        reply(s, p.Ack(result={"message_id": rec.id}), ref)
+        confirm(s, p.Ack(result={"message_id": rec.id}), ref)
         return
     hub.send_to_lobby(lobby.id, dataclasses.replace(msg, speaker_name=name, bot_id=s.id))
-    if ref is not None:
-        reply(s, p.Ack(), ref)
+    confirm(s, p.Ack(), ref)
 
 
 async def on_ping(app: web.Application, s: LiveSession, msg: p.Message, ref: str | None) -> None:
-    reply(s, p.Pong(), ref)
+    confirm(s, p.Pong(), ref)
 
 
 HANDLERS: dict[MessageType, Handler] = {
@@ -139,12 +143,13 @@ async def dispatch(app: web.Application, s: LiveSession, conn: Connection, text:
         if isinstance(msg, (p.Sdp, p.Ice)):  # the hot path: no handler coroutine to create
             hub.relay(s, msg)
             if ref is not None:
-                reply(s, p.Ack(), ref)
+                reply(s, p.Ack(), ref)  # confirm(), inlined on the hot path
             metrics.relay_latency.observe(time.perf_counter() - started)
         else:
             await HANDLERS[msg.type](app, s, msg, ref)
     except ProtocolError as exc:
-        fail(app, conn, exc.code, exc.message, ref if ref is not None else p.frame_id(text))
+        fail(app, conn, exc.code, exc.message, ref if ref is not None else p.frame_id(text),
+             counts=exc.code is not ErrorCode.RATE_LIMITED)
     except StoreError as exc:
         log.error("storage failed: %s", exc, extra={"session_id": s.id})
         fail(app, conn, ErrorCode.UNAVAILABLE, "storage is unavailable; nothing was saved", ref)
@@ -164,11 +169,14 @@ def check_limits(hub: Hub, limits: ConnectionLimits, msg: p.Message) -> None:
 
 
 def fail(app: web.Application, conn: Connection, code: ErrorCode, message: str,
-         ref: str | None) -> None:
-    """Answers a bad frame; a client that keeps sending them is cut off (1008)."""
+         ref: str | None, *, counts: bool = True) -> None:
+    """Answers a bad frame; a client that keeps sending them is cut off (1008).
+
+    A frame dropped for going over the rate (``rate_limited``) is not a bad frame: it does not
+    count, so a client that bursts is slowed down, never disconnected for it."""
     app[METRICS].errors.labels(code.value).inc()
     send_error(conn, code, message, ref)
-    if conn.limits is not None and not conn.limits.errors.take() and not conn.closed:
+    if counts and conn.limits is not None and not conn.limits.errors.take() and not conn.closed:
         app[METRICS].closed.labels("protocol_errors").inc()
         asyncio.ensure_future(conn.close(WSCloseCode.POLICY_VIOLATION, "too many bad frames"))
 
@@ -194,7 +202,9 @@ async def websocket(request: web.Request) -> web.WebSocketResponse:
     session = await hub.find_session(token) if token else None
     if session is None:
         raise http_error(401, ErrorCode.UNAUTHORIZED, "a valid session token is required")
-    ws = web.WebSocketResponse(heartbeat=st.heartbeat, max_msg_size=st.max_frame_bytes)
+    # a browser that offered its token as a subprotocol must be answered with one it offered
+    ws = web.WebSocketResponse(heartbeat=st.heartbeat, max_msg_size=st.max_frame_bytes,
+                               protocols=(WS_PROTOCOL,))
     await ws.prepare(request)
     # a count, not len(hub.connections()): that walks every session on every connect
     if hub.open_sockets >= st.max_connections:

@@ -44,10 +44,10 @@ BAD_FRAMES = [
     ({"type": "chat", "data": {"lobby_id": "x", "text": ""}, "id": "r9"}, "invalid_payload", "r9"),
     ({"type": "chat", "data": {"lobby_id": "x", "text": "t" * 2001}, "id": "r10"}, "invalid_payload", "r10"),
     ({"type": "chat", "data": {"lobby_id": "x", "text": "hi"}, "id": "r11"}, "not_in_lobby", "r11"),
-    ({"type": "sdp", "data": {"lobby_id": "x", "peer_id": "y", "description": {"type": "offer"}},
+    ({"type": "sdp", "data": {"lobby_id": "x", "peer_id": "y", "description": {"type": "bogus"}},
       "id": "r12"}, "invalid_payload", "r12"),
     ({"type": "ice", "data": {"lobby_id": "x", "peer_id": "y"}, "id": "r13"}, "not_in_lobby", "r13"),
-    ({"type": "part", "data": {"lobby_id": "nope"}, "id": "r14"}, "lobby_not_found", "r14"),
+    ({"type": "part", "data": {"lobby_id": "nope"}, "id": "r14"}, "not_in_lobby", "r14"),
     ({"type": "ping", "data": [], "id": "r15"}, "invalid_payload", "r15"),
     # found by the fuzzer: integers past what SQLite (and JSON peers) hold
     ({"type": "join", "data": {"lobby_id": "x", "history_since": 2**63}, "id": "r16"},
@@ -128,3 +128,36 @@ async def test_http_lobby_validation(server: TestServer) -> None:
             async with http.post(server.make_url("/api/lobbies"), json=body, headers=headers) as r:
                 assert r.status == 400, body
                 assert (await r.json())["error"]["code"] == code
+
+
+async def test_replies_follow_the_id_rules(server: TestServer, clients: Clients) -> None:
+    """No id: no ack and no pong (state replies still come); a bad id is never echoed."""
+    bystander, inbox = await clients.new("Listener")
+    lobby = (await bystander.join(lobby_name="ids")).lobby.id
+    async with aiohttp.ClientSession() as http:
+        ws = await raw_socket(server, http)
+        await ws.send_json({"type": "set_name", "data": {"name": "Quiet"}})
+        assert (await ws.receive_json(timeout=5))["type"] == "session"  # state, without id
+        await ws.send_json({"type": "join", "data": {"lobby_id": lobby}})
+        frames = []
+        await ws.send_json({"type": "ping"})
+        await ws.send_json({"type": "chat", "data": {"lobby_id": lobby, "text": "no id"}})
+        await ws.send_json({"type": "ping", "id": "last"})
+        while not frames or frames[-1].get("id") != "last":
+            frames.append(await ws.receive_json(timeout=5))
+        types = [f["type"] for f in frames]
+        assert "lobby_state" in types and types.count("pong") == 1 and "ack" not in types, types
+        assert all(f.get("id") != "" for f in frames)
+        await inbox.wait_for(p.Chat, text="no id")  # it was stored and delivered all the same
+        for bad_id, code in (("i" * 65, "bad_frame"), ("a\x00b", "bad_frame")):
+            reply = await exchange(ws, {"type": "ping", "id": bad_id})
+            assert (reply["data"]["code"], reply["data"]["ref"], reply.get("id")) == \
+                (code, None, None)
+        reply = await exchange(ws, '{"type": "ping", "id": "x\\ud800"}')
+        assert (reply["data"]["code"], reply["data"]["ref"]) == ("bad_json", None)
+        reply = await exchange(ws, '{"type": "chat", "data": {"lobby_id": "%s", "text": '
+                                   '"\\udfff"}, "id": "s1"}' % lobby)
+        assert (reply["data"]["code"], reply["data"]["ref"]) == ("bad_json", "s1")
+        reply = await exchange(ws, {"type": "join", "data": {"lobby_name": "  "}, "id": "e"})
+        assert reply["data"]["code"] == "name_invalid"
+        await ws.close()

@@ -223,15 +223,19 @@ async def test_bot_request_errors(server: TestServer, clients: Clients,
     status, body = await api("POST", path, human.config.token, {"kind": "echo"})
     assert (status, body["error"]["code"]) == (503, "no_provider")
     await inbox.wait_for(p.Chat, lambda m: m.kind == "system" and "no provider" in m.text)
-    # a config only the provider can check (the file does not exist): failed, said in the lobby
+    # a config only the provider can check (the file is not there): refused all the same,
+    # with the plugin's own message, and the lobby keeps no trace of the attempt
     status, body = await api("DELETE", path + "/" + (await api("GET", path, None))[1]["bots"][0]["bot_id"],
                              human.config.token)
     assert status == 200
-    status, body = await api("POST", path, human.config.token,
-                             {"kind": "player", "config": {"path": "/nonexistent.wav"}})
-    assert status == 201
-    await inbox.wait_for(p.BotStatus, lambda m: m.status == "failed" and "media" in m.detail)
-    await inbox.wait_for(p.Chat, lambda m: m.kind == "system" and "failed" in m.text)
+    for config, words in (({"path": "/nonexistent.wav"}, "media"), ({"path": ""}, "required"),
+                          ({"path": str(ROOT / "tests" / "data" / "speaker_a.wav"), "delay": 99.0}, "delay")):
+        status, body = await api("POST", path, human.config.token,
+                                 {"kind": "player", "config": config})
+        assert (status, body["error"]["code"]) == (400, "invalid_config"), body
+        assert words in body["error"]["message"], body
+    assert (await api("GET", path, None))[1]["bots"] == []
+    assert not [m for m in inbox.of(p.Chat) if m.kind == "system" and "failed" in m.text]
     status, body = await api("DELETE", path + "/nope", human.config.token)
     assert (status, body["error"]["code"]) == (404, "bot_not_found")
 

@@ -217,3 +217,23 @@ async def test_duplicates_are_dropped(clients: Clients) -> None:
     await reader.request(p.Ping())
     assert len(inbox.of(p.Chat, text="once")) == 1
     assert reader.stats.duplicates >= 1
+
+
+async def test_a_second_connection_of_the_session_ends_the_first(server: TestServer,
+                                                                 clients: Clients) -> None:
+    """Two tabs (or two copies of a tool) with one token: the newer one keeps the session,
+    the older one is told so (4001) and stops instead of taking it back again and again."""
+    from shared.client import SessionEnded
+    from signaling.hub import HUB
+
+    first, _ = await clients.new("Twin")
+    lobby = (await first.join(lobby_name="twins")).lobby.id
+    second, _ = await clients.new(token=first.config.token)
+    failure = await asyncio.wait_for(first.wait_stopped(), 10)
+    assert isinstance(failure, SessionEnded) and failure.code == 4001
+    assert second.connected and second.session_id == first.session_id
+    await second.request(p.Ping())
+    assert second.session is not None and lobby in second.session.lobbies
+    # the first has stopped for good: one socket each, no tug of war
+    assert first.stats.state == "closed" and second.stats.connects == 1
+    assert server.app[HUB].sessions[first.session_id].conn is not None  # type: ignore[index]

@@ -52,10 +52,15 @@ async def replies(ws: Any, frames: list[dict[str, Any]]) -> list[dict[str, Any]]
 async def test_message_and_chat_rate_limits(limited: TestServer) -> None:
     async with aiohttp.ClientSession() as http:
         ws = await raw(limited, http)
-        out = await replies(ws, [{"type": "ping", "id": f"p{i}"} for i in range(14)])
+        # a burst far past the rate, and far past the bad-frame budget (error_burst 5): every
+        # frame over the rate is answered rate_limited and dropped, and the socket stays
+        out = await replies(ws, [{"type": "ping", "id": f"p{i}"} for i in range(60)])
         codes = [m["data"].get("code") if m["type"] == "error" else m["type"] for m in out]
-        assert codes[:10] == ["pong"] * 10 and "rate_limited" in codes[10:]
-        assert (await replies(ws, [{"type": "ping", "id": "still"}]))[0]["type"] in ("pong", "error")
+        assert codes[:10] == ["pong"] * 10 and set(codes[10:]) <= {"rate_limited", "pong"}
+        assert codes.count("rate_limited") >= 45, codes
+        await asyncio.sleep(0.5)  # the bucket refills at 5 a second
+        assert (await replies(ws, [{"type": "ping", "id": "still"}]))[0]["type"] == "pong"
+        assert not ws.closed
         await ws.close()
 
 
@@ -168,6 +173,7 @@ async def test_slow_consumer_is_dropped_and_nobody_else_waits(limited: TestServe
         assert hub.sessions[slow_id].conn is None, "the slow consumer was never dropped"
         assert latencies and max(latencies) < 1.0, latencies
         assert sender.connected and talker.connected
+        await asyncio.sleep(0.5)  # the flood ran the sender's bucket dry: 5 frames a second
         await sender.request(p.Ping())
     finally:
         await slow_pool.close()
@@ -286,7 +292,7 @@ async def test_metrics(server: TestServer, clients: Clients) -> None:
     assert "voicebot_connections 2.0" in text
     assert "voicebot_lobbies 1.0" in text
     assert 'voicebot_messages_total{type="chat"} 1.0' in text
-    assert 'voicebot_errors_total{code="lobby_not_found"} 1.0' in text
+    assert 'voicebot_errors_total{code="not_in_lobby"} 1.0' in text
     assert re.search(r"voicebot_relay_latency_seconds_count \d", text)
     assert "voicebot_transcript_ttfs_seconds_bucket" in text
 

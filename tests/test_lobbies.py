@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from shared import protocol as p
+from shared.protocol import ProtocolError
 from shared.client import ServerError
 
 from .conftest import Clients
@@ -53,6 +54,16 @@ async def test_relay_only_between_lobby_members(clients: Clients) -> None:
     a.send(p.Ice(lobby_id=lobby, peer_id=b.session_id, candidate=cand))
     got_ice = await ib.wait_for(p.Ice)
     assert got_ice.candidate == cand and got_ice.peer_id == a.session_id
+    # relayed as sent: the members given, and only those; a rollback needs no sdp
+    raw = p.IceCandidate(candidate="candidate:2 1 udp 1 127.0.0.1 10 typ host",
+                         usernameFragment="uf1")
+    await a.request(p.Ice(lobby_id=lobby, peer_id=b.session_id, candidate=raw))
+    relayed = await ib.wait_for(p.Ice, lambda m: m.candidate is not None and
+                                m.candidate.usernameFragment == "uf1")
+    assert relayed.candidate == raw
+    rollback = p.SessionDescription.from_dict({"type": "rollback"})
+    await a.request(p.Sdp(lobby_id=lobby, peer_id=b.session_id, description=rollback))
+    assert (await ib.wait_for(p.Sdp, lambda m: m.description.type == "rollback")).description.sdp == ""
 
     with pytest.raises(ServerError) as err:
         await a.request(p.Sdp(lobby_id=lobby, peer_id=c.session_id, description=desc))
@@ -118,10 +129,12 @@ async def test_unprotected_names_are_unique_among_live_sessions(clients: Clients
     with pytest.raises(ServerError) as err:
         await other.set_name("dup")
     assert err.value.code == "name_in_use"
-    for bad in ("", "   ", "x" * 33, "<b>hi</b>", "a\x00b"):
+    for bad in ("", "   ", "x" * 33, "<b>hi</b>"):
         with pytest.raises(ServerError) as err:
             await other.set_name(bad)
         assert err.value.code in ("name_invalid", "invalid_payload")
+    with pytest.raises(ProtocolError):  # refused before it is sent: no string holds NUL
+        await other.set_name("a\x00b")
 
 
 async def test_lobby_password_and_capacity(clients: Clients) -> None:

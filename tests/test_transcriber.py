@@ -358,13 +358,17 @@ async def test_model_errors_are_clear(server: TestServer, clients: Clients,
     status, body = await api("POST", url + f"api/lobbies/{lobby}/bots", human.config.token,
                              {"kind": "transcriber", "config": {"model": "large-v9"}})
     assert (status, body["error"]["code"]) == (400, "invalid_config")  # before anyone joins
-    for bad in ({"language": "xx"}, {"task": "summarize"}):
+    # everything the plugin would refuse is refused at the POST, with its message
+    for bad, expected in (({"language": "xx"}, "language"), ({"task": "summarize"}, "task"),
+                          ({"threads": -3}, "threads"),
+                          ({"min_silence_ms": -5}, "min_silence_ms"),
+                          ({"compute_type": "bogus"}, "compute_type"),
+                          ({"model": "tiny.en", "task": "translate"}, "models install base"),
+                          ({"model": "tiny.en", "language": "de"}, "English only")):
         status, body = await api("POST", url + f"api/lobbies/{lobby}/bots", human.config.token,
                                  {"kind": "transcriber", "config": bad})
-        assert (status, body["error"]["code"]) == (400, "invalid_config"), bad
-    await start_transcriber(url, human.config.token, lobby, model="tiny.en", task="translate")
-    failed = await inbox.wait_for(p.BotStatus, lambda m: m.status == "failed", timeout=60)
-    assert "English-only" in failed.detail and "translate" in failed.detail
+        assert (status, body["error"]["code"]) == (400, "invalid_config"), (bad, body)
+        assert expected in body["error"]["message"], (bad, body)
     await start_transcriber(url, human.config.token, lobby, model="base")
     failed = await inbox.wait_for(p.BotStatus, lambda m: m.status == "failed" and
                                   "cannot load" in m.detail, timeout=60)

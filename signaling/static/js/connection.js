@@ -1,6 +1,8 @@
 // The one WebSocket connection: session token, reconnect with jittered backoff, requests.
 
 const TOKEN_KEY = "voicebot.token";
+const PROTOCOL = "voicebot.v1";  // docs/protocol.md, "Connecting"
+const TOKEN_PROTOCOL = "voicebot.bearer.";
 
 export class ServerError extends Error {
   constructor(code, message) { super(message); this.code = code; }
@@ -72,8 +74,8 @@ export class Connection {
     return new Promise((resolve) => {
       const url = new URL("ws", this.base);
       url.protocol = url.protocol === "https:" ? "wss:" : "ws:";
-      url.searchParams.set("token", this.token);
-      const ws = new WebSocket(url);
+      // the token travels as a subprotocol, not in the URL, which proxies and logs keep
+      const ws = new WebSocket(url, [PROTOCOL, `${TOKEN_PROTOCOL}${this.token}`]);
       const opened = Date.now();
       this.healthy = false;
       ws.onmessage = (ev) => this.receive(ev.data);

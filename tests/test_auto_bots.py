@@ -1,0 +1,90 @@
+"""The automatic transcriber is never lost: a person who joins while no provider is connected
+(right after start-up, or while a killed provider restarts) gets it once one connects."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from shared import protocol as p
+from signaling.dispatch import DISPATCHER
+
+from .conftest import Clients, start_server
+
+
+async def wait_until(predicate: Any, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.02)
+
+
+async def api(method: str, url: str, token: str | None, body: Any = None) -> tuple[int, Any]:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    async with aiohttp.ClientSession() as http:
+        async with http.request(method, url, json=body, headers=headers) as r:
+            return r.status, await r.json()
+
+
+async def provider_connected_at(srv: Any, timeout: float = 60) -> float:
+    """When the dispatcher first saw a provider (polled finely: this is the clock's start)."""
+    await wait_until(lambda: srv.app[DISPATCHER].providers, timeout, "a provider")
+    return time.monotonic()
+
+
+async def test_a_person_who_joins_before_any_provider_gets_the_transcriber(
+        tmp_path: Path, backend: str, provider_process: Any) -> None:
+    srv = await start_server(tmp_path / "data", auto_bots="transcriber")
+    url = str(srv.make_url("/"))
+    pool = Clients(url)
+    try:
+        async with aiohttp.ClientSession() as http:
+            async with http.get(url + "api/ready") as r:
+                assert r.status == 503 and (await r.json())["error"]["code"] == "unavailable"
+            async with http.get(url + "api/health") as r:
+                health = await r.json()
+            assert health["ready"] is False and health["providers"] == 0
+        # the server has just started: nobody offers transcribers yet
+        early, inbox = await pool.new("Early")
+        lobby = (await early.join(lobby_name="before the provider")).lobby.id
+        pending = await inbox.wait_for(p.BotStatus, lambda m: m.status == "pending")
+        assert pending.kind == "transcriber" and "waiting for a provider" in pending.detail
+        status, body = await api("GET", url + f"api/lobbies/{lobby}/bots", None)
+        assert [(b["kind"], b["status"]) for b in body["bots"]] == [("transcriber", "pending")]
+
+        first = provider_process(url, name="first")
+        since = await provider_connected_at(srv)
+        await inbox.wait_for(p.BotStatus, lambda m: m.status == "live", timeout=30)
+        assert time.monotonic() - since < 3.0, time.monotonic() - since
+        async with aiohttp.ClientSession() as http:
+            async with http.get(url + "api/ready") as r:
+                assert r.status == 200
+            async with http.get(url + "api/health") as r:
+                health = await r.json()
+            assert health["ready"] and "transcriber" in health["bot_kinds"]
+
+        # the provider is killed; a second person opens a new lobby before it is back
+        first.kill()
+        await wait_until(lambda: not srv.app[DISPATCHER].providers, 30, "the provider to go")
+        late, late_inbox = await pool.new("Late")
+        other = (await late.join(lobby_name="while it restarts")).lobby.id
+        await late_inbox.wait_for(p.BotStatus, lambda m: m.status == "pending" and
+                                  m.lobby_id == other)
+        provider_process(url, name="second")
+        since = await provider_connected_at(srv)
+        await late_inbox.wait_for(p.BotStatus, lambda m: m.status == "live" and
+                                  m.lobby_id == other, timeout=30)
+        assert time.monotonic() - since < 3.0, time.monotonic() - since
+        # one transcriber a lobby, each live again
+        for lobby_id in (lobby, other):
+            _, body = await api("GET", url + f"api/lobbies/{lobby_id}/bots", None)
+            assert [b["kind"] for b in body["bots"]] == ["transcriber"], body
+        await inbox.wait_for(p.BotStatus, lambda m: m.status == "live" and m.lobby_id == lobby and
+                             inbox.messages.index(m) > inbox.messages.index(pending), timeout=30)
+    finally:
+        await pool.close()
+        await srv.close()
