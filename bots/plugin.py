@@ -74,7 +74,17 @@ class BotConfig(p.Payload):
                     out[f.name][bound] = f.metadata[bound]
         for name, values in cls.choices().items():
             out[name]["choices"] = list(values)
+        for name, by in cls.choices_by().items():
+            out[name]["choices_by"] = {dep: {str(k): list(v) for k, v in table.items()}
+                                       for dep, table in by.items()}
         return out
+
+    @classmethod
+    def choices_by(cls) -> dict[str, dict[str, dict[Any, list[Any]]]]:
+        """Choices that depend on another setting: ``{"language": {"model": {"tiny.en":
+        ["en"], "base": [...]}}}``. A UI offers only these; ``validate()`` refuses the rest
+        with a message that says what to do."""
+        return {}
 
     @classmethod
     def choices(cls) -> dict[str, list[Any]]:

@@ -9,12 +9,12 @@ the provider carries on.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import socket
 
 from shared import protocol as p
-from shared.client import ClientConfig, ClientError, SignalingClient
+from shared.client import ClientConfig, SignalingClient
+from shared.tasks import cancel_and_wait
 
 from .plugin import Bot, describe
 from .runner import BotRunner
@@ -68,9 +68,7 @@ class Provider:
         entry = self.runners.pop(msg.bot_id, None)
         if entry is not None:
             runner, task = entry
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+            await cancel_and_wait(task)
             self._report(p.BotStatus(bot_id=msg.bot_id, status="stopped"))
             log.info("stopped bot %s", msg.bot_id)
 
@@ -87,10 +85,6 @@ class Provider:
         return 0
 
     async def shutdown(self) -> None:
-        for runner, task in list(self.runners.values()):
-            task.cancel()
-        for runner, task in list(self.runners.values()):
-            with contextlib.suppress(asyncio.CancelledError, ClientError, Exception):
-                await task
+        await cancel_and_wait(*(task for _, task in self.runners.values()))
         self.runners.clear()
         await self.client.close(drain=1.0)

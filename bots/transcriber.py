@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import bisect
 import collections
-import contextlib
 import logging
 import os
 import threading
@@ -120,6 +119,18 @@ class TranscriberConfig(BotConfig):
             tasks, languages = ["transcribe"], ["en", "auto"]
         return {"model": [m["name"] for m in installed], "task": tasks, "language": languages,
                 "compute_type": list(COMPUTE_TYPES), "final_window": ["auto", "full", "dynamic"]}
+
+    @classmethod
+    def choices_by(cls) -> dict[str, dict[str, dict[Any, list[Any]]]]:
+        """What each installed model can do: an English-only one transcribes English only."""
+        languages, tasks = {}, {}
+        for m in listing():
+            if m.get("installed"):
+                english_only = m.get("multilingual") is False
+                languages[m["name"]] = ["en", "auto"] if english_only else \
+                    ["auto", *sorted(LANGUAGES)]
+                tasks[m["name"]] = ["transcribe"] if english_only else ["transcribe", "translate"]
+        return {"language": {"model": languages}, "task": {"model": tasks}}
 
 
 class TranscriberBot(Bot[TranscriberConfig]):
@@ -240,6 +251,8 @@ class SpeakerStream:
                 f"lag {self.lag():.1f} s")
 
     def stop(self) -> None:
+        if not self._closed:
+            self._clear_interims()
         self._closed = True
         self.bot.scheduler.forget(self.key)
         self.track.stop()
@@ -258,10 +271,18 @@ class SpeakerStream:
                 for utt in utterances:
                     self._utterance(utt)
                 self._maybe_interim()
-        except MediaStreamError:
-            pass  # the peer's track ended
+        except MediaStreamError:  # the peer's track ended (a reload, a lost connection)
+            self._clear_interims()
         finally:
             self._task = None
+
+    def _clear_interims(self) -> None:
+        """The speaker's audio ended mid-utterance: take its interim off everyone's screen
+        (an empty interim clears it); a final still on its way replaces it anyway."""
+        for index, text in list(self._shown.items()):
+            if text:
+                self._send(index, 0, 0, None, final=False)
+        self._shown.clear()
 
     # --- scheduling ---------------------------------------------------------------------------
 
@@ -329,12 +350,14 @@ class SpeakerStream:
     async def _post_final(self, previous: asyncio.Future[None] | None,
                           future: asyncio.Future[Recognition | None], utt: Utterance) -> None:
         if previous is not None:  # finals of one speaker are posted in order
-            with contextlib.suppress(Exception, asyncio.CancelledError):
-                await previous
+            await asyncio.wait([previous])  # whatever became of it; our own cancel still ends us
         try:
             result = await future
         except asyncio.CancelledError:
-            return
+            task = asyncio.current_task()
+            if future.cancelled() and task is not None and not task.cancelling():
+                return  # the recognition was dropped (the speaker left): nothing to post
+            raise
         except Exception:
             log.exception("recognition failed for %s", self.key)
             result = None

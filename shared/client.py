@@ -38,6 +38,7 @@ from typing import Any
 import aiohttp
 
 from . import protocol as p
+from .tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -294,14 +295,14 @@ class SignalingClient:
         deadline = time.monotonic() + drain
         while (self._queue or self._inflight) and self.connected and time.monotonic() < deadline:
             await asyncio.sleep(0.02)
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        if self._ws is not None:
-            await self._ws.close()
-        if self._http is not None:
-            await self._http.close()
+        await cancel_and_wait(self._task)
+        try:
+            if self._ws is not None:
+                with contextlib.suppress(Exception):  # a socket already gone: nothing to say
+                    await asyncio.wait_for(self._ws.close(), 1.0)
+        finally:
+            if self._http is not None:
+                await self._http.close()
         unsent = [item for item in (*self._inflight.values(), *self._queue)]
         self._inflight.clear()
         self._queue.clear()
@@ -517,11 +518,7 @@ class SignalingClient:
             for task in done:
                 task.result()
         finally:
-            for task in (reader, writer):
-                if task is not None:
-                    task.cancel()
-                    with contextlib.suppress(asyncio.CancelledError, Exception):
-                        await task
+            await cancel_and_wait(reader, writer)
 
     async def _resume(self) -> None:
         """Restores the name and lobbies, sent ahead of anything queued."""

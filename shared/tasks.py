@@ -1,4 +1,5 @@
-"""Fire-and-forget tasks that are still owned: logged when they fail, cancelled on close."""
+"""Owned tasks: ``cancel_and_wait`` for one an owner stops, ``TaskSet`` for fire-and-forget
+tasks that are still owned (logged when they fail, cancelled on close)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,24 @@ import asyncio
 import logging
 from collections.abc import Coroutine
 from typing import Any
+
+
+async def cancel_and_wait(*tasks: asyncio.Future[Any] | None) -> None:
+    """Cancels ``tasks`` and waits until each has finished, its outcome retrieved.
+
+    Unlike ``with suppress(CancelledError): await task``, this never swallows the caller's
+    own cancellation: that idiom can't tell the task's CancelledError from one meant for the
+    caller, which then runs on (a provider that hung at shutdown did exactly that).
+    """
+    live = [t for t in tasks if t is not None]
+    for task in live:
+        task.cancel()
+    pending = [t for t in live if not t.done()]
+    if pending:
+        await asyncio.wait(pending)  # raises only if the caller is cancelled
+    for task in live:
+        if not task.cancelled():
+            task.exception()  # retrieved: the owner is stopping it, whatever it raised
 
 
 class TaskSet:

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 from aiohttp import WSCloseCode, web
+
+from shared.tasks import cancel_and_wait
 
 from . import admin, api, events, ws
 from .dispatch import DISPATCHER, Dispatcher
@@ -60,6 +61,7 @@ def create_app(settings: Settings, store: Store | None = None) -> web.Applicatio
     app.router.add_get(base + "metrics", _metrics)
     app.router.add_get(base + "api/openapi.json", _openapi)
     app.router.add_get(base, _index)
+    app.router.add_get(base + "favicon.ico", _favicon)  # asked for by browsers and tools
     if base != "/":  # "/ai-voicebot" → "/ai-voicebot/", so relative URLs resolve under it
         app.router.add_get(base.rstrip("/"), _to_base)
     app.router.add_static(base + "static/", STATIC_DIR)
@@ -68,6 +70,12 @@ def create_app(settings: Settings, store: Store | None = None) -> web.Applicatio
 
 async def _index(request: web.Request) -> web.FileResponse:
     return web.FileResponse(STATIC_DIR / "index.html", headers={"Cache-Control": "no-cache"})
+
+
+async def _favicon(request: web.Request) -> web.FileResponse:
+    return web.FileResponse(STATIC_DIR / "favicon.svg",
+                            headers={"Content-Type": "image/svg+xml",
+                                     "Cache-Control": "max-age=86400"})
 
 
 async def _metrics(request: web.Request) -> web.Response:
@@ -119,9 +127,7 @@ async def _maintenance(app: web.Application) -> AsyncIterator[None]:
 
     task = asyncio.create_task(loop(), name="maintenance")
     yield
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
+    await cancel_and_wait(task)
 
 
 async def _close_sockets(app: web.Application) -> None:

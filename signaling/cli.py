@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from bots.loop import POLL_INTERVAL
+from shared.tasks import cancel_and_wait
 
 from . import logs
 from .app import create_app
@@ -69,9 +70,7 @@ def _up(args: argparse.Namespace) -> int:
         task = asyncio.create_task(_keep_running(provider_cmd, os.environ | {
             "VOICEBOT_PROVIDER_KEY": key}))
         yield
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        await cancel_and_wait(task)
 
     app.cleanup_ctx.append(supervise)
     return _run_server(app, settings)

@@ -16,6 +16,8 @@ import time
 
 from aiohttp import web
 
+from shared.tasks import cancel_and_wait
+
 from .limits import ConnectionLimits
 
 log = logging.getLogger(__name__)
@@ -114,6 +116,4 @@ class Connection:
     async def finish(self) -> None:
         """Stops the writer once the socket is gone."""
         self._closing = True
-        self._writer.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._writer
+        await cancel_and_wait(self._writer)

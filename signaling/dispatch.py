@@ -232,7 +232,8 @@ class Dispatcher:
             raise ProtocolError(ErrorCode.NO_PROVIDER, f"no provider has room for a {kind!r} bot")
         session, _ = await self.hub.create_session(bot=True)
         try:
-            display = await self.hub.assign_name(session, name or kind.replace("_", " ").title())
+            display = await self.hub.assign_name(session, name or kind.replace("_", " ").title(),
+                                                 lobby)
             await self.hub.add_member(session, lobby)
         except BaseException:
             await self.hub.remove_session(session)

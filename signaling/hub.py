@@ -238,7 +238,8 @@ class Hub:
         now = time.time()
         by_key: dict[str, list[LiveSession]] = {}
         for s in self.sessions.values():
-            if s.record.name_key is not None and self.is_live(s, now):
+            # bots' names are unique within their lobby only (every lobby has its Transcriber)
+            if s.record.name_key is not None and not s.record.bot and self.is_live(s, now):
                 by_key.setdefault(s.record.name_key, []).append(s)
         for key, holders in by_key.items():
             claim = self.claims.get(key)
@@ -357,22 +358,24 @@ class Hub:
             await self._rename(s, display, key)
             return self.session_info(s)
 
-    async def assign_name(self, s: LiveSession, base: str) -> str:
-        """Gives ``s`` the first free name of ``base``, ``base 2``, ``base 3``… (for bots)."""
+    async def assign_name(self, s: LiveSession, base: str, lobby: Lobby) -> str:
+        """Gives bot ``s`` the first name of ``base``, ``base 2``, ``base 3``… that nobody in
+        ``lobby`` has (a protected name excepted): bot names are unique per lobby, so each
+        lobby has its "Transcriber"."""
         async with self._exclusive():
+            taken = {self.sessions[m].record.name_key for m in lobby.members
+                     if m in self.sessions and m != s.id}
             for n in range(1, 1000):
                 display, key = clean_name(base if n == 1 else f"{base[:28]} {n}")
-                holder = self._name_holder(key, exclude=s)
-                if key not in self.claims and (holder is None or not self.is_live(holder)):
-                    if holder is not None:
-                        await self._rename(holder, None, None)
+                if key not in self.claims and key not in taken:
                     await self._rename(s, display, key)
                     return display
         raise ProtocolError(ErrorCode.NAME_IN_USE, f"no free name like {base!r}")
 
     def _name_holder(self, key: str, exclude: LiveSession) -> LiveSession | None:
+        """The person holding a name; bots' names don't count (unique per lobby only)."""
         for other in self.sessions.values():
-            if other is not exclude and other.record.name_key == key:
+            if other is not exclude and not other.record.bot and other.record.name_key == key:
                 return other
         return None
 

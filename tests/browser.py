@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-from playwright.async_api import Browser, async_playwright
+from typing import Any
+
+from playwright.async_api import Browser, Page, async_playwright, expect
 
 CHROMIUM = os.environ.get("VOICEBOT_CHROMIUM", "/usr/bin/chromium")
 FLAGS = ["--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
@@ -32,3 +35,37 @@ async def chromium(fake_audio: Path | None = None) -> AsyncIterator[Browser]:
             yield browser
         finally:
             await browser.close()
+
+
+async def enter(page: Page, url: str, name: str) -> None:
+    await page.goto(url)
+    await expect(page.locator("#conn")).to_have_text("Connected", timeout=15000)
+    await page.fill("#name", name)
+    await page.click("#name-form button")
+    await expect(page.locator("#me")).to_have_text(f"You are {name}", timeout=10000)
+
+
+async def create_lobby(page: Page, name: str) -> str:
+    await page.fill("#new-lobby", name)
+    await page.click("#create-form button")
+    await expect(page.locator("#room")).to_be_visible(timeout=15000)
+    return (await page.evaluate("location.hash")).split("=", 1)[1]
+
+
+async def send_chat(page: Page, text: str) -> None:
+    await page.fill("#chat-input", text)
+    await page.click("#chat-form button")
+
+
+def participant(page: Page, name: str) -> Any:
+    return page.locator(".participant", has=page.locator(".pname", has_text=name))
+
+
+async def max_level(page: Page, name: str, seconds: float) -> float:
+    """The loudest level the page's WebAudio analyser showed for ``name`` over ``seconds``."""
+    loudest = 0.0
+    for _ in range(int(seconds / 0.1)):
+        value = await participant(page, name).get_attribute("data-level")
+        loudest = max(loudest, float(value or 0))
+        await asyncio.sleep(0.1)
+    return loudest

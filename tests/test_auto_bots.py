@@ -88,3 +88,57 @@ async def test_a_person_who_joins_before_any_provider_gets_the_transcriber(
     finally:
         await pool.close()
         await srv.close()
+
+
+async def test_ctrl_c_stops_voicebot_up_cleanly(tmp_path: Path) -> None:
+    """Ctrl-C reaches the server and its provider at once (one process group) while a
+    transcriber is live: both stop within seconds, exit 0, and log no error."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from shared.client import ClientConfig, SignalingClient
+    from signaling.testing import free_port
+
+    from .conftest import ROOT
+
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/"
+    log_path = tmp_path / "up.log"
+    with open(log_path, "wb") as log_file:
+        proc = subprocess.Popen([sys.executable, "-m", "signaling.cli", "up", "--port", str(port),
+                                 "--data-dir", str(tmp_path / "data")], cwd=ROOT,
+                                env=os.environ | {"VOICEBOT_PROVIDER_KEY": ""},
+                                stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        async with aiohttp.ClientSession() as http:
+            async def ready() -> bool:
+                try:
+                    async with http.get(url + "api/ready") as r:
+                        return r.status == 200
+                except aiohttp.ClientError:
+                    return False
+
+            deadline = time.monotonic() + 60
+            while not await ready():
+                assert time.monotonic() < deadline, log_path.read_text()[-2000:]
+                await asyncio.sleep(0.2)
+        client = SignalingClient(ClientConfig(url=url))
+        inbox: list[p.Message] = []
+        client.on(p.MessageType.BOT_STATUS, inbox.append)
+        await client.start(wait=10)
+        await client.set_name("Stayer")
+        await client.join(lobby_name="until the end")
+        await wait_until(lambda: any(isinstance(m, p.BotStatus) and m.status == "live"
+                                     for m in inbox), 60, "the transcriber")
+        os.killpg(proc.pid, signal.SIGINT)
+        code = await asyncio.to_thread(proc.wait, 20)
+        await client.close(drain=0)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    log = log_path.read_text()
+    assert code == 0, log[-3000:]
+    for bad in ("ERROR", "Traceback", "Task was destroyed", "Unclosed"):
+        assert bad not in log, log[-3000:]

@@ -9,48 +9,14 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp.test_utils import TestServer
-from playwright.async_api import Page, expect
+from playwright.async_api import expect
 
-from .browser import chromium
+from .browser import chromium, create_lobby, enter, max_level, participant, send_chat
 
 # the README's screenshots are refreshed on request (VOICEBOT_SCREENSHOTS=1); otherwise they go
 # to a scratch folder, so a test run leaves the checkout as it was
 DOCS = Path(__file__).resolve().parent.parent / "docs" if os.environ.get("VOICEBOT_SCREENSHOTS") \
     else Path(tempfile.mkdtemp(prefix="voicebot-screenshots-"))
-
-
-async def enter(page: Page, url: str, name: str) -> None:
-    await page.goto(url)
-    await expect(page.locator("#conn")).to_have_text("Connected", timeout=15000)
-    await page.fill("#name", name)
-    await page.click("#name-form button")
-    await expect(page.locator("#me")).to_have_text(f"You are {name}", timeout=10000)
-
-
-async def create_lobby(page: Page, name: str) -> str:
-    await page.fill("#new-lobby", name)
-    await page.click("#create-form button")
-    await expect(page.locator("#room")).to_be_visible(timeout=15000)
-    return (await page.evaluate("location.hash")).split("=", 1)[1]
-
-
-async def send_chat(page: Page, text: str) -> None:
-    await page.fill("#chat-input", text)
-    await page.click("#chat-form button")
-
-
-def participant(page: Page, name: str) -> Any:
-    return page.locator(".participant", has=page.locator(".pname", has_text=name))
-
-
-async def max_level(page: Page, name: str, seconds: float) -> float:
-    """The loudest level the page's WebAudio analyser showed for ``name`` over ``seconds``."""
-    loudest = 0.0
-    for _ in range(int(seconds / 0.1)):
-        value = await participant(page, name).get_attribute("data-level")
-        loudest = max(loudest, float(value or 0))
-        await asyncio.sleep(0.1)
-    return loudest
 
 
 async def test_two_pages_talk_and_chat(server: TestServer) -> None:

@@ -1,82 +1,42 @@
-// The browser client: wires the connection, the mesh and audio to one store, renders it.
-// Everything user-supplied is put on the page with textContent, never as HTML.
+// The browser client: wires the connection, the mesh and audio to one store; the view renders
+// it (view.js). This module holds the actions: what a click, a key or a server frame does.
 
+import { Audio, listDevices, microphoneProblem, openMicrophone } from "./audio.js";
 import { Connection, ServerError } from "./connection.js";
 import { Mesh } from "./mesh.js";
 import { createStore, initialState, reducer } from "./store.js";
+import { botConfig, h, render, renderBotOptions } from "./view.js";
 
 const base = new URL(".", document.baseURI);
 const store = createStore(reducer, initialState);
+const audio = new Audio();
 const conn = new Connection(base, {
   onStatus: (s) => store.dispatch({ type: "conn", conn: s }),
   onWelcome: (data) => welcomed(data),
 });
 const mesh = new Mesh(conn, {
-  onStream: (id, stream) => audio.attach(id, stream),
+  onStream: (id, stream) => audio.attach(id, stream, { volume: store.state.volumes[id] ?? 1 }),
   onPeerState: (id, state) => {
     store.dispatch({ type: "peer_state", id, state });
     if (state === "closed") audio.detach(id);
   },
 });
+let microphone = null;   // the MediaStream every peer hears (its track is in the mesh)
+let testStream = null;   // the microphone test's own stream, before joining
 
-// --- audio out, levels -------------------------------------------------------------------------
-
-const audio = {
-  ctx: null,
-  nodes: new Map(),    // session_id -> {el, analyser, buf}
-  context() {
-    if (!this.ctx) this.ctx = new AudioContext();
-    if (this.ctx.state === "suspended") this.ctx.resume();
-    return this.ctx;
-  },
-  attach(id, stream, { play = true } = {}) {
-    this.detach(id);
-    let el = null;
-    if (play) {
-      el = new Audio();
-      el.autoplay = true;
-      el.srcObject = stream;  // Chrome feeds WebAudio from a remote stream only while it plays
-      const v = store.state.volumes[id];
-      el.volume = v === undefined ? 1 : v;
-      el.muted = v === 0;
-      el.play().catch(() => {});
-    }
-    const ctx = this.context();
-    const analyser = ctx.createAnalyser();
-    analyser.fftSize = 1024;
-    ctx.createMediaStreamSource(stream).connect(analyser);
-    this.nodes.set(id, { el, analyser, buf: new Float32Array(analyser.fftSize) });
-  },
-  detach(id) {
-    const n = this.nodes.get(id);
-    if (!n) return;
-    if (n.el) { n.el.pause(); n.el.srcObject = null; }
-    this.nodes.delete(id);
-  },
-  setVolume(id, volume) {
-    const n = this.nodes.get(id);
-    if (n && n.el) { n.el.volume = volume; n.el.muted = volume === 0; }
-  },
-  levels() {
-    const out = {};
-    for (const [id, n] of this.nodes) {
-      n.analyser.getFloatTimeDomainData(n.buf);
-      let sum = 0;
-      for (const x of n.buf) sum += x * x;
-      out[id] = Math.sqrt(sum / n.buf.length);
-    }
-    return out;
-  },
-};
+// --- levels and the clock ----------------------------------------------------------------------
 
 setInterval(() => {
-  if (!store.state.lobby) return;
+  const s = store.state;
+  if (testStream) store.dispatch({ type: "test_level", level: audio.level("test") });
+  if (!s.lobby) return;
   const levels = audio.levels();
-  const prev = store.state.levels;
+  const prev = s.levels;
   const changed = Object.keys(levels).length !== Object.keys(prev).length ||
     Object.entries(levels).some(([id, v]) => Math.abs((prev[id] || 0) - v) > 0.005);
   if (changed) store.dispatch({ type: "levels", levels });
 }, 150);
+setInterval(() => store.dispatch({ type: "expire_captions", now: Date.now() }), 500);
 
 // --- protocol handlers ---------------------------------------------------------------------------
 
@@ -84,26 +44,33 @@ conn.on("session", (d) => store.dispatch({ type: "session", session: d.session }
 conn.on("lobby_state", (d, id) => store.dispatch({ type: "lobby_state", lobby: d.lobby,
                                                    participants: d.participants,
                                                    joined: id !== undefined }));
+conn.on("peer_removed", (d) => store.dispatch({ type: "peer_removed", id: d.peer_id }));
 conn.on("chat", (d) => store.dispatch({ type: "stored", message: d }));
-conn.on("transcript", (d) => store.dispatch(d.final ? { type: "stored", message: d }
-                                                    : { type: "interim", transcript: d }));
+conn.on("transcript", (d) => store.dispatch(d.final  // announced if it is news, not history
+  ? { type: "stored", message: d, live: Date.now() / 1000 - d.end < 30 }
+  : { type: "interim", transcript: d, at: Date.now() }));
 conn.on("bot_status", (d) => store.dispatch({ type: "bot_status", status: d }));
 conn.on("error", (d, id) => { if (!id) notify("error", d.message); });
 
 function notify(kind, text) { store.dispatch({ type: "notice", notice: text ? { kind, text } : null }); }
 
-async function welcomed(data) {
+function welcomed(data) {
   store.dispatch({ type: "session", session: data.session });
   mesh.myId = data.session.session_id;
-  const lobby = store.state.lobby;
-  if (lobby) {  // resumed: the server restores us; ask only for what we missed
-    const last = store.state.messages.at(-1);
-    try {
-      await conn.request("join", { lobby_id: lobby.id, history_since: last ? last.message_id : null });
-    } catch (e) {
-      notify("error", `Could not rejoin: ${e.message}`);
-      leaveLocally();
-    }
+  const current = store.state.lobby ? store.state.lobby.id : null;
+  const resumed = data.session.lobbies.includes(current) ? current
+    : data.session.lobbies.includes(linkedLobby()) ? linkedLobby() : data.session.lobbies[0];
+  if (resumed) {
+    // The server puts a returning session back in its lobby by itself: lobby_state and a
+    // peer_added for every member follow this frame at once (docs/protocol.md). Be ready for
+    // them now, before anything is awaited; the microphone joins the connections when ready.
+    mesh.lobbyId = resumed;
+    history.replaceState(null, "", `#lobby=${resumed}`);
+    if (!microphone) startMicrophone();
+    refreshBots();
+  } else if (current) {  // the server no longer has us in it (the grace period passed)
+    leaveLocally();
+    tryJoinFromLink();
   } else if (data.session.name) {
     tryJoinFromLink();
   }
@@ -130,31 +97,65 @@ function tryJoinFromLink() {
   if (id && !store.state.lobby) join({ lobby_id: id });
 }
 
-async function startMic() {
-  if (mesh.localStream) return;
-  if (!navigator.mediaDevices?.getUserMedia) {
-    store.dispatch({ type: "mic", mic: "unavailable" });
-    notify("error", "This browser can't capture audio here (a secure https:// page is needed).");
-    return;
-  }
+async function refreshDevices() {
+  try { store.dispatch({ type: "devices", devices: await listDevices() }); } catch { /* none */ }
+}
+
+// opens the chosen microphone and hands its track to every connection (no renegotiation)
+async function startMicrophone() {
   try {
-    const stream = await navigator.mediaDevices.getUserMedia({ audio: true });
-    mesh.setLocalStream(stream);
+    const stream = await openMicrophone(store.state.input);
+    const old = microphone;
+    microphone = stream;
+    const [track] = stream.getAudioTracks();
+    track.enabled = store.state.mic !== "muted" || store.state.talking;
+    await mesh.setTrack(track);
     audio.attach("me", stream, { play: false });
-    store.dispatch({ type: "mic", mic: "on" });
+    if (old) for (const t of old.getTracks()) t.stop();
+    if (store.state.mic !== "muted") store.dispatch({ type: "mic", mic: "on" });
+    refreshDevices();  // labels are only known once the page may use a microphone
   } catch (e) {
     const denied = e.name === "NotAllowedError" || e.name === "SecurityError";
     store.dispatch({ type: "mic", mic: denied ? "denied" : "unavailable" });
-    notify("error", denied
-      ? "Microphone access was denied: you can listen, but nobody hears you. Allow the microphone in the site settings, then leave and join again."
-      : `No microphone: ${e.message}. You can listen, but nobody hears you.`);
+    notify("error", microphoneProblem(e));
   }
 }
 
+function stopMicrophone() {
+  mesh.setTrack(null);
+  if (microphone) for (const t of microphone.getTracks()) t.stop();
+  microphone = null;
+  audio.detach("me");
+  store.dispatch({ type: "mic", mic: "off" });
+}
+
+async function toggleTest() {
+  if (testStream) {
+    for (const t of testStream.getTracks()) t.stop();
+    testStream = null;
+    audio.detach("test");
+    store.dispatch({ type: "test_level", level: null });
+    return;
+  }
+  try {
+    testStream = await openMicrophone(store.state.input);
+    audio.attach("test", testStream, { play: false });
+    store.dispatch({ type: "test_level", level: 0 });
+    notify(null);
+    refreshDevices();
+  } catch (e) { notify("error", microphoneProblem(e)); }
+}
+
 async function join(params) {
+  if (!(store.state.session && store.state.session.name)) {
+    notify("info", "Pick a name first: it is how the others see you.");
+    document.getElementById("name").focus();
+    return;
+  }
   audio.context();  // created on the click that joins: browsers allow sound after a gesture
-  await startMic();
+  if (testStream) await toggleTest();
   mesh.lobbyId = params.lobby_id || null;
+  const mic = startMicrophone();  // the permission prompt and the join go on side by side
   try {
     const state = await conn.request("join", params);
     mesh.lobbyId = state.lobby.id;
@@ -163,8 +164,12 @@ async function join(params) {
     refreshBots();
   } catch (e) {
     mesh.lobbyId = store.state.lobby ? store.state.lobby.id : null;
+    await mic;
+    if (!store.state.lobby) stopMicrophone();
     if (e.code === "lobby_password_required" || e.code === "bad_password") {
-      showPasswordPrompt(params, e.message);
+      const known = store.state.publicLobbies.find((lb) => lb.id === params.lobby_id);
+      store.dispatch({ type: "prompt", prompt: { params, name: known ? known.name : params.lobby_name || null } });
+      notify("error", e.message);
     } else {
       notify("error", e.message);
     }
@@ -181,24 +186,42 @@ async function leave() {
 function leaveLocally() {
   mesh.closeAll();
   mesh.lobbyId = null;
-  for (const id of [...audio.nodes.keys()]) if (id !== "me") audio.detach(id);
-  if (mesh.localStream) {
-    for (const t of mesh.localStream.getTracks()) t.stop();
-    mesh.setLocalStream(null);
-    audio.detach("me");
-  }
-  store.dispatch({ type: "mic", mic: "off" });
+  for (const id of [...audio.nodes.keys()]) if (id !== "me" && id !== "test") audio.detach(id);
+  stopMicrophone();
   store.dispatch({ type: "left" });
   history.replaceState(null, "", location.pathname + location.search);
   refreshLobbies();
 }
 
+// what the others hear: the track is on while unmuted, or while Space is held (push-to-talk)
+function applyMute() {
+  const s = store.state;
+  const on = s.mic === "on" || (s.mic === "muted" && s.talking);
+  if (microphone) for (const t of microphone.getAudioTracks()) t.enabled = on;
+}
+
 function toggleMute() {
-  const stream = mesh.localStream;
-  if (!stream) return;
-  const muted = store.state.mic === "on";
-  for (const t of stream.getAudioTracks()) t.enabled = !muted;
-  store.dispatch({ type: "mic", mic: muted ? "muted" : "on" });
+  const s = store.state;
+  if (!(s.mic === "on" || s.mic === "muted")) return;
+  store.dispatch({ type: "mic", mic: s.mic === "on" ? "muted" : "on" });
+  applyMute();
+}
+
+function setTalking(talking) {
+  if (store.state.mic !== "muted" || store.state.talking === talking) return;
+  store.dispatch({ type: "talking", talking });
+  applyMute();
+}
+
+async function chooseInput(id) {
+  store.dispatch({ type: "input", id });
+  if (microphone) await startMicrophone();  // mid-call: replaceTrack, no new offer
+  else if (testStream) { await toggleTest(); await toggleTest(); }
+}
+
+async function chooseOutput(id) {
+  store.dispatch({ type: "output", id });
+  await audio.setSink(id);
 }
 
 async function sendChat(text) {
@@ -243,6 +266,11 @@ async function removeBot(botId) {
   } catch (e) { notify("error", e.message); }
 }
 
+function setPeerVolume(id, volume) {
+  audio.setVolume(id, volume);
+  store.dispatch({ type: "volume", id, volume });
+}
+
 async function download(format) {
   const lobby = store.state.lobby;
   const resp = await fetch(new URL(`api/lobbies/${lobby.id}/transcript?format=${format}`, base),
@@ -256,207 +284,23 @@ async function download(format) {
   setTimeout(() => URL.revokeObjectURL(url), 10000);
 }
 
+async function copyTranscript() {
+  const text = store.state.messages.filter((m) => m.segment_id)
+    .map((m) => `${m.speaker_name}: ${m.text}`).join("\n");
+  try {
+    await navigator.clipboard.writeText(text);
+    notify("info", "The transcript is on the clipboard.");
+  } catch { notify("error", "The browser did not allow copying."); }
+}
+
 setInterval(() => (store.state.lobby ? refreshBots() : refreshLobbies()), 5000);
 
-// --- rendering -----------------------------------------------------------------------------------
+// --- wiring ----------------------------------------------------------------------------------------
 
-function h(tag, props = {}, ...children) {
-  const el = document.createElement(tag);
-  for (const [k, v] of Object.entries(props)) {
-    if (v === undefined || v === null || v === false) continue;
-    if (k.startsWith("on")) el.addEventListener(k.slice(2), v);
-    else if (k === "dataset") Object.assign(el.dataset, v);
-    else if (k in el && k !== "list") el[k] = v;
-    else el.setAttribute(k, v === true ? "" : v);
-  }
-  for (const c of children.flat()) {
-    if (c === null || c === undefined || c === false) continue;
-    el.append(c instanceof Node ? c : document.createTextNode(String(c)));  // text, never HTML
-  }
-  return el;
-}
+const actions = { join, removeBot, setPeerVolume };
+store.subscribe((s, prev) => render(s, prev, actions));
 
 const $ = (id) => document.getElementById(id);
-
-function time(ts) {
-  return new Date(ts * 1000).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
-}
-
-const STATUS_TEXT = { connecting: "Connecting…", connected: "Connected", reconnecting: "Reconnecting…" };
-
-function renderStatus(s) {
-  const el = $("conn");
-  el.textContent = STATUS_TEXT[s.conn];
-  el.dataset.state = s.conn;
-}
-
-function renderNotice(s) {
-  const el = $("notice");
-  el.hidden = !s.notice;
-  el.textContent = s.notice ? s.notice.text : "";
-  el.dataset.kind = s.notice ? s.notice.kind : "";
-}
-
-function renderScreens(s) {
-  $("welcome").hidden = !!s.lobby;
-  $("room").hidden = !s.lobby;
-  $("lobby-picker").hidden = !(s.session && s.session.name);
-  const me = $("me");
-  me.textContent = s.session && s.session.name ? `You are ${s.session.name}` : "";
-  $("name-form").classList.toggle("compact", !!(s.session && s.session.name));
-}
-
-function renderLobbies(s) {
-  const list = $("lobbies");
-  list.replaceChildren(...(s.publicLobbies.length ? s.publicLobbies.map((lb) => h("li", {},
-    h("span", { className: "lobby-name" }, lb.name),
-    h("span", { className: "muted" }, `${lb.participant_count}/${lb.max_participants}`,
-      lb.has_password ? " · password" : ""),
-    h("button", { type: "button", onclick: () => join({ lobby_id: lb.id }) }, "Join"))) :
-    [h("li", { className: "muted" }, "No public lobbies yet: create one.")]));
-}
-
-const BOT_STATUS = { pending: "waiting", starting: "starting", loading: "loading model",
-                     live: "live", lagging: "lagging", failed: "failed" };
-
-function renderRoom(s, prev) {
-  if (!s.lobby) return;
-  if (s.lobby !== prev.lobby) {
-    $("lobby-title").textContent = s.lobby.name;
-    $("lobby-kind").textContent = [s.lobby.private ? "private" : "public",
-                                   s.lobby.has_password ? "password" : null].filter(Boolean).join(" · ");
-    $("share").value = location.href;
-  }
-  if (s.participants !== prev.participants || s.levels !== prev.levels ||
-      s.peerState !== prev.peerState || s.volumes !== prev.volumes || s.mic !== prev.mic) {
-    renderParticipants(s);
-  }
-  if (s.messages !== prev.messages) renderMessages(s);
-  if (s.captions !== prev.captions) renderCaptions(s);
-  if (s.bots !== prev.bots || s.kinds !== prev.kinds) renderBots(s);
-  const mute = $("mute");
-  mute.textContent = s.mic === "muted" ? "Unmute" : "Mute";
-  mute.disabled = !(s.mic === "on" || s.mic === "muted");
-  mute.setAttribute("aria-pressed", s.mic === "muted");
-}
-
-function renderParticipants(s) {
-  const myId = s.session && s.session.session_id;
-  $("participants").replaceChildren(...s.participants.map((p) => {
-    const isMe = p.session_id === myId;
-    const level = isMe ? (s.mic === "on" ? s.levels.me || 0 : 0) : s.levels[p.session_id] || 0;
-    const volume = s.volumes[p.session_id] ?? 1;
-    return h("li", { className: "participant", dataset: {
-        sessionId: p.session_id, level: level.toFixed(4), speaking: level > 0.02,
-        peer: isMe ? "me" : s.peerState[p.session_id] || "new" } },
-      h("span", { className: "dot", title: level > 0.02 ? "speaking" : "" }),
-      h("span", { className: "pname" }, p.name, isMe ? " (you)" : ""),
-      p.bot ? h("span", { className: "badge" }, "bot") : null,
-      !p.connected ? h("span", { className: "muted" }, "away") : null,
-      isMe ? (s.mic === "muted" ? h("span", { className: "muted" }, "muted") :
-              s.mic === "denied" || s.mic === "unavailable" ? h("span", { className: "muted" }, "no mic") : null)
-        : h("span", { className: "volume" },
-            h("button", { type: "button", className: "small", title: "mute for me",
-                          onclick: () => setPeerVolume(p.session_id, volume === 0 ? 1 : 0) },
-              volume === 0 ? "Unmute" : "Mute"),
-            h("input", { type: "range", min: 0, max: 1, step: 0.05, value: volume,
-                         "aria-label": `volume of ${p.name}`,
-                         oninput: (e) => setPeerVolume(p.session_id, Number(e.target.value)) })));
-  }));
-}
-
-function setPeerVolume(id, volume) {
-  audio.setVolume(id, volume);
-  store.dispatch({ type: "volume", id, volume });
-}
-
-function renderMessages(s) {
-  const log = $("messages");
-  const atBottom = log.scrollHeight - log.scrollTop - log.clientHeight < 40;
-  log.replaceChildren(...s.messages.map((m) => {
-    const transcript = Boolean(m.segment_id);
-    const who = transcript ? m.speaker_name : m.kind === "system" ? "system" : m.name;
-    return h("li", { className: transcript ? "msg transcript" : `msg ${m.kind}` },
-      h("span", { className: "when" }, time(m.ts || m.start)),
-      h("span", { className: "who" }, who),
-      transcript ? h("span", { className: "badge", title: m.model || "" }, captionLabel(m)) : null,
-      h("span", { className: "text" }, m.text));
-  }));
-  if (atBottom) log.scrollTop = log.scrollHeight;
-}
-
-function captionLabel(t) {
-  if (t.task === "translate") return `caption · ${t.language || "?"}→en`;
-  return t.language && t.language !== "en" ? `caption · ${t.language}` : "caption";
-}
-
-function renderCaptions(s) {
-  const live = Object.values(s.captions);
-  $("captions").replaceChildren(...(live.length ? live.map((c) => h("p", { className: "caption" },
-    h("span", { className: "who" }, c.speaker_name),
-    c.language && (c.language !== "en" || c.task === "translate")
-      ? h("span", { className: "badge" }, captionLabel(c)) : null,
-    h("span", { className: "text" }, c.text))) :
-    [h("p", { className: "muted" }, "Live captions appear here while people speak.")]));
-}
-
-function renderBots(s) {
-  const select = $("bot-kind");
-  const chosen = select.value;
-  select.replaceChildren(...s.kinds.map((k) => h("option", { value: k.kind, title: k.description },
-                                                k.kind)));
-  if (chosen) select.value = chosen;
-  $("add-bot").disabled = !s.kinds.length;
-  renderBotOptions(s);
-  const bots = Object.values(s.bots);
-  $("bots").replaceChildren(...(bots.length ? bots.map((b) => h("li", {
-      className: "bot", dataset: { status: b.status } },
-    h("span", { className: "pname" }, b.name || b.kind),
-    h("span", { className: `status ${b.status}` }, BOT_STATUS[b.status] || b.status),
-    b.detail ? h("span", { className: "muted detail" }, b.detail) : null,
-    h("button", { type: "button", className: "small", onclick: () => removeBot(b.bot_id) },
-      "Remove"))) : [h("li", { className: "muted" }, "No bots in this lobby.")]));
-}
-
-function renderBotOptions(s) {
-  // a menu for each setting of the chosen kind that has a fixed set of values (model, task…)
-  const kind = s.kinds.find((k) => k.kind === $("bot-kind").value);
-  const box = $("bot-options");
-  const previous = Object.fromEntries([...box.querySelectorAll("select")].map((el) => [el.name, el.value]));
-  const fields = kind ? Object.entries(kind.config || {}).filter(([, spec]) => spec.choices) : [];
-  box.replaceChildren(...fields.map(([name, spec]) => h("label", { title: spec.help || "" }, name,
-    h("select", { name, "aria-label": `${kind.kind} ${name}` },
-      spec.choices.map((c) => h("option", { value: c, selected: (previous[name] ?? spec.default) === c },
-                                String(c)))))));
-}
-
-function botConfig() {
-  const config = {};
-  for (const el of $("bot-options").querySelectorAll("select")) config[el.name] = el.value;
-  return config;
-}
-
-function showPasswordPrompt(params, message) {
-  notify("error", message);
-  const form = $("password-form");
-  form.hidden = false;
-  form.onsubmit = (e) => {
-    e.preventDefault();
-    form.hidden = true;
-    join({ ...params, password: $("lobby-password").value });
-  };
-}
-
-store.subscribe((s, prev) => {
-  renderStatus(s);
-  renderNotice(s);
-  renderScreens(s);
-  if (s.publicLobbies !== prev.publicLobbies) renderLobbies(s);
-  renderRoom(s, prev);
-});
-
-// --- forms ---------------------------------------------------------------------------------------
-
 $("name-form").addEventListener("submit", (e) => {
   e.preventDefault();
   setName($("name").value, $("name-password").value);
@@ -468,6 +312,13 @@ $("create-form").addEventListener("submit", (e) => {
   join({ lobby_name: name, private: $("new-private").checked,
          password: $("new-password").value || null });
 });
+$("password-form").addEventListener("submit", (e) => {
+  e.preventDefault();
+  const { params } = store.state.prompt || {};
+  store.dispatch({ type: "prompt", prompt: null });
+  if (params) join({ ...params, password: $("lobby-password").value });
+});
+$("prompt-cancel").addEventListener("click", () => store.dispatch({ type: "prompt", prompt: null }));
 $("chat-form").addEventListener("submit", async (e) => {
   e.preventDefault();
   const input = $("chat-input");
@@ -475,16 +326,43 @@ $("chat-form").addEventListener("submit", async (e) => {
 });
 $("leave").addEventListener("click", leave);
 $("mute").addEventListener("click", toggleMute);
-$("copy").addEventListener("click", () => navigator.clipboard?.writeText($("share").value));
+$("copy").addEventListener("click", () => navigator.clipboard?.writeText(location.href));
+$("copy-transcript").addEventListener("click", copyTranscript);
+$("take-over").addEventListener("click", () => conn.takeOver());
+$("mic-test").addEventListener("click", toggleTest);
+$("captions-on").addEventListener("change", (e) => store.dispatch({ type: "captions_on", on: e.target.checked }));
+$("caption-size").addEventListener("change", (e) => store.dispatch({ type: "caption_size", size: e.target.value }));
 $("add-bot").addEventListener("click", () => addBot($("bot-kind").value));
 $("bot-kind").addEventListener("change", () => renderBotOptions(store.state));
+for (const el of document.querySelectorAll(".input-select")) {
+  el.addEventListener("change", (e) => chooseInput(e.target.value));
+}
+for (const el of document.querySelectorAll(".output-select")) {
+  el.addEventListener("change", (e) => chooseOutput(e.target.value));
+}
 for (const btn of document.querySelectorAll("[data-download]")) {
   btn.addEventListener("click", () => download(btn.dataset.download));
 }
+navigator.mediaDevices?.addEventListener?.("devicechange", refreshDevices);
 
-renderStatus(store.state);
-renderScreens(store.state);
-renderLobbies(store.state);
+// keyboard: M mutes and unmutes; Space held talks while muted — not while typing
+const typing = (e) => e.target.closest && e.target.closest("input, textarea, select, [contenteditable]");
+document.addEventListener("keydown", (e) => {
+  if (!store.state.lobby || typing(e) || e.ctrlKey || e.metaKey || e.altKey) return;
+  if (e.code === "KeyM" && !e.repeat) { e.preventDefault(); toggleMute(); }
+  if (e.code === "Space" && !(e.target.closest && e.target.closest("button"))) {
+    e.preventDefault();
+    setTalking(true);
+  }
+});
+document.addEventListener("keyup", (e) => { if (e.code === "Space") setTalking(false); });
+window.addEventListener("blur", () => setTalking(false));
+
+// the first picture, before any state changes
+render(store.state, { ...store.state, publicLobbies: null, devices: null, testLevel: undefined,
+                      prompt: undefined, announcement: undefined }, actions);
+if (window.matchMedia("(max-width: 720px)").matches) $("side").open = false;  // captions first
 refreshLobbies();
+refreshDevices();
 conn.start();
 window.voicebot = { store, conn, mesh, audio, ServerError };  // for debugging and the tests

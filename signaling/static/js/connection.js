@@ -3,6 +3,8 @@
 const TOKEN_KEY = "voicebot.token";
 const PROTOCOL = "voicebot.v1";  // docs/protocol.md, "Connecting"
 const TOKEN_PROTOCOL = "voicebot.bearer.";
+// closes after which the session is someone else's (another tab), deleted, or kicked
+const FINAL_CLOSE_CODES = new Set([4001, 4002, 4003]);
 
 export class ServerError extends Error {
   constructor(code, message) { super(message); this.code = code; }
@@ -22,6 +24,8 @@ export class Connection {
     this.ws = null;
     this.nextId = 1;
     this.everConnected = false;
+    this.sockets = 0;        // WebSockets opened so far (the tests count them)
+    this.resume = null;
   }
 
   get token() { return localStorage.getItem(TOKEN_KEY); }
@@ -59,16 +63,29 @@ export class Connection {
     let delays = backoff();
     for (;;) {
       this.onStatus(this.everConnected ? "reconnecting" : "connecting");
+      let code = null;
       try {
         await this.ensureSession();
-        await this.runOnce();
+        code = await this.runOnce();
       } catch (e) {
         console.debug("connection attempt failed", e);
+      }
+      if (FINAL_CLOSE_CODES.has(code)) {
+        // another tab took the session (4001), or it was removed or kicked: reconnecting
+        // would only take it back, so wait until the user asks for it here
+        this.onStatus(code === 4001 ? "replaced" : "ended");
+        await new Promise((r) => { this.resume = r; });
+        this.resume = null;
+        delays = backoff();
+        continue;
       }
       if (this.healthy) delays = backoff();  // a good connection resets the backoff
       await new Promise((r) => setTimeout(r, delays.next().value));
     }
   }
+
+  // "Use it here": this tab takes the session back from the other one
+  takeOver() { if (this.resume) this.resume(); }
 
   runOnce() {
     return new Promise((resolve) => {
@@ -79,14 +96,15 @@ export class Connection {
       const opened = Date.now();
       this.healthy = false;
       ws.onmessage = (ev) => this.receive(ev.data);
-      ws.onclose = () => {
+      ws.onclose = (ev) => {
         this.healthy = Date.now() - opened > 5000;
         if (this.ws === ws) this.ws = null;
         for (const [, p] of this.pending) p.reject(new ServerError("disconnected", "connection lost"));
         this.pending.clear();
-        resolve();
+        resolve(ev.code);
       };
       this.ws = ws;
+      this.sockets += 1;
     });
   }
 
