@@ -21,8 +21,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import av
-from aiortc import (MediaStreamTrack, RTCIceCandidate, RTCPeerConnection,
-                    RTCSessionDescription)
+from aiortc import (MediaStreamTrack, RTCConfiguration, RTCIceCandidate, RTCIceServer,
+                    RTCPeerConnection, RTCSessionDescription)
 from aiortc.contrib.media import MediaRelay
 from aiortc.mediastreams import AudioStreamTrack, MediaStreamError
 from aiortc.sdp import candidate_from_sdp
@@ -226,7 +226,11 @@ class Mesh:
 
     async def _new_link(self, peer: Peer) -> PeerLink:
         await self._drop(peer.session_id, left=False)
-        pc = RTCPeerConnection()
+        # exactly the servers the signaling server gave us: with none, host candidates only
+        # (aiortc's own default would ask a public STUN server)
+        pc = RTCPeerConnection(RTCConfiguration(iceServers=[
+            RTCIceServer(urls=s.urls, username=s.username, credential=s.credential)
+            for s in self.client.ice_servers]))
         outgoing = None
         direction = _DIRECTIONS[self.sends_audio, self.receives_audio]
         if self.sends_audio:

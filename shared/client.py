@@ -29,6 +29,7 @@ import inspect
 import itertools
 import logging
 import random
+import ssl
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
@@ -128,6 +129,10 @@ class ClientConfig:
     dedupe_max: int = 10_000
     breaker_threshold: int = 8  # ~8 s of outage at the default backoff
     breaker_cooldown: float = 15.0
+    # https:// servers: certificates are verified against the system's CAs, or against this
+    # PEM file (a self-signed server's certificate, or a private CA)
+    ca_file: str | None = None
+    server_hostname: str | None = None  # the name to verify the certificate against, if not url's
 
     def __post_init__(self) -> None:
         if not self.url.endswith("/"):
@@ -174,6 +179,8 @@ class SignalingClient:
         self.config = config
         self.stats = Stats()
         self.session: p.SessionInfo | None = None
+        # the ICE servers the server gave this session (empty: host candidates only)
+        self.ice_servers: list[p.IceServer] = []
         self._handlers: dict[p.MessageType, list[Handler]] = collections.defaultdict(list)
         self._queue: collections.deque[_Outgoing] = collections.deque()
         self._inflight: dict[str, _Outgoing] = {}
@@ -217,7 +224,11 @@ class SignalingClient:
     async def start(self, wait: float | None = None) -> None:
         """Starts the connection loop; with ``wait``, returns once connected (or times out)."""
         if self._task is None:
-            self._http = aiohttp.ClientSession()
+            ssl_context = None
+            if self.config.ca_file:
+                ssl_context = ssl.create_default_context(cafile=self.config.ca_file)
+            self._http = aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=ssl_context)
+                                               if ssl_context else None)
             self._task = asyncio.create_task(self._run(), name="signaling-client")
         if wait is not None:
             await self.wait_connected(wait)
@@ -460,7 +471,7 @@ class SignalingClient:
                 # the token in a header: a URL ends up in logs and error messages
                 ws = await self._http.ws_connect(
                     cfg.ws_url, headers={"Authorization": f"Bearer {cfg.token or ''}"},
-                    heartbeat=cfg.heartbeat,
+                    heartbeat=cfg.heartbeat, server_hostname=cfg.server_hostname,
                     timeout=aiohttp.ClientWSTimeout(ws_receive=cfg.receive_timeout,
                                                     ws_close=cfg.connect_timeout),
                     max_msg_size=0)
@@ -480,7 +491,8 @@ class SignalingClient:
         assert self._http is not None
         headers = {"X-Provider-Key": self.config.provider_key} if self.config.provider_key else {}
         async with self._http.post(self.config.url + "api/sessions", json={"bot": self.config.bot},
-                                   headers=headers, timeout=timeout) as resp:
+                                   headers=headers, timeout=timeout,
+                                   server_hostname=self.config.server_hostname) as resp:
             body = await resp.json(content_type=None)
             if resp.status != 201:
                 error = body.get("error", {}) if isinstance(body, dict) else {}
@@ -500,6 +512,7 @@ class SignalingClient:
         if not isinstance(welcome, p.Welcome):
             raise ConnectionError(f"expected welcome, got {welcome.type.value}")
         self.session = welcome.session
+        self.ice_servers = welcome.ice_servers
         self.stats.state = "resuming"
         await self._receive(welcome, None)
         reader = asyncio.create_task(self._read(ws), name="signaling-client-reader")
@@ -616,6 +629,8 @@ class SignalingClient:
             self._last_message[message.lobby_id] = max(newest, message.message_id)
         elif isinstance(message, p.Session):
             self.session = message.session
+        elif isinstance(message, p.IceServers):
+            self.ice_servers = message.ice_servers
         elif isinstance(message, p.PeerRemoved) and message.peer_id == self.session_id:
             self._lobbies.pop(message.lobby_id, None)
         for handler in list(self._handlers.get(message.type, ())):

@@ -50,6 +50,7 @@ class MessageType(enum.StrEnum):
     BOT_STOP = "bot_stop"
     # server -> client
     WELCOME = "welcome"
+    ICE_SERVERS = "ice_servers"
     SESSION = "session"
     LOBBY_STATE = "lobby_state"
     PEER_ADDED = "peer_added"
@@ -504,11 +505,34 @@ class Ice(Message):
 
 
 @dataclass(frozen=True)
+class IceServer(Payload):
+    """An ``RTCIceServer``: STUN URLs, or TURN URLs with this session's credential."""
+
+    urls: list[str]
+    username: str | None = None
+    credential: str | None = None
+
+
+@dataclass(frozen=True)
 class Welcome(Message):
     type: ClassVar[MessageType] = MessageType.WELCOME
     protocol: int
     server: str
     session: SessionInfo
+    # the ICE servers every peer connection uses (empty: host candidates only), and when the
+    # TURN credential in them expires (epoch seconds; null without TURN)
+    ice_servers: list[IceServer] = field(default_factory=list)
+    ice_expires: float | None = None
+
+
+@dataclass(frozen=True)
+class IceServers(Message):
+    """New ICE servers (a fresh TURN credential), sent before the current one expires:
+    connections made from now on use them."""
+
+    type: ClassVar[MessageType] = MessageType.ICE_SERVERS
+    ice_servers: list[IceServer]
+    expires: float | None = None
 
 
 @dataclass(frozen=True)
@@ -686,8 +710,8 @@ class BotStatus(Message):
 
 MESSAGES: dict[MessageType, type[Message]] = {
     cls.type: cls
-    for cls in (SetName, Join, Part, Ping, Chat, Sdp, Ice, Welcome, Session, LobbyState,
-                PeerAdded, PeerRemoved, Ack, Pong, Error, ProviderHello, BotStart, BotStop,
+    for cls in (SetName, Join, Part, Ping, Chat, Sdp, Ice, Welcome, IceServers, Session,
+                LobbyState, PeerAdded, PeerRemoved, Ack, Pong, Error, ProviderHello, BotStart, BotStop,
                 BotStatus, Transcript)
 }
 _BY_TYPE_NAME: dict[str, type[Message]] = {t.value: cls for t, cls in MESSAGES.items()}

@@ -118,6 +118,7 @@ async def _maintenance(app: web.Application) -> AsyncIterator[None]:
         while True:
             await asyncio.sleep(settings.sweep_interval)
             try:
+                hub.renew_ice()
                 await hub.sweep()
                 if time.monotonic() >= next_check:
                     next_check = time.monotonic() + settings.integrity_interval

@@ -9,15 +9,17 @@ import logging
 import os
 import secrets
 import signal
+import socket
 import sys
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 from aiohttp import web
 
 from bots.loop import POLL_INTERVAL
 from shared.tasks import cancel_and_wait
 
-from . import logs
+from . import logs, tls
 from .app import create_app
 from .settings import Settings
 from .store import StoreError
@@ -25,18 +27,46 @@ from .store import StoreError
 log = logging.getLogger("voicebot")
 
 
+def _tls_files(settings: Settings) -> tuple[Path, Path] | None:
+    """The certificate and key to serve, made first in self-signed mode; None for HTTP."""
+    if settings.tls_self_signed:
+        names = [n.strip() for n in settings.tls_names.split(",") if n.strip()]
+        if settings.host not in ("0.0.0.0", "::", ""):
+            names.append(settings.host)
+        return tls.self_signed(settings.data_dir / "tls", names)
+    if settings.tls_cert is not None and settings.tls_key is not None:
+        return settings.tls_cert, settings.tls_key
+    return None
+
+
 def _run_server(app: web.Application, settings: Settings) -> int:
-    logs.add_secret(settings.provider_key)
-    logs.add_secret(settings.admin_token)
+    for secret in (settings.provider_key, settings.admin_token, settings.turn_secret):
+        logs.add_secret(secret)
+    try:  # everything that can be wrong is found before anything starts: exit 2
+        files = _tls_files(settings)
+        context = tls.server_context(*files) if files else None
+    except tls.TlsError as exc:
+        log.error("cannot start: %s", exc)
+        return 2
+
+    def started(_: str) -> None:
+        log.info("serving on %s", _public_url(settings))
+        if files is not None:
+            log.info("TLS certificate %s, SHA-256 fingerprint %s", files[0],
+                     tls.fingerprint(files[0]))
+
     try:
         web.run_app(app, host=settings.host, port=settings.port, shutdown_timeout=5.0,
-                    access_log_class=logs.AccessLogger,
-                    print=lambda _: log.info("serving on http://%s:%d%s", settings.host,
-                                             settings.port, settings.base_path))
+                    ssl_context=context, access_log_class=logs.AccessLogger, print=started)
     except StoreError as exc:
         log.error("cannot start: %s", exc)
         return 2
     return 0
+
+
+def _public_url(settings: Settings) -> str:
+    host = socket.gethostname() if settings.host in ("0.0.0.0", "::", "") else settings.host
+    return f"{settings.scheme}://{host}:{settings.port}{settings.base_path}"
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -51,7 +81,7 @@ POLL_HELP = ("the provider's loop looks for network input at most every this man
 
 def _local_url(settings: Settings) -> str:
     host = "127.0.0.1" if settings.host in ("0.0.0.0", "::", "") else settings.host
-    return f"http://{host}:{settings.port}{settings.base_path}"
+    return f"{settings.scheme}://{host}:{settings.port}{settings.base_path}"
 
 
 def _up(args: argparse.Namespace) -> int:
@@ -65,6 +95,17 @@ def _up(args: argparse.Namespace) -> int:
                     "--log-format", args.log_format, "bots",
                     "--server", _local_url(settings), "--capacity", str(args.capacity),
                     "--poll-ms", str(args.poll_ms)]
+    if settings.tls:  # the local provider trusts exactly the certificate this server serves
+        try:
+            files = _tls_files(settings)
+        except tls.TlsError as exc:
+            log.error("cannot start: %s", exc)
+            return 2
+        assert files is not None
+        provider_cmd += ["--ca-file", str(files[0])]
+        name = None if settings.tls_self_signed else tls.first_name(files[0])
+        if name:
+            provider_cmd += ["--server-name", name]
 
     async def supervise(app: web.Application) -> AsyncIterator[None]:
         task = asyncio.create_task(_keep_running(provider_cmd, os.environ | {
@@ -114,7 +155,13 @@ def _bots(args: argparse.Namespace) -> int:
             return 2
         plugins = {k: v for k, v in plugins.items() if k in args.plugin}
     log.info("bot plugins: %s", ", ".join(sorted(plugins)) or "none")
-    provider = Provider(args.server, key, plugins, capacity=args.capacity, name=args.name)
+    options: dict[str, object] = {}
+    if args.ca_file:
+        options["ca_file"] = args.ca_file
+    if args.server_name:
+        options["server_hostname"] = args.server_name
+    provider = Provider(args.server, key, plugins, capacity=args.capacity, name=args.name,
+                        client_options=options)
 
     async def main() -> int:
         loop = asyncio.get_running_loop()
@@ -179,6 +226,12 @@ def build_parser() -> argparse.ArgumentParser:
     prov.add_argument("--name", default=None, help="how the server lists this provider")
     prov.add_argument("--plugin", action="append", help="offer only this kind (repeatable)")
     prov.add_argument("--poll-ms", type=int, default=POLL_MS, help=POLL_HELP)
+    prov.add_argument("--ca-file", default=None,
+                      help="https:// servers: trust this certificate (PEM; a self-signed "
+                           "server's cert.pem) instead of the system's CAs")
+    prov.add_argument("--server-name", default=None,
+                      help="the name to verify the server's certificate against, when --server "
+                           "is an address the certificate does not name")
     prov.set_defaults(run=_bots)
     models = sub.add_parser("models", help="the speech model store: list, install, import, verify")
     models.add_argument("action", nargs="?", default="list",

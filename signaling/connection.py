@@ -50,6 +50,7 @@ class Connection:
         self.announced: set[str] = set()  # lobbies whose members were told about this connection
         self.limits = limits
         self.overflowed = False
+        self.ice_expires: float | None = None  # when the TURN credential it was given expires
         self._queue: asyncio.Queue[str | None] = asyncio.Queue(queue_size)
         self._writing = False  # the writer task is inside send_str
         self._writer = asyncio.create_task(self._write_loop(), name=f"ws-writer-{session_id}")

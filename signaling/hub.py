@@ -28,7 +28,7 @@ from aiohttp import web
 from shared import protocol as p
 from shared.protocol import ErrorCode, ProtocolError
 
-from . import events
+from . import events, ice
 from .history import check_storable, readable, repaired, stored_message
 from .cluster import Change, Cluster
 from .connection import CLOSE_REMOVED, CLOSE_REPLACED, Connection
@@ -307,8 +307,10 @@ class Hub:
         s.record.last_seen = time.time()
         await self.store.save_session(s.record)
         await self.store.save_presence(s.id, self.node_id, s.record.last_seen)  # others close theirs
+        servers, conn.ice_expires = self.ice_servers(s.id)
         conn.send(p.encode(p.Welcome(protocol=p.PROTOCOL_VERSION, server=SERVER_NAME,
-                                     session=self.session_info(s))))
+                                     session=self.session_info(s), ice_servers=servers,
+                                     ice_expires=conn.ice_expires)))
         log.info("connected from %s", conn.remote, extra={"session_id": s.id})
         self.bus.emit(events.SessionConnected(s.id))
         for lobby_id in sorted(s.lobbies):
@@ -316,6 +318,28 @@ class Hub:
             conn.send(p.encode(self.lobby_state(lobby)))
             self._announce(s, lobby)
             await self._send_history(conn, lobby_id, None)
+
+    def ice_servers(self, session_id: str) -> tuple[list[p.IceServer], float | None]:
+        """The ICE servers of a session, with a fresh TURN credential (see ice.py)."""
+        st = self.settings
+        servers, expires = ice.ice_servers(st.stun_urls, st.turn_urls, st.turn_secret,
+                                           st.turn_ttl, session_id, time.time())
+        return [p.IceServer(**server) for server in servers], expires
+
+    def renew_ice(self, now: float | None = None) -> int:
+        """Sends new ICE servers to every connection whose TURN credential is past half its
+        life, so nobody holds an expired one; returns how many were renewed."""
+        now = now or time.time()
+        half = self.settings.turn_ttl / 2
+        renewed = 0
+        for s in self.sessions.values():
+            conn = s.conn
+            if conn is None or conn.ice_expires is None or conn.ice_expires - now > half:
+                continue
+            servers, conn.ice_expires = self.ice_servers(s.id)
+            conn.send(p.encode(p.IceServers(ice_servers=servers, expires=conn.ice_expires)))
+            renewed += 1
+        return renewed
 
     async def disconnect(self, s: LiveSession, conn: Connection) -> None:
         if s.conn is not conn:  # replaced by a newer connection: nothing changes for others

@@ -10,6 +10,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Self
 
+from . import ice
+
+
+SECRETS = ("provider_key", "admin_token", "turn_secret")
+
 
 def _setting(default: Any, help: str) -> Any:
     return field(default=default, metadata={"help": help})
@@ -57,6 +62,23 @@ class Settings:
     ip_session_burst: float = _setting(30.0, "sessions created in a burst per client address")
     ip_upgrade_rate: float = _setting(2.0, "WebSocket upgrades a second per client address")
     ip_upgrade_burst: float = _setting(30.0, "WebSocket upgrades in a burst per client address")
+    stun_urls: str = _setting("", "STUN servers every peer uses, comma-separated, e.g. "
+                                  "stun:turn.example.org:3478 (unset: none, host candidates only)")
+    turn_urls: str = _setting("", "TURN servers, comma-separated, e.g. turn:turn.example.org:3478"
+                                  "?transport=udp,turns:turn.example.org:443?transport=tcp "
+                                  "(needs VOICEBOT_TURN_SECRET)")
+    turn_secret: str | None = _setting(None, "the TURN server's shared secret (coturn "
+                                             "static-auth-secret): credentials are made from it")
+    turn_ttl: float = _setting(3600.0, "seconds a session's TURN credential is valid (renewed "
+                                       "before it expires)")
+    tls_cert: Path | None = _setting(None, "serve HTTPS with this certificate (PEM, chain)")
+    tls_key: Path | None = _setting(None, "the private key of --tls-cert (PEM)")
+    tls_self_signed: bool = _setting(False, "serve HTTPS with a self-signed certificate kept in "
+                                            "the data dir (for a LAN; browsers must be told to "
+                                            "trust it)")
+    tls_names: str = _setting("", "extra host names and addresses the self-signed certificate "
+                                  "covers, comma-separated (localhost, 127.0.0.1 and this host's "
+                                  "name always are)")
 
     def __post_init__(self) -> None:
         base = "/" + self.base_path.strip("/")
@@ -70,6 +92,22 @@ class Settings:
             raise ValueError("max_participants must be within 2..64")
         if self.max_message_bytes > self.max_frame_bytes:
             raise ValueError("max_message_bytes must not exceed max_frame_bytes")
+        ice.check(self.stun_urls, self.turn_urls, self.turn_secret, self.turn_ttl)
+        for name in ("tls_cert", "tls_key"):
+            if getattr(self, name) is not None:
+                object.__setattr__(self, name, Path(getattr(self, name)))
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("--tls-cert and --tls-key go together")
+        if self.tls_cert is not None and self.tls_self_signed:
+            raise ValueError("--tls-self-signed or --tls-cert/--tls-key, not both")
+
+    @property
+    def tls(self) -> bool:
+        return self.tls_cert is not None or self.tls_self_signed
+
+    @property
+    def scheme(self) -> str:
+        return "https" if self.tls else "http"
 
     @property
     def origins(self) -> list[str]:
@@ -100,7 +138,12 @@ class Settings:
     @classmethod
     def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
         for f in dataclasses.fields(cls):
-            if f.name in ("provider_key", "admin_token"):  # secrets: environment only
+            if f.name in SECRETS:  # environment only: a command line is visible to every user
+                continue
+            if type(f.default) is bool:  # a flag: --tls-self-signed
+                parser.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, default=None,
+                                    action="store_const", const=True,
+                                    help=f"{f.metadata['help']} (env VOICEBOT_{f.name.upper()}=1)")
                 continue
             parser.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, default=None,
                                 type=lambda raw, f=f: _convert(f, raw),
@@ -120,6 +163,8 @@ def _shown(default: Any) -> str:
 
 
 def _convert(f: dataclasses.Field[Any], raw: str) -> Any:
+    if f.name in ("tls_cert", "tls_key"):
+        return Path(raw)
     kind = type(f.default)
     if kind is bool:
         return raw.lower() in ("1", "true", "yes", "on")

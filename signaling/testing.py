@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -65,10 +66,12 @@ class ServerProcess(ChildProcess):
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/"
+        scheme = "https" if self.env.get("VOICEBOT_TLS_SELF_SIGNED") else "http"
+        return f"{scheme}://127.0.0.1:{self.port}/"
 
-    def start(self, timeout: float = 20.0) -> None:
-        """Starts it and waits until its health check answers."""
+    def start(self, timeout: float = 20.0, ca_file: Path | None = None) -> None:
+        """Starts it and waits until its health check answers (over https:// trusting
+        ``ca_file``, the certificate it makes itself when self-signed)."""
         env = os.environ | self.env
         with open(self.log_path, "ab") as err:
             self.proc = subprocess.Popen(
@@ -80,7 +83,13 @@ class ServerProcess(ChildProcess):
             if self.proc.poll() is not None:
                 raise RuntimeError(f"server exited: {self.log()[-2000:]}")
             try:
-                urllib.request.urlopen(self.url + "api/health", timeout=1).read()
+                context = None
+                if ca_file is not None:
+                    if not ca_file.exists():
+                        raise OSError("no certificate yet")
+                    context = ssl.create_default_context(cafile=str(ca_file))
+                urllib.request.urlopen(self.url + "api/health", timeout=1,
+                                       context=context).read()
                 return
             except OSError:
                 time.sleep(0.1)
@@ -96,9 +105,10 @@ class ProviderProcess(ChildProcess):
 
     def __init__(self, server_url: str, key: str, capacity: int = 4,
                  name: str = "provider", plugins: tuple[str, ...] = (),
-                 media_dirs: tuple[Path, ...] = (), log_level: str = "INFO", **env: str) -> None:
+                 media_dirs: tuple[Path, ...] = (), log_level: str = "INFO",
+                 extra_args: tuple[str, ...] = (), **env: str) -> None:
         args = [sys.executable, "-m", "signaling.cli", "--log-level", log_level, "bots",
-                "--server", server_url, "--capacity", str(capacity), "--name", name]
+                "--server", server_url, "--capacity", str(capacity), "--name", name, *extra_args]
         for plugin in plugins:
             args += ["--plugin", plugin]
         env = os.environ | env | {"VOICEBOT_PROVIDER_KEY": key}

@@ -22,15 +22,18 @@ FLAGS = ["--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
 
 
 @asynccontextmanager
-async def chromium(fake_audio: Path | None = None) -> AsyncIterator[Browser]:
-    """Headless Chromium whose fake microphone beeps, or plays ``fake_audio`` (a WAV)."""
+async def chromium(fake_audio: Path | None = None, *, executable: Path | None = None,
+                   extra_args: tuple[str, ...] = ()) -> AsyncIterator[Browser]:
+    """Headless Chromium whose fake microphone beeps, or plays ``fake_audio`` (a WAV).
+    ``executable``: a wrapper that starts it elsewhere (inside a network namespace)."""
     if not Path(CHROMIUM).exists():
         raise RuntimeError(f"{CHROMIUM} is missing: apt-get install chromium")
-    args = list(FLAGS)
+    args = [*FLAGS, *extra_args]
     if fake_audio is not None:
         args.append(f"--use-file-for-fake-audio-capture={fake_audio}")
     async with async_playwright() as pw:
-        browser = await pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=args)
+        browser = await pw.chromium.launch(executable_path=executable or CHROMIUM,
+                                           headless=True, args=args)
         try:
             yield browser
         finally:

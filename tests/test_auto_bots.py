@@ -142,3 +142,29 @@ async def test_ctrl_c_stops_voicebot_up_cleanly(tmp_path: Path) -> None:
     assert code == 0, log[-3000:]
     for bad in ("ERROR", "Traceback", "Task was destroyed", "Unclosed"):
         assert bad not in log, log[-3000:]
+
+
+async def test_each_lobby_has_its_own_transcriber_by_that_name(
+        tmp_path: Path, backend: str, provider_process: Any) -> None:
+    """Bot names are unique within a lobby, not across the server: no "Transcriber 2" in a
+    lobby where it is the only one. And the page's icon is there."""
+    srv = await start_server(tmp_path / "data", auto_bots="echo")
+    url = str(srv.make_url("/"))
+    pool = Clients(url)
+    try:
+        provider_process(url, plugins=("echo",))
+        await wait_until(lambda: srv.app[DISPATCHER].providers, 60, "the provider")
+        names = []
+        for person, lobby_name in (("First", "one"), ("Second", "two")):
+            client, inbox = await pool.new(person)
+            await client.join(lobby_name=lobby_name)
+            state = await inbox.wait_for(p.LobbyState, lambda m: any(x.bot for x in m.participants),
+                                         timeout=30)
+            names += [x.name for x in state.participants if x.bot]
+        assert names == ["Echo", "Echo"]
+        async with aiohttp.ClientSession() as http:
+            async with http.get(url + "favicon.ico") as r:
+                assert r.status == 200 and r.content_type == "image/svg+xml"
+    finally:
+        await pool.close()
+        await srv.close()

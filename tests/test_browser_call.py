@@ -216,6 +216,30 @@ async def test_a_second_tab_takes_the_session_and_the_first_says_so(server: Test
         await expect(second.locator("#replaced")).to_be_visible(timeout=10000)
 
 
+async def test_the_landing_page_tests_the_microphone_and_lists_lobbies(
+        server: TestServer) -> None:
+    url = str(server.make_url("/"))
+    async with chromium(fake_audio=SPEECH) as browser:
+        host = await (await browser.new_context()).new_page()
+        await enter(host, url, "Host")
+        await create_lobby(host, "listed")
+        page = await (await browser.new_context()).new_page()
+        await page.goto(url)  # no name yet: the lobbies are listed all the same
+        await expect(page.locator("#lobbies .lobby-name", has_text="listed")).to_be_visible(
+            timeout=15000)
+        await page.click("#mic-test")
+        await wait_for(lambda: page.evaluate("document.getElementById('test-meter').value > 0.02"),
+                       10, "the level meter to move")
+        await expect(page.locator("#test-text")).to_have_text("We hear you.")
+        labels = await page.locator("#welcome .input-select option").all_text_contents()
+        assert "Fake Audio Input 1" in labels, labels
+        await page.click("#mic-test")  # stops it
+        await expect(page.locator("#mic-test")).to_have_text("Test microphone")
+        # joining before a name asks for one
+        await page.get_by_role("button", name="Join listed").click()
+        await expect(page.locator("#notice")).to_contain_text("Pick a name first")
+
+
 async def test_switching_microphone_mid_call_needs_no_new_offer(server: TestServer) -> None:
     url = str(server.make_url("/"))
     async with chromium(fake_audio=SPEECH) as browser:

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from aiortc import RTCPeerConnection
+from aiortc import RTCConfiguration, RTCPeerConnection
 from aiortc.mediastreams import AudioStreamTrack, MediaStreamError
 
 from bots.audio import SampleBuffer
@@ -33,7 +33,8 @@ class Tone(AudioStreamTrack):
 async def connected_pair(max_frames: int, batch: int) -> tuple[RTCPeerConnection,
                                                               RTCPeerConnection,
                                                               asyncio.Future[InboundAudio]]:
-    sender, receiver = RTCPeerConnection(), RTCPeerConnection()
+    local = RTCConfiguration(iceServers=[])  # loopback: no STUN server, ever
+    sender, receiver = RTCPeerConnection(local), RTCPeerConnection(local)
     sender.addTrack(Tone())
     inbound: asyncio.Future[InboundAudio] = asyncio.get_running_loop().create_future()
 

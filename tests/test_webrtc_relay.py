@@ -7,7 +7,7 @@ import fractions
 
 import av
 import numpy as np
-from aiortc import MediaStreamTrack, RTCPeerConnection, RTCSessionDescription
+from aiortc import MediaStreamTrack, RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import AudioStreamTrack
 
 from shared import protocol as p
@@ -58,7 +58,8 @@ async def exchange_audio(offerer: SignalingClient, offerer_inbox: Inbox,
     assert told.create_offer and told.peer.session_id == answerer.session_id
     assert not (await answerer_inbox.wait_for(p.PeerAdded)).create_offer
 
-    pcs = {"offer": RTCPeerConnection(), "answer": RTCPeerConnection()}
+    local = RTCConfiguration(iceServers=[])  # loopback: no STUN server, ever
+    pcs = {"offer": RTCPeerConnection(local), "answer": RTCPeerConnection(local)}
     received: asyncio.Queue[MediaStreamTrack] = asyncio.Queue()
     pcs["answer"].on("track", received.put_nowait)
     pcs["answer"].addTrack(Sine())

@@ -45,6 +45,7 @@ conn.on("lobby_state", (d, id) => store.dispatch({ type: "lobby_state", lobby: d
                                                    participants: d.participants,
                                                    joined: id !== undefined }));
 conn.on("peer_removed", (d) => store.dispatch({ type: "peer_removed", id: d.peer_id }));
+conn.on("ice_servers", (d) => { mesh.iceServers = d.ice_servers; });  // a fresh TURN credential
 conn.on("chat", (d) => store.dispatch({ type: "stored", message: d }));
 conn.on("transcript", (d) => store.dispatch(d.final  // announced if it is news, not history
   ? { type: "stored", message: d, live: Date.now() / 1000 - d.end < 30 }
@@ -57,6 +58,7 @@ function notify(kind, text) { store.dispatch({ type: "notice", notice: text ? { 
 function welcomed(data) {
   store.dispatch({ type: "session", session: data.session });
   mesh.myId = data.session.session_id;
+  mesh.iceServers = data.ice_servers || [];
   const current = store.state.lobby ? store.state.lobby.id : null;
   const resumed = data.session.lobbies.includes(current) ? current
     : data.session.lobbies.includes(linkedLobby()) ? linkedLobby() : data.session.lobbies[0];

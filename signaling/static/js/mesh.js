@@ -18,6 +18,7 @@ export class Mesh {
     this.lobbyId = null;
     this.myId = null;
     this.track = null;        // the microphone track every connection sends
+    this.iceServers = [];     // the server's list (welcome, ice_servers): nothing else, ever
     this.offers = 0;          // offers made or answered: a device switch must make none
     conn.on("peer_added", (d) => this.added(d));
     conn.on("peer_removed", (d) => d.lobby_id === this.lobbyId && this.drop(d.peer_id));
@@ -49,7 +50,7 @@ export class Mesh {
 
   create(peerId, offerer) {
     this.drop(peerId);
-    const pc = new RTCPeerConnection({ iceServers: [] });
+    const pc = new RTCPeerConnection({ iceServers: this.iceServers });
     const sender = offerer
       ? pc.addTransceiver(this.track || "audio", { direction: "sendrecv" }).sender : null;
     const entry = { pc, sender, makingOffer: false, pendingIce: [] };
