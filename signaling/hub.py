@@ -329,6 +329,8 @@ class Hub:
     def renew_ice(self, now: float | None = None) -> int:
         """Sends new ICE servers to every connection whose TURN credential is past half its
         life, so nobody holds an expired one; returns how many were renewed."""
+        if not self.settings.turn_urls:
+            return 0  # no credential to renew: nothing to walk
         now = now or time.time()
         half = self.settings.turn_ttl / 2
         renewed = 0

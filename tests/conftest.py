@@ -77,6 +77,11 @@ class Clients:
 
 
 PROVIDER_KEY = "test-provider-key"
+# every rate limit out of the way (env of a server process), for the fuzzers
+UNLIMITED = {f"VOICEBOT_{k}": "100000" for k in (
+    "MSG_RATE", "MSG_BURST", "ERROR_RATE", "ERROR_BURST", "CHAT_RATE", "CHAT_BURST",
+    "CREATE_RATE", "CREATE_BURST", "IP_SESSION_RATE", "IP_SESSION_BURST",
+    "IP_UPGRADE_RATE", "IP_UPGRADE_BURST")}
 MEDIA = ROOT / "tests" / "data"
 
 

@@ -15,7 +15,7 @@ from bench.fuzz import FIELDS, TYPES, expected_error
 from shared.client import ClientConfig, SignalingClient
 from signaling.testing import ServerProcess
 
-from .conftest import backend_env
+from .conftest import UNLIMITED, backend_env
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers(min_value=-2**64, max_value=2**64)
@@ -35,12 +35,8 @@ frames = st.text(max_size=120) | json_values.map(json.dumps) | envelopes
 
 @pytest.fixture(scope="module")
 def fuzz_server(tmp_path_factory: pytest.TempPathFactory, backend: str) -> Any:
-    limits = {f"VOICEBOT_{k}": "100000" for k in (
-        "MSG_RATE", "MSG_BURST", "ERROR_RATE", "ERROR_BURST", "CHAT_RATE", "CHAT_BURST",
-        "CREATE_RATE", "CREATE_BURST", "IP_SESSION_RATE", "IP_SESSION_BURST",
-        "IP_UPGRADE_RATE", "IP_UPGRADE_BURST")}
     data = tmp_path_factory.mktemp("fuzz") / "data"
-    server = ServerProcess(data, **limits, **backend_env(data))
+    server = ServerProcess(data, **UNLIMITED, **backend_env(data))
     server.start()
     yield server
     server.stop()

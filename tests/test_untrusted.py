@@ -2,7 +2,7 @@
 text with lone surrogates, NUL and bidi marks and at its length limits ±1, and every JSON shape.
 
 The expected reply of each frame is worked out here from the rules docs/protocol.md states
-("Strings and numbers", the field limits, the error table), not from the server's decoder, and
+("Strings, numbers and nesting", the limits, the error table), not from the server's decoder, and
 the frame must get exactly that reply on a socket that stays open. Afterwards nothing
 unreadable is stored and the bystander got every chat, intact.
 """
@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 from shared.client import ClientConfig, SignalingClient
 from signaling.testing import ServerProcess
 
-from .conftest import PROVIDER_KEY, Inbox, backend_env
+from .conftest import PROVIDER_KEY, UNLIMITED, Inbox, backend_env
 
 # --- what the docs say ------------------------------------------------------------------------
 
@@ -207,13 +207,9 @@ class World:
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory, backend: str) -> Any:
-    limits = {f"VOICEBOT_{k}": "100000" for k in (
-        "MSG_RATE", "MSG_BURST", "ERROR_RATE", "ERROR_BURST", "CHAT_RATE", "CHAT_BURST",
-        "CREATE_RATE", "CREATE_BURST", "IP_SESSION_RATE", "IP_SESSION_BURST",
-        "IP_UPGRADE_RATE", "IP_UPGRADE_BURST")}
     data = tmp_path_factory.mktemp("untrusted") / "data"
     server = ServerProcess(data, VOICEBOT_PROVIDER_KEY=PROVIDER_KEY, VOICEBOT_GRACE="1",
-                           **limits, **backend_env(data))
+                           **UNLIMITED, **backend_env(data))
     server.start()
     state = World(server.url)
     loop = asyncio.new_event_loop()
