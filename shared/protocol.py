@@ -523,6 +523,7 @@ class Welcome(Message):
     # TURN credential in them expires (epoch seconds; null without TURN)
     ice_servers: list[IceServer] = field(default_factory=list)
     ice_expires: float | None = None
+    ice_policy: str = "all"  # or "relay": browsers use TURN relays only (RTCIceTransportPolicy)
 
 
 @dataclass(frozen=True)

@@ -310,7 +310,8 @@ class Hub:
         servers, conn.ice_expires = self.ice_servers(s.id)
         conn.send(p.encode(p.Welcome(protocol=p.PROTOCOL_VERSION, server=SERVER_NAME,
                                      session=self.session_info(s), ice_servers=servers,
-                                     ice_expires=conn.ice_expires)))
+                                     ice_expires=conn.ice_expires,
+                                     ice_policy=self.settings.ice_policy)))
         log.info("connected from %s", conn.remote, extra={"session_id": s.id})
         self.bus.emit(events.SessionConnected(s.id))
         for lobby_id in sorted(s.lobbies):

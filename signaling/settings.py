@@ -71,6 +71,8 @@ class Settings:
                                              "static-auth-secret): credentials are made from it")
     turn_ttl: float = _setting(3600.0, "seconds a session's TURN credential is valid (renewed "
                                        "before it expires)")
+    ice_policy: str = _setting("all", "all: peers connect directly where they can; relay: "
+                                      "browsers connect through TURN only (needs turn_urls)")
     tls_cert: Path | None = _setting(None, "serve HTTPS with this certificate (PEM, chain)")
     tls_key: Path | None = _setting(None, "the private key of --tls-cert (PEM)")
     tls_self_signed: bool = _setting(False, "serve HTTPS with a self-signed certificate kept in "
@@ -93,6 +95,10 @@ class Settings:
         if self.max_message_bytes > self.max_frame_bytes:
             raise ValueError("max_message_bytes must not exceed max_frame_bytes")
         ice.check(self.stun_urls, self.turn_urls, self.turn_secret, self.turn_ttl)
+        if self.ice_policy not in ("all", "relay"):
+            raise ValueError("ice_policy must be all or relay")
+        if self.ice_policy == "relay" and not self.turn_urls:
+            raise ValueError("ice_policy relay needs turn_urls")
         for name in ("tls_cert", "tls_key"):
             if getattr(self, name) is not None:
                 object.__setattr__(self, name, Path(getattr(self, name)))

@@ -182,6 +182,8 @@ def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Complet
     (["--tls-cert", "/nonexistent/cert.pem", "--tls-key", "/nonexistent/key.pem"], {},
      "cannot use the certificate"),
     (["--tls-cert", "/nonexistent/cert.pem"], {}, "go together"),
+    (["--ice-policy", "relay"], {}, "needs turn_urls"),
+    (["--ice-policy", "direct"], {}, "must be all or relay"),
 ])
 def test_bad_settings_stop_the_server_before_it_starts(tmp_path: Path, args: list[str],
                                                        env: dict[str, str], words: str) -> None:

@@ -59,6 +59,7 @@ function welcomed(data) {
   store.dispatch({ type: "session", session: data.session });
   mesh.myId = data.session.session_id;
   mesh.iceServers = data.ice_servers || [];
+  mesh.icePolicy = data.ice_policy === "relay" ? "relay" : "all";
   const current = store.state.lobby ? store.state.lobby.id : null;
   const resumed = data.session.lobbies.includes(current) ? current
     : data.session.lobbies.includes(linkedLobby()) ? linkedLobby() : data.session.lobbies[0];

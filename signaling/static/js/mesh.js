@@ -19,6 +19,7 @@ export class Mesh {
     this.myId = null;
     this.track = null;        // the microphone track every connection sends
     this.iceServers = [];     // the server's list (welcome, ice_servers): nothing else, ever
+    this.icePolicy = "all";   // or "relay", as the server says
     this.offers = 0;          // offers made or answered: a device switch must make none
     conn.on("peer_added", (d) => this.added(d));
     conn.on("peer_removed", (d) => d.lobby_id === this.lobbyId && this.drop(d.peer_id));
@@ -50,7 +51,8 @@ export class Mesh {
 
   create(peerId, offerer) {
     this.drop(peerId);
-    const pc = new RTCPeerConnection({ iceServers: this.iceServers });
+    const pc = new RTCPeerConnection({ iceServers: this.iceServers,
+                                       iceTransportPolicy: this.icePolicy });
     const sender = offerer
       ? pc.addTransceiver(this.track || "audio", { direction: "sendrecv" }).sender : null;
     const entry = { pc, sender, makingOffer: false, pendingIce: [] };
