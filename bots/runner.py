@@ -34,6 +34,8 @@ class BotRunner(LobbyAccess):
         self.session_id = ""
         self.cls = cls
         self.status = "starting"
+        self._detail = ""
+        self._figures: dict[str, float] = {}  # the plugin's last figures (the mesh adds its own)
         self._report = report
         self.client = SignalingClient(ClientConfig(url=server_url, token=start.token,
                                                    create_session=False,
@@ -65,9 +67,13 @@ class BotRunner(LobbyAccess):
 
     def set_status(self, status: str, detail: str = "",
                    metrics: dict[str, float] | None = None) -> None:
-        self.status = status
-        self._report(p.BotStatus(bot_id=self.bot_id, status=status, detail=detail[:1000],
-                                 metrics=metrics or {}))
+        self.status, self._detail, self._figures = status, detail[:1000], metrics or {}
+        self._send_status()
+
+    def _send_status(self) -> None:
+        figures = self._figures | (self.mesh.metrics() if self.mesh is not None else {})
+        self._report(p.BotStatus(bot_id=self.bot_id, status=self.status, detail=self._detail,
+                                 metrics=figures))
 
     # --- lifecycle ----------------------------------------------------------------------------
 
@@ -85,7 +91,7 @@ class BotRunner(LobbyAccess):
         self.mesh = Mesh(self.client, self.lobby_id, sends_audio=self.cls.sends_audio,
                          on_track=self._track, on_peer_connected=self._peer_connected,
                          on_peer_left=self._peer_left, receives_audio=self.cls.listens(),
-                         receive_batch=self.cls.receive_batch)
+                         receive_batch=self.cls.receive_batch, on_paths=self._send_status)
         self.client.on(p.MessageType.CHAT, self._chat)
         self.client.on(p.MessageType.LOBBY_STATE, self._roster)
         try:

@@ -25,6 +25,7 @@ from .store import SQLiteStore, Store
 log = logging.getLogger(__name__)
 
 STATIC_DIR = Path(__file__).parent / "static"
+DOCS_DIR = Path(__file__).parent.parent / "docs"  # linked from the page (e.g. "needs TURN")
 OPENAPI = Path(__file__).parent / "openapi.json"
 SETTINGS = web.AppKey("settings", Settings)
 
@@ -62,6 +63,7 @@ def create_app(settings: Settings, store: Store | None = None) -> web.Applicatio
     app.router.add_get(base + "api/openapi.json", _openapi)
     app.router.add_get(base, _index)
     app.router.add_get(base + "favicon.ico", _favicon)  # asked for by browsers and tools
+    app.router.add_get(base + r"docs/{name:[a-z][a-z0-9-]*\.md}", _doc)
     if base != "/":  # "/ai-voicebot" → "/ai-voicebot/", so relative URLs resolve under it
         app.router.add_get(base.rstrip("/"), _to_base)
     app.router.add_static(base + "static/", STATIC_DIR)
@@ -78,6 +80,13 @@ async def _favicon(request: web.Request) -> web.FileResponse:
                                      "Cache-Control": "max-age=86400"})
 
 
+async def _doc(request: web.Request) -> web.FileResponse:
+    path = DOCS_DIR / request.match_info["name"]  # the route's pattern keeps it in DOCS_DIR
+    if not path.is_file():
+        raise web.HTTPNotFound()
+    return web.FileResponse(path, headers={"Content-Type": "text/plain; charset=utf-8"})
+
+
 async def _metrics(request: web.Request) -> web.Response:
     hub, dispatcher, metrics = request.app[HUB], request.app[DISPATCHER], request.app[METRICS]
     metrics.connections.set(len(hub.connections()))
@@ -87,6 +96,7 @@ async def _metrics(request: web.Request) -> web.Response:
     metrics.bots.clear()
     for status in {b.status for b in dispatcher.bots.values()}:
         metrics.bots.labels(status).set(sum(b.status == status for b in dispatcher.bots.values()))
+    metrics.bot_connections.keep(set(dispatcher.bots))
     return web.Response(body=metrics.render(), headers={"Content-Type": metrics.content_type})
 
 

@@ -8,7 +8,12 @@ from collections.abc import Iterator, Sequence
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
 from .events import BotReported
@@ -55,6 +60,54 @@ class FrameHistogram:
         yield HistogramMetricFamily(self.name, self.doc, buckets=cumulative, sum_value=self.sum)
 
 
+CANDIDATE_TYPES = ("host", "srflx", "prflx", "relay")
+
+
+class BotConnections:
+    """Each bot's peer connections by the candidate types of the pair in use, and its ICE
+    failures, as it last reported them (``bot_status`` figures ``connections_<local>_<remote>``
+    and ``ice_failures``, docs/protocol.md)."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.paths: dict[str, dict[tuple[str, str], float]] = {}
+        self.failures: dict[str, float] = {}
+        registry.register(self)
+
+    def update(self, bot_id: str, figures: dict[str, object]) -> None:
+        paths: dict[tuple[str, str], float] = {}
+        for key, value in figures.items():
+            local, _, remote = key.removeprefix("connections_").partition("_")
+            if key.startswith("connections_") and local in CANDIDATE_TYPES \
+                    and remote in CANDIDATE_TYPES and isinstance(value, (int, float)):
+                paths[local, remote] = float(value)
+        self.paths[bot_id] = paths
+        failures = figures.get("ice_failures")
+        if isinstance(failures, (int, float)) and not isinstance(failures, bool):
+            self.failures[bot_id] = float(failures)
+
+    def keep(self, bot_ids: set[str]) -> None:
+        """Forgets the bots that are gone."""
+        for table in (self.paths, self.failures):
+            for bot_id in set(table) - bot_ids:
+                del table[bot_id]
+
+    def collect(self) -> Iterator[Metric]:
+        paths = GaugeMetricFamily(
+            "voicebot_bot_peer_connections", "a bot's connected peers by the candidate types "
+            "of the pair in use (local: the bot's; relay on either side: relayed)",
+            labels=["bot_id", "local", "remote"])
+        for bot_id, table in sorted(self.paths.items()):
+            for (local, remote), count in sorted(table.items()):
+                paths.add_metric([bot_id, local, remote], count)
+        yield paths
+        failures = CounterMetricFamily("voicebot_bot_ice_failures", "a bot's peer connections "
+                                       "that failed (each is replaced by a new one)",
+                                       labels=["bot_id"])
+        for bot_id, count in sorted(self.failures.items()):
+            failures.add_metric([bot_id], count)
+        yield failures
+
+
 class Metrics:
     """Each app has its own registry (tests run many servers in one process)."""
 
@@ -79,8 +132,10 @@ class Metrics:
             registry=r, buckets=(0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0))
         self.lag = Gauge("voicebot_transcription_lag_seconds", "how far a transcriber is behind "
                          "live, as it last reported", ["bot_id"], registry=r)
+        self.bot_connections = BotConnections(r)
 
     def bot_reported(self, event: BotReported) -> None:
+        self.bot_connections.update(event.bot_id, event.metrics)
         lag = event.metrics.get("lag")
         if isinstance(lag, (int, float)) and not isinstance(lag, bool):
             self.lag.labels(event.bot_id).set(float(lag))

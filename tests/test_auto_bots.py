@@ -147,7 +147,7 @@ async def test_ctrl_c_stops_voicebot_up_cleanly(tmp_path: Path) -> None:
 async def test_each_lobby_has_its_own_transcriber_by_that_name(
         tmp_path: Path, backend: str, provider_process: Any) -> None:
     """Bot names are unique within a lobby, not across the server: no "Transcriber 2" in a
-    lobby where it is the only one. And the page's icon is there."""
+    lobby where it is the only one. And the page's icon and docs are there."""
     srv = await start_server(tmp_path / "data", auto_bots="echo")
     url = str(srv.make_url("/"))
     pool = Clients(url)
@@ -165,6 +165,12 @@ async def test_each_lobby_has_its_own_transcriber_by_that_name(
         async with aiohttp.ClientSession() as http:
             async with http.get(url + "favicon.ico") as r:
                 assert r.status == 200 and r.content_type == "image/svg+xml"
+            # the docs the page links to ("failed: needs a TURN server"), and nothing else
+            async with http.get(url + "docs/deploy.md") as r:
+                assert r.status == 200 and "TURN with coturn" in await r.text()
+            for path in ("docs/missing.md", "docs/..%2Fpyproject.toml", "docs/README"):
+                async with http.get(url + path) as r:
+                    assert r.status == 404, path
     finally:
         await pool.close()
         await srv.close()

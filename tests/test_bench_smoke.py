@@ -82,3 +82,11 @@ def test_receive_smoke() -> None:
     assert compared.endswith("x") and len(compared.split()) == 14, compared
     churn = lines[next(i for i, line in enumerate(lines) if line.startswith("bot RSS")) + 1]
     assert churn.split()[-3] == "0"  # no peer connection left behind
+
+
+@pytest.mark.timeout(300)
+def test_network_bench_smoke() -> None:
+    out = run_bench("bench.network")
+    assert "relayed: the page said relayed" in out
+    row = next(line.split() for line in out.splitlines() if line.startswith("relayed "))
+    assert len(row) == 9  # four figures, each a median and its range

@@ -170,6 +170,52 @@ async def test_provider_player_bot_reaches_a_peer(server: TestServer, clients: C
     await listener.mesh.close()
 
 
+async def test_a_connection_restarted_by_the_peer_is_rebuilt_by_the_bot(
+        server: TestServer, clients: Clients, provider_process: Any) -> None:
+    """The peer replaces its connection to a bot (as a browser does when it fails): the bot,
+    which can't restart ICE in place, answers on a new connection of its own, and the audio
+    flows again. The bot reports the candidate types of its connections as metrics."""
+    url = str(server.make_url("/"))
+    provider_process(url)
+    await wait_until(lambda: "player" in server.app[DISPATCHER].kinds().__repr__(), 30,
+                     "the provider to register")
+    human, _ = await clients.new("Listener")
+    lobby = (await human.join(lobby_name="restarts")).lobby.id
+    listener = Listener(human, lobby)
+    status, bot = await api("POST", url + f"api/lobbies/{lobby}/bots", human.config.token,
+                            {"kind": "player", "config": {"path": SPEECH, "loop": True}})
+    assert status == 201, bot
+
+    def heard() -> int:
+        return sum(e > 0.02 for e in listener.energy.get("Player", []))
+    await wait_until(lambda: heard() > 25, 30, "speech from the player")
+    old = listener.mesh.links[bot["session_id"]]
+    old_fingerprints = {line for line in old.pc.remoteDescription.sdp.splitlines()
+                        if line.startswith("a=fingerprint")}
+
+    listener.energy.clear()
+    await listener.mesh.restart(bot["session_id"])
+    new = listener.mesh.links[bot["session_id"]]
+    assert new is not old and old.pc.connectionState == "closed"
+    await wait_until(lambda: heard() > 25, 30, "speech on the new connection")
+    assert new.pc.connectionState == "connected"
+    fingerprints = {line for line in new.pc.remoteDescription.sdp.splitlines()
+                    if line.startswith("a=fingerprint")}
+    assert fingerprints and fingerprints.isdisjoint(old_fingerprints)  # the bot's is new too
+
+    async def bot_metrics() -> str:
+        async with aiohttp.ClientSession() as http, http.get(url + "metrics") as resp:
+            return await resp.text()
+    expected = (f'voicebot_bot_peer_connections{{bot_id="{bot["bot_id"]}",local="host",'
+                f'remote="host"}} 1.0')
+    deadline = asyncio.get_running_loop().time() + 10
+    while expected not in (text := await bot_metrics()):
+        assert asyncio.get_running_loop().time() < deadline, text
+        await asyncio.sleep(0.2)
+    assert f'voicebot_bot_ice_failures_total{{bot_id="{bot["bot_id"]}"}} 0.0' in text
+    await listener.mesh.close()
+
+
 async def test_provider_killed_bot_moves_to_another(server: TestServer, clients: Clients,
                                                     provider_process: Any) -> None:
     url = str(server.make_url("/"))

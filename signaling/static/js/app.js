@@ -13,11 +13,12 @@ const audio = new Audio();
 const conn = new Connection(base, {
   onStatus: (s) => store.dispatch({ type: "conn", conn: s }),
   onWelcome: (data) => welcomed(data),
+  inCall: () => mesh.peers.size > 0,
 });
 const mesh = new Mesh(conn, {
   onStream: (id, stream) => audio.attach(id, stream, { volume: store.state.volumes[id] ?? 1 }),
-  onPeerState: (id, state) => {
-    store.dispatch({ type: "peer_state", id, state });
+  onPeerState: (id, state, path) => {
+    store.dispatch({ type: "peer_state", id, state, path });
     if (state === "closed") audio.detach(id);
   },
 });

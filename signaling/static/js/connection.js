@@ -10,15 +10,22 @@ export class ServerError extends Error {
   constructor(code, message) { super(message); this.code = code; }
 }
 
+// How often a quiet socket is checked (ms): often in a call, where a network change must be
+// found in a second or two (a socket whose network is gone looks open until something is sent
+// on it), rarely otherwise
+const HEARTBEAT_IN_CALL = 1000;
+const HEARTBEAT_IDLE = 15000;
+
 function* backoff(initial = 250, maximum = 5000) {
   for (let n = 0; ; n++) yield Math.random() * Math.min(maximum, initial * 2 ** Math.min(n, 16));
 }
 
 export class Connection {
-  constructor(base, { onStatus, onWelcome }) {
+  constructor(base, { onStatus, onWelcome, inCall = () => false }) {
     this.base = base;                // the app's base URL, ending in "/"
     this.onStatus = onStatus;
     this.onWelcome = onWelcome;
+    this.inCall = inCall;            // true: check the socket every HEARTBEAT_IN_CALL
     this.handlers = new Map();
     this.pending = new Map();
     this.ws = null;
@@ -26,6 +33,8 @@ export class Connection {
     this.everConnected = false;
     this.sockets = 0;        // WebSockets opened so far (the tests count them)
     this.resume = null;
+    this.probing = null;     // the ping in flight, if any
+    this.abandon = null;     // ends the current socket's run at once (a dead socket)
   }
 
   get token() { return localStorage.getItem(TOKEN_KEY); }
@@ -95,17 +104,46 @@ export class Connection {
       const ws = new WebSocket(url, [PROTOCOL, `${TOKEN_PROTOCOL}${this.token}`]);
       const opened = Date.now();
       this.healthy = false;
-      ws.onmessage = (ev) => this.receive(ev.data);
-      ws.onclose = (ev) => {
+      let lastCheck = Date.now();
+      const heartbeat = setInterval(() => {
+        const every = this.inCall() ? HEARTBEAT_IN_CALL : HEARTBEAT_IDLE;
+        if (ws.readyState === WebSocket.OPEN && Date.now() - lastCheck >= every - 50) {
+          lastCheck = Date.now();
+          this.probe();
+        }
+      }, HEARTBEAT_IN_CALL);
+      const finish = (code) => {
+        clearInterval(heartbeat);
+        ws.onmessage = ws.onclose = null;
+        this.abandon = null;
         this.healthy = Date.now() - opened > 5000;
         if (this.ws === ws) this.ws = null;
         for (const [, p] of this.pending) p.reject(new ServerError("disconnected", "connection lost"));
         this.pending.clear();
-        resolve(ev.code);
+        resolve(code);
       };
+      ws.onmessage = (ev) => this.receive(ev.data);
+      ws.onclose = (ev) => finish(ev.code);
+      // a socket whose network is gone would take its time to report its close: don't wait
+      this.abandon = () => { ws.close(4000, "no answer"); finish(1006); };
       this.ws = ws;
       this.sockets += 1;
     });
+  }
+
+  // Is the socket alive? Peer connections ask when they are in trouble: after a network
+  // change the socket still looks open, and only something sent on it finds out. A ping that
+  // gets no pong within `timeout` abandons the socket (the reconnect restarts every peer
+  // connection). True: the socket answered.
+  async probe(timeout = 1500) {
+    if (!this.ws || this.ws.readyState !== WebSocket.OPEN) return false;
+    if (!this.probing) {
+      this.probing = this.request("ping", {}, timeout).then(() => true, (e) => {
+        if (e.code === "timeout" && this.abandon) this.abandon();
+        return false;
+      }).finally(() => { this.probing = null; });
+    }
+    return this.probing;
   }
 
   receive(text) {

@@ -8,19 +8,38 @@
 // peer_added at once, before the user's microphone permission has come back. The offerer
 // adds the transceiver; the answerer takes the one the offer creates (a transceiver added
 // before an offer arrives would not be matched to it, and would never be negotiated).
+//
+// Recovery (docs/protocol.md, "Restarting a connection"): a connection that fails, or stays
+// disconnected for RESTART_AFTER, is replaced: either side closes it and offers on a new
+// RTCPeerConnection (bots can't restart ICE in place, so nobody does). An offer naming another
+// DTLS fingerprint than the connection's remote description is such a new connection, and is
+// answered on a new RTCPeerConnection. Trouble first checks the signaling socket: when the
+// network under us changed, the socket is dead too, and reconnecting restarts every connection.
+
+const RESTART_AFTER = 1500;  // ms a connection may stay "disconnected" before it is replaced
+const MAX_RESTARTS = 2;      // replacements in a row that fail before we give up ("failed")
+
+// the DTLS fingerprints of an SDP: others in an offer mean a new connection (an ICE restart
+// in place keeps them, and Chromium answers it on the same RTCPeerConnection)
+function identity(sdp) {
+  return (sdp.match(/^a=fingerprint:\S+ \S+/gm) || []).sort().join(" ");
+}
 
 export class Mesh {
   constructor(conn, { onStream, onPeerState }) {
+    // onPeerState(peerId, state, path): state is connecting, connected, reconnecting, failed
+    // or closed; path {local, remote} names the candidate types of the pair in use
     this.conn = conn;
     this.onStream = onStream;
     this.onPeerState = onPeerState;
-    this.peers = new Map();   // session_id -> {pc, sender, makingOffer, pendingIce}
+    this.peers = new Map();   // session_id -> {pc, sender, makingOffer, pendingIce, restarts, …}
     this.lobbyId = null;
     this.myId = null;
     this.track = null;        // the microphone track every connection sends
     this.iceServers = [];     // the server's list (welcome, ice_servers): nothing else, ever
     this.icePolicy = "all";   // or "relay", as the server says
     this.offers = 0;          // offers made or answered: a device switch must make none
+    this.restarts = 0;        // connections replaced after trouble (the tests count them)
     conn.on("peer_added", (d) => this.added(d));
     conn.on("peer_removed", (d) => d.lobby_id === this.lobbyId && this.drop(d.peer_id));
     conn.on("sdp", (d) => this.description(d));
@@ -49,22 +68,85 @@ export class Mesh {
     if (create_offer) await this.offer(peer.session_id, entry);
   }
 
-  create(peerId, offerer) {
-    this.drop(peerId);
-    const pc = new RTCPeerConnection({ iceServers: this.iceServers,
-                                       iceTransportPolicy: this.icePolicy });
+  create(peerId, offerer, restarts = 0) {
+    this.drop(peerId, restarts > 0);
+    // a STUN server comes with null credentials: leave them out (Chromium would send "null")
+    const iceServers = this.iceServers.map(({ urls, username, credential }) =>
+      (username == null ? { urls } : { urls, username, credential }));
+    const pc = new RTCPeerConnection({ iceServers, iceTransportPolicy: this.icePolicy });
     const sender = offerer
       ? pc.addTransceiver(this.track || "audio", { direction: "sendrecv" }).sender : null;
-    const entry = { pc, sender, makingOffer: false, pendingIce: [] };
+    const entry = { pc, sender, makingOffer: false, pendingIce: [], restarts, path: null,
+                    timer: null, gaveUp: false };
     pc.onicecandidate = ({ candidate }) => {
       this.conn.send("ice", { lobby_id: this.lobbyId, peer_id: peerId,
                               candidate: candidate ? candidate.toJSON() : null });
     };
     pc.ontrack = ({ streams, track }) => this.onStream(peerId, streams[0] || new MediaStream([track]));
-    pc.onconnectionstatechange = () => this.onPeerState(peerId, pc.connectionState);
+    pc.onconnectionstatechange = () => this.changed(peerId, entry);
+    pc.oniceconnectionstatechange = () => this.changed(peerId, entry);
     this.peers.set(peerId, entry);
-    this.onPeerState(peerId, "new");
+    this.report(peerId, entry);
     return entry;
+  }
+
+  // --- the state in words, and recovery ---
+
+  word(entry) {
+    const s = entry.pc.connectionState;
+    if (s === "connected") return "connected";
+    if (entry.gaveUp) return "failed";
+    if (entry.restarts > 0 || s === "disconnected" || s === "failed") return "reconnecting";
+    return "connecting";
+  }
+
+  report(peerId, entry) {
+    this.onPeerState(peerId, this.word(entry), entry.path);
+  }
+
+  async changed(peerId, entry) {
+    if (this.peers.get(peerId) !== entry) return;  // replaced or closed
+    const s = entry.pc.connectionState;
+    if (s === "connected") {
+      entry.restarts = 0;
+      entry.gaveUp = false;
+      clearTimeout(entry.timer);
+      entry.timer = null;
+      entry.path = await this.selectedPath(entry.pc);
+    } else if ((s === "disconnected" || s === "failed") && !entry.timer) {
+      // a dead signaling socket is found at once (and reconnecting restarts everything);
+      // a connection that is only disconnected gets a moment to come back by itself
+      entry.timer = setTimeout(() => this.restart(peerId, entry),
+                               s === "failed" ? 0 : RESTART_AFTER);
+      this.conn.probe();
+    }
+    if (this.peers.get(peerId) === entry) this.report(peerId, entry);
+  }
+
+  async restart(peerId, entry) {
+    entry.timer = null;
+    if (this.peers.get(peerId) !== entry || entry.pc.connectionState === "connected") return;
+    if (!(await this.conn.probe())) return;  // reconnecting: peer_added restarts it
+    if (this.peers.get(peerId) !== entry) return;
+    if (entry.restarts >= MAX_RESTARTS) {
+      entry.gaveUp = true;  // until the peer restarts it, or one of us reconnects
+      this.report(peerId, entry);
+      return;
+    }
+    this.restarts += 1;
+    await this.offer(peerId, this.create(peerId, true, entry.restarts + 1));
+  }
+
+  // the candidate types of the pair a connection uses: {local, remote}, e.g. relay and prflx
+  async selectedPath(pc) {
+    const stats = await pc.getStats();
+    let pair = null;
+    stats.forEach((r) => {
+      if (r.type === "transport" && r.selectedCandidatePairId) pair = stats.get(r.selectedCandidatePairId);
+    });
+    if (!pair) return null;
+    const local = stats.get(pair.localCandidateId), remote = stats.get(pair.remoteCandidateId);
+    return local && remote ? { local: local.candidateType, remote: remote.candidateType } : null;
   }
 
   async offer(peerId, entry) {
@@ -90,6 +172,10 @@ export class Mesh {
       const collision = entry && (entry.makingOffer || entry.pc.signalingState !== "stable");
       const polite = this.myId < peer_id;
       if (collision && !polite) return;          // ours wins; they will answer it
+      const current = entry && !collision && entry.pc.remoteDescription;
+      if (current && identity(current.sdp) !== identity(description.sdp)) {
+        entry = this.create(peer_id, false, entry.restarts + 1);  // they restart it
+      }
       if (!entry) entry = this.create(peer_id, false);
       this.offers += 1;
       await entry.pc.setRemoteDescription(description);  // rolls back our offer if needed
@@ -111,12 +197,13 @@ export class Mesh {
     await entry.pc.addIceCandidate(candidate).catch((e) => console.debug("ice", e));
   }
 
-  drop(peerId) {
+  drop(peerId, replaced = false) {
     const entry = this.peers.get(peerId);
     if (!entry) return;
+    clearTimeout(entry.timer);
     entry.pc.close();
     this.peers.delete(peerId);
-    this.onPeerState(peerId, "closed");
+    if (!replaced) this.onPeerState(peerId, "closed", null);
   }
 
   closeAll() {

@@ -13,7 +13,8 @@ export const initialState = {
   bots: {},                    // bot_id -> {bot_id, kind, name, status, detail}
   kinds: [],                   // bot kinds offered by providers
   levels: {},                  // session_id -> 0..1 audio level (speaking indicator)
-  peerState: {},               // session_id -> RTCPeerConnection state
+  peerState: {},               // session_id -> connecting|connected|reconnecting|failed|closed
+  peerPath: {},                // session_id -> {local, remote} candidate types in use, or null
   volumes: {},                 // session_id -> 0..1
   mic: "off",                  // off | on | muted | denied | unavailable
   talking: false,              // push-to-talk held while muted
@@ -48,7 +49,8 @@ export function reducer(state, action) {
     case "lobby_state": {
       if (state.lobby && state.lobby.id !== action.lobby.id && action.joined !== true) return state;
       const moved = !state.lobby || state.lobby.id !== action.lobby.id;
-      const base = moved ? { messages: [], captions: {}, bots: {}, levels: {}, peerState: {} } : {};
+      const base = moved ? { messages: [], captions: {}, bots: {}, levels: {}, peerState: {},
+                                 peerPath: {} } : {};
       return {
         ...state,
         ...base,
@@ -65,7 +67,7 @@ export function reducer(state, action) {
     }
     case "left":
       return { ...state, lobby: null, participants: [], messages: [], captions: {}, bots: {},
-               levels: {}, peerState: {}, talking: false };
+               levels: {}, peerState: {}, peerPath: {}, talking: false };
     case "stored": {  // a chat message or a final transcript
       const m = action.message;
       if (!state.lobby || m.lobby_id !== state.lobby.id) return state;
@@ -104,7 +106,8 @@ export function reducer(state, action) {
     case "levels":
       return { ...state, levels: action.levels };
     case "peer_state":
-      return { ...state, peerState: { ...state.peerState, [action.id]: action.state } };
+      return { ...state, peerState: { ...state.peerState, [action.id]: action.state },
+               peerPath: { ...state.peerPath, [action.id]: action.path || null } };
     case "volume":
       return { ...state, volumes: { ...state.volumes, [action.id]: action.volume } };
     case "mic":

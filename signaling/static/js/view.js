@@ -26,9 +26,22 @@ function time(ts) {
 
 const STATUS_TEXT = { connecting: "Connecting…", connected: "Connected", reconnecting: "Reconnecting…",
                       replaced: "Open in another tab", ended: "Disconnected" };
-// an RTCPeerConnection's state, in words
-const PEER_TEXT = { new: "connecting", connecting: "connecting", connected: "connected",
-                    disconnected: "reconnecting", failed: "connection failed", closed: "left" };
+// a peer connection's state, in words (a connected one says how its audio travels)
+const PEER_TEXT = { connecting: "connecting", reconnecting: "reconnecting", closed: "left" };
+const relayed = (path) => path && (path.local === "relay" || path.remote === "relay");
+
+function peerState(peer, path) {
+  if (peer === "connected") {
+    const title = path ? `candidates: ${path.local} (here) and ${path.remote} (there)` : "";
+    return h("span", { className: "muted peer-state connected", title },
+             relayed(path) ? "relayed" : path ? "direct" : "connected");
+  }
+  if (peer === "failed") {  // what an operator can do about it
+    return h("span", { className: "peer-state failed" }, "failed: needs a ",
+             h("a", { href: "docs/deploy.md", target: "_blank" }, "TURN server"));
+  }
+  return h("span", { className: `muted peer-state ${peer}` }, PEER_TEXT[peer] || peer);
+}
 const BOT_STATUS = { pending: "waiting", starting: "starting", loading: "loading model",
                      live: "live", lagging: "lagging", failed: "failed" };
 
@@ -145,15 +158,17 @@ function renderParticipants(s, actions) {
     const isMe = p.session_id === myId;
     const level = isMe ? (sending ? s.levels.me || 0 : 0) : s.levels[p.session_id] || 0;
     const volume = s.volumes[p.session_id] ?? 1;
-    const peer = isMe ? "me" : s.peerState[p.session_id] || "new";
+    const peer = isMe ? "me" : s.peerState[p.session_id] || "connecting";
+    const path = isMe ? null : s.peerPath[p.session_id];
     return h("li", { className: "participant", dataset: {
-        sessionId: p.session_id, level: level.toFixed(4), speaking: level > 0.02, peer } },
+        sessionId: p.session_id, level: level.toFixed(4), speaking: level > 0.02, peer,
+        path: path ? `${path.local}/${path.remote}` : "" } },
       h("span", { className: "dot", title: level > 0.02 ? "speaking" : "" }),
       h("span", { className: "pname" }, p.name, isMe ? " (you)" : ""),
       p.bot ? h("span", { className: "badge" }, "bot") : null,
       level > 0.02 ? h("span", { className: "sr-only" }, "speaking") : null,
       !p.connected ? h("span", { className: "muted" }, "away")
-        : !isMe ? h("span", { className: `muted peer-state ${peer}` }, PEER_TEXT[peer] || peer) : null,
+        : !isMe ? peerState(peer, path) : null,
       isMe ? (s.mic === "muted" && !s.talking ? h("span", { className: "muted" }, "muted") :
               s.mic === "denied" || s.mic === "unavailable" ? h("span", { className: "muted" }, "no mic") : null)
         : h("span", { className: "volume" },
