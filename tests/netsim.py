@@ -301,5 +301,10 @@ class Deployment:
 
 
 async def home_page(browser: Any) -> Any:
-    """A page that trusts only what the browser was told to (the server's certificate)."""
-    return await (await browser.new_context(ignore_https_errors=False)).new_page()
+    """A page that trusts only what the browser was told to (the server's certificate). Its
+    console goes to the test's output, which pytest shows when the test fails."""
+    page = await (await browser.new_context(ignore_https_errors=False)).new_page()
+    started = time.monotonic()
+    page.on("console", lambda m: print(f"[page {time.monotonic() - started:6.1f}s] "
+                                       f"{m.type}: {m.text}"))
+    return page

@@ -32,7 +32,7 @@ export class Mesh {
     this.conn = conn;
     this.onStream = onStream;
     this.onPeerState = onPeerState;
-    this.peers = new Map();   // session_id -> {pc, sender, makingOffer, pendingIce, restarts, …}
+    this.peers = new Map();   // session_id -> {peerId, pc, sender, makingOffer, pendingIce, …}
     this.lobbyId = null;
     this.myId = null;
     this.track = null;        // the microphone track every connection sends
@@ -40,6 +40,9 @@ export class Mesh {
     this.icePolicy = "all";   // or "relay", as the server says
     this.offers = 0;          // offers made or answered: a device switch must make none
     this.restarts = 0;        // connections replaced after trouble (the tests count them)
+    // peer id -> connections in a row that never connected: kept across replacements and
+    // reconnects (a new peer_added), so a pair that can't connect gives up in the end
+    this.attempts = new Map();
     conn.on("peer_added", (d) => this.added(d));
     conn.on("peer_removed", (d) => d.lobby_id === this.lobbyId && this.drop(d.peer_id));
     conn.on("sdp", (d) => this.description(d));
@@ -68,16 +71,16 @@ export class Mesh {
     if (create_offer) await this.offer(peer.session_id, entry);
   }
 
-  create(peerId, offerer, restarts = 0) {
-    this.drop(peerId, restarts > 0);
+  create(peerId, offerer) {
+    this.drop(peerId, true);
     // a STUN server comes with null credentials: leave them out (Chromium would send "null")
     const iceServers = this.iceServers.map(({ urls, username, credential }) =>
       (username == null ? { urls } : { urls, username, credential }));
     const pc = new RTCPeerConnection({ iceServers, iceTransportPolicy: this.icePolicy });
     const sender = offerer
       ? pc.addTransceiver(this.track || "audio", { direction: "sendrecv" }).sender : null;
-    const entry = { pc, sender, makingOffer: false, pendingIce: [], restarts, path: null,
-                    timer: null, gaveUp: false };
+    const entry = { peerId, pc, sender, makingOffer: false, pendingIce: [], path: null, timer: null,
+                    gaveUp: false };
     pc.onicecandidate = ({ candidate }) => {
       this.conn.send("ice", { lobby_id: this.lobbyId, peer_id: peerId,
                               candidate: candidate ? candidate.toJSON() : null });
@@ -96,7 +99,9 @@ export class Mesh {
     const s = entry.pc.connectionState;
     if (s === "connected") return "connected";
     if (entry.gaveUp) return "failed";
-    if (entry.restarts > 0 || s === "disconnected" || s === "failed") return "reconnecting";
+    if ((this.attempts.get(entry.peerId) || 0) > 0 || s === "disconnected" || s === "failed") {
+      return "reconnecting";
+    }
     return "connecting";
   }
 
@@ -108,7 +113,7 @@ export class Mesh {
     if (this.peers.get(peerId) !== entry) return;  // replaced or closed
     const s = entry.pc.connectionState;
     if (s === "connected") {
-      entry.restarts = 0;
+      this.attempts.delete(peerId);
       entry.gaveUp = false;
       clearTimeout(entry.timer);
       entry.timer = null;
@@ -126,15 +131,26 @@ export class Mesh {
   async restart(peerId, entry) {
     entry.timer = null;
     if (this.peers.get(peerId) !== entry || entry.pc.connectionState === "connected") return;
-    if (!(await this.conn.probe())) return;  // reconnecting: peer_added restarts it
+    if (!(await this.conn.probe())) {
+      // the socket is reconnecting, and its peer_added will replace this connection; look
+      // again later all the same, so that nothing waits on a reconnect that never comes
+      if (this.peers.get(peerId) === entry && !entry.timer) {
+        entry.timer = setTimeout(() => this.restart(peerId, entry), RESTART_AFTER);
+      }
+      return;
+    }
     if (this.peers.get(peerId) !== entry) return;
-    if (entry.restarts >= MAX_RESTARTS) {
+    const attempts = this.attempts.get(peerId) || 0;
+    if (attempts >= MAX_RESTARTS) {
       entry.gaveUp = true;  // until the peer restarts it, or one of us reconnects
+      console.debug("mesh: giving up on", peerId);
       this.report(peerId, entry);
       return;
     }
+    this.attempts.set(peerId, attempts + 1);
     this.restarts += 1;
-    await this.offer(peerId, this.create(peerId, true, entry.restarts + 1));
+    console.debug("mesh: replacing the connection to", peerId, "attempt", attempts + 1);
+    await this.offer(peerId, this.create(peerId, true));
   }
 
   // the candidate types of the pair a connection uses: {local, remote}, e.g. relay and prflx
@@ -174,7 +190,7 @@ export class Mesh {
       if (collision && !polite) return;          // ours wins; they will answer it
       const current = entry && !collision && entry.pc.remoteDescription;
       if (current && identity(current.sdp) !== identity(description.sdp)) {
-        entry = this.create(peer_id, false, entry.restarts + 1);  // they restart it
+        entry = this.create(peer_id, false);  // they replace it
       }
       if (!entry) entry = this.create(peer_id, false);
       this.offers += 1;
@@ -198,6 +214,7 @@ export class Mesh {
   }
 
   drop(peerId, replaced = false) {
+    if (!replaced) this.attempts.delete(peerId);
     const entry = this.peers.get(peerId);
     if (!entry) return;
     clearTimeout(entry.timer);
