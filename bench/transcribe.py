@@ -17,7 +17,7 @@
     words tiny.en finds hard), then each model live, alone, on ``english_hard.wav``: WER, TTFS.
 
 TTFS is time to final: the final received by a client minus the end of the speech (the
-transcript's ``end`` less the segmenter's 96 ms post-roll; both clocks are this machine's).
+transcript's ``end``; both clocks are this machine's).
 First interim: its arrival minus the start of speech. CPU: the transcriber provider process's
 CPU seconds per second of speech it heard.
 """
@@ -49,8 +49,6 @@ from signaling.testing import ROOT, ProviderProcess, ServerProcess
 
 DATA = ROOT / "tests" / "data"
 HARD = "english_hard.wav"  # the model-comparison fixture (tests/test_models.py)
-POST_ROLL = 0.096
-PRE_ROLL = 0.192
 KEY = "bench-provider-key"
 _normalize = EnglishTextNormalizer()
 
@@ -268,10 +266,10 @@ class Observer:
             self.first_interim.setdefault(msg.segment_id, now)
 
     def ttfs(self) -> list[float]:
-        return [at - (t.end - POST_ROLL) for at, t in self.finals]
+        return [at - t.end for at, t in self.finals]
 
     def interim_delays(self) -> list[float]:
-        starts = {t.segment_id: t.start + PRE_ROLL for _, t in self.finals}
+        starts = {t.segment_id: t.start for _, t in self.finals}
         return [at - starts[seg] for seg, at in self.first_interim.items() if seg in starts]
 
     def status_of(self, name: str) -> p.BotStatus | None:

@@ -14,6 +14,7 @@ import collections
 import itertools
 import logging
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -34,7 +35,9 @@ class Job:
     stt: STT
     seq: int = 0
     fallback: STT | None = None
-    language: str | None = None  # the speaker's language so far (a hint for detection)
+    # the speaker's language so far (a hint for detection), or a function that says it when
+    # the job starts: the final before it may have changed it meanwhile
+    language: str | None | Callable[[], str | None] = None
 
 
 @dataclass
@@ -74,7 +77,8 @@ class Scheduler:
 
     def submit(self, stt: STT, speaker: str, audio: np.ndarray, *, final: bool,
                audio_end: float | None = None, fallback: STT | None = None,
-               language: str | None = None) -> asyncio.Future[Recognition | None]:
+               language: str | None | Callable[[], str | None] = None
+               ) -> asyncio.Future[Recognition | None]:
         """Queues a recognition; the future gives ``None`` if it was skipped or replaced."""
         loop = asyncio.get_running_loop()
         job = Job(speaker, audio, final, audio_end or time.monotonic(), loop.create_future(),
@@ -133,10 +137,13 @@ class Scheduler:
 
     async def _run(self, job: Job) -> None:
         started = time.monotonic()
+        # asked now, not when the job was queued: the speaker's previous final, whose result
+        # was delivered before this job started, may have changed it
+        language = job.language() if callable(job.language) else job.language
         try:
             result = await asyncio.get_running_loop().run_in_executor(
                 self._executor,
-                lambda: job.stt.recognize(job.audio, final=job.final, language=job.language))
+                lambda: job.stt.recognize(job.audio, final=job.final, language=language))
         except Exception as exc:
             if not job.future.done():
                 job.future.set_exception(exc)

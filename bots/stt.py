@@ -10,7 +10,9 @@ of the full window, and with a beam of 5 reads better than greedy decoding of th
 again once it is done; no 4-token sequence may repeat (``no_repeat_ngram_size``), so it ends
 instead. Decoding is bounded by the utterance's length, and results that look like Whisper's
 hallucinations on non-speech (high no-speech probability with low confidence, or highly
-repetitive text) are dropped.
+repetitive text) are dropped. With ``language="auto"`` the language of each utterance is
+detected on the same encoder pass and decided by ``bots/language.py`` (a final it is not sure
+of takes a second look at Whisper's full window; a switch is decoded in both languages).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import re
 import threading
 import time
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +34,7 @@ from faster_whisper.tokenizer import _LANGUAGE_CODES
 
 from . import models
 from .audio import SPEECH_RATE
+from .language import LanguagePolicy
 from .models import ModelError
 
 __all__ = ["STT", "WhisperSTT", "Recognition", "ModelError", "load_whisper", "resolve_model"]
@@ -51,7 +54,7 @@ class Recognition:
     audio_s: float
     inference_s: float
     dropped: str | None = None  # why the text was judged not to be speech, if it was
-    language_prob: float = 1.0  # how sure language detection was (1 when it was fixed)
+    language_prob: float = 1.0  # the detector's probability of ``language`` (1: it was fixed)
 
 
 class STT(abc.ABC):
@@ -65,7 +68,8 @@ class STT(abc.ABC):
         """Transcribes one utterance (so far); blocking, called off the event loop.
 
         ``language`` is the speaker's language as believed so far: a multilingual engine that
-        detects languages keeps to it unless it is confident of another."""
+        detects languages keeps to it unless the utterance is clearly in another
+        (bots/language.py)."""
 
 
 # --- models --------------------------------------------------------------------------------------
@@ -166,7 +170,7 @@ class WhisperSTT(STT):
                  pad_s: float = 1.0, min_window_s: float = 0.0, no_repeat_ngram_size: int = 4,
                  no_speech_threshold: float = 0.6,
                  logprob_threshold: float = -1.0, compression_threshold: float = 2.4,
-                 switch_threshold: float = 0.8) -> None:
+                 policy: LanguagePolicy | None = None) -> None:
         from faster_whisper.transcribe import get_suppressed_tokens
 
         if window not in ("dynamic", "full"):
@@ -181,7 +185,7 @@ class WhisperSTT(STT):
         self.no_speech_threshold = no_speech_threshold
         self.logprob_threshold = logprob_threshold
         self.compression_threshold = compression_threshold
-        self.switch_threshold = switch_threshold
+        self.policy = policy or LanguagePolicy()  # which language, when detecting
         self.multilingual = bool(model.model.is_multilingual)  # type: ignore[attr-defined]
         if task not in ("transcribe", "translate"):
             raise ModelError("task must be transcribe or translate")
@@ -196,19 +200,20 @@ class WhisperSTT(STT):
         self.detect = auto and self.multilingual
         self.language = "en" if auto else str(language)
         self.task = task
-        self._tokenizers: dict[str, object] = {}
+        self._tokenizers: dict[tuple[str, str], object] = {}
         self.suppress = list(get_suppressed_tokens(self._tokenizer(self.language), [-1]) or ())
         self._extractor = model.feature_extractor  # type: ignore[attr-defined]
         self._max_frames = self._extractor.nb_max_frames  # 3000: Whisper's 30 s
 
-    def _tokenizer(self, language: str) -> Any:
+    def _tokenizer(self, language: str, task: str | None = None) -> Any:
         from faster_whisper.tokenizer import Tokenizer
 
-        tok = self._tokenizers.get(language)
+        task = task or self.task
+        tok = self._tokenizers.get((language, task))
         if tok is None:
-            tok = self._tokenizers[language] = Tokenizer(
+            tok = self._tokenizers[(language, task)] = Tokenizer(
                 self.model.hf_tokenizer, self.multilingual,  # type: ignore[attr-defined]
-                task=self.task, language=language)
+                task=task, language=language)
         return tok
 
     def _frames(self, audio_s: float) -> int:
@@ -218,29 +223,58 @@ class WhisperSTT(STT):
         seconds = max(self.min_window_s, 2 * int(np.ceil((audio_s + self.pad_s) / 2)))
         return min(self._max_frames, int(seconds * 100))
 
-    def recognize(self, audio: np.ndarray, *, final: bool,
-                  language: str | None = None) -> Recognition:
+    def _encode(self, audio: np.ndarray, frames: int) -> Any:
         import ctranslate2
 
-        started = time.perf_counter()
-        audio_s = len(audio) / SPEECH_RATE
-        frames = self._frames(audio_s)
         features = self._extractor(audio, padding=max(0, frames * 160 - len(audio)))
         features = features[:, :frames]
         if features.shape[1] < frames:
             features = np.pad(features, ((0, 0), (0, frames - features.shape[1])))
         encoder_input = ctranslate2.StorageView.from_array(
             np.ascontiguousarray(features[None], dtype=np.float32))
-        whisper = self.model.model  # type: ignore[attr-defined]
-        encoded = whisper.encode(encoder_input, to_cpu=False)
-        lang, lang_prob = self.language, 1.0
+        return self.model.model.encode(encoder_input, to_cpu=False)  # type: ignore[attr-defined]
+
+    def _detect(self, encoded: Any) -> dict[str, float]:
+        """Language code -> probability, from an encoder pass."""
+        pairs = self.model.model.detect_language(encoded)[0]  # type: ignore[attr-defined]
+        return {token[2:-2]: float(prob) for token, prob in pairs}
+
+    def _languages(self, audio: np.ndarray, encoded: Any, frames: int, final: bool,
+                   spoken: str | None) -> tuple[tuple[str, ...], dict[str, float]]:
+        """The languages to decode in (bots/language.py), and the probabilities that chose."""
+        probs = self._detect(encoded)
+        if not final:
+            return (self.policy.at_a_glance(spoken, probs, len(audio) / SPEECH_RATE),), probs
+        readings = self.policy.first_look(spoken, probs, len(audio) / SPEECH_RATE)
+        if readings is not None:
+            return readings, probs
+        if frames < self._max_frames:  # the second look: Whisper's own 30 s window
+            probs = self._detect(self._encode(audio, self._max_frames))
+        return self.policy.second_look(spoken, probs), probs
+
+    def recognize(self, audio: np.ndarray, *, final: bool,
+                  language: str | None = None) -> Recognition:
+        started = time.perf_counter()
+        audio_s = len(audio) / SPEECH_RATE
+        frames = self._frames(audio_s)
+        encoded = self._encode(audio, frames)
         if self.detect:
-            token, lang_prob = whisper.detect_language(encoded)[0][0]
-            detected = token[2:-2]
-            # a speaker's language sticks unless the evidence for another is strong
-            sure = lang_prob >= self.switch_threshold
-            lang = detected if language is None or sure or detected == language else language
-        tokenizer = self._tokenizer(lang)
+            candidates, probs = self._languages(audio, encoded, frames, final, language)
+        else:
+            candidates, probs = (self.language,), {self.language: 1.0}
+        if len(candidates) == 1:
+            best = self._decode(encoded, candidates[0], audio_s, self.task)
+        else:  # the likelier transcription says which language it is (then translate from it)
+            best = max((self._decode(encoded, lang, audio_s, "transcribe") for lang in candidates),
+                       key=lambda r: (r.dropped is None, r.avg_logprob))
+            if self.task != "transcribe":
+                best = self._decode(encoded, best.language, audio_s, self.task)
+        return replace(best, inference_s=time.perf_counter() - started,
+                       language_prob=probs.get(best.language, 0.0))
+
+    def _decode(self, encoded: Any, lang: str, audio_s: float, task: str) -> Recognition:
+        whisper = self.model.model  # type: ignore[attr-defined]
+        tokenizer = self._tokenizer(lang, task)
         prompt = [*tokenizer.sot_sequence, tokenizer.no_timestamps]
         # bounded decoding: ~4 tokens per second of speech is plenty; more is a loop
         max_new = int(8 + 6 * audio_s)
@@ -263,5 +297,4 @@ class WhisperSTT(STT):
             dropped = "runaway decoding"
         return Recognition(text="" if dropped else text, language=lang,
                            no_speech_prob=float(nsp), avg_logprob=float(avg_logprob),
-                           audio_s=audio_s, inference_s=time.perf_counter() - started,
-                           dropped=dropped, language_prob=float(lang_prob))
+                           audio_s=audio_s, inference_s=0.0, dropped=dropped)

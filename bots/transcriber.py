@@ -133,6 +133,10 @@ class TranscriberConfig(BotConfig):
         return {"language": {"model": languages}, "task": {"model": tasks}}
 
 
+# a speaker's first final sets their language only if detection was at least this sure
+FIRST_LANGUAGE_PROB = 0.5
+
+
 class TranscriberBot(Bot[TranscriberConfig]):
     kind = "transcriber"
     description = "Live captions: transcribes every speaker with Whisper, interim and final."
@@ -264,10 +268,11 @@ class SpeakerStream:
         try:
             while not self._closed:
                 frames = await recv_batch(self.track)
+                arrived = time.time(), time.monotonic()  # before our own work on them
                 # scored together: one VAD call for the batch
                 samples = np.concatenate([self.resample(f) for f in frames])
                 utterances = self.segmenter.feed(samples)
-                self._arrivals.append((self.segmenter.buffer.end, time.time(), time.monotonic()))
+                self._arrivals.append((self.segmenter.buffer.end, *arrived))
                 for utt in utterances:
                     self._utterance(utt)
                 self._maybe_interim()
@@ -297,6 +302,9 @@ class SpeakerStream:
         behind = (index - end) / 16000
         return (wall - behind - (end - start) / 16000, wall - behind, mono - behind)
 
+    def _language(self) -> str | None:
+        return self.language  # asked when the recognition starts (scheduler.Job.language)
+
     def _maybe_interim(self) -> None:
         cfg, seg = self.bot.config, self.segmenter
         if not cfg.interim_interval or not seg.in_speech or self._interim_future is not None:
@@ -305,11 +313,11 @@ class SpeakerStream:
         now = time.monotonic()
         if len(audio) < cfg.interim_after * 16000 or now - self._last_interim_at < cfg.interim_interval:
             return
-        assert self.bot.stt_interim is not None and seg.speech_start is not None
+        assert self.bot.stt_interim is not None and seg.voice_start is not None
         self._last_interim_at = now
-        index, start, end = seg.utterance_index, seg.speech_start, seg.scored
+        index, start, end = seg.utterance_index, seg.voice_start, seg.scored
         future = self.bot.scheduler.submit(self.bot.stt_interim, self.key, audio, final=False,
-                                           language=self.language)
+                                           language=self._language)
         self._interim_future = future
         future.add_done_callback(lambda f: self._interim_done(f, index, start, end))
 
@@ -338,14 +346,31 @@ class SpeakerStream:
         else:
             future = self._submit_final(utt)
         self._speculative = None
+        future.add_done_callback(self._learn_language)  # not from a speculation that missed
         previous = self._posting
         self._posting = asyncio.ensure_future(self._post_final(previous, future, utt))
 
     def _submit_final(self, utt: Utterance) -> asyncio.Future[Recognition | None]:
         assert self.bot.stt_final is not None
-        return self.bot.scheduler.submit(self.bot.stt_final, self.key, utt.audio, final=True,
-                                         audio_end=self._times(utt.start, utt.end)[2],
-                                         fallback=self.bot.stt_fallback, language=self.language)
+        future = self.bot.scheduler.submit(self.bot.stt_final, self.key, utt.audio, final=True,
+                                           audio_end=self._times(utt.start, utt.end)[2],
+                                           fallback=self.bot.stt_fallback,
+                                           language=self._language)
+        return future
+
+    def _learn_language(self, future: asyncio.Future[Recognition | None]) -> None:
+        """The speaker's language from a final that will be posted: at once, before the
+        speaker's next recognition starts (the scheduler starts it after this callback)."""
+        if future.cancelled() or future.exception() is not None:
+            return
+        result = future.result()
+        if result is None or not result.text or result.language == self.language:
+            return
+        if self.language is None and result.language_prob < FIRST_LANGUAGE_PROB:
+            return  # an unsure first guess (a word or two) does not stick
+        log.info("%s: speaking %s (was %s; detected with p=%.2f)", self.key, result.language,
+                 self.language, result.language_prob)
+        self.language = result.language  # decided by bots/language.py: it sticks
 
     async def _post_final(self, previous: asyncio.Future[None] | None,
                           future: asyncio.Future[Recognition | None], utt: Utterance) -> None:
@@ -368,12 +393,10 @@ class SpeakerStream:
             log.info("%s: %.1f s utterance dropped (%s)", self.key, utt.duration, result.dropped)
         if result is None or not result.text:
             if shown:  # take the interim off the screen
-                self._send(utt.index, utt.start, utt.end, None, final=False)
+                self._send(utt.index, utt.speech_start, utt.speech_end, None, final=False)
             return
-        if result.language_prob >= 0.5:
-            self.language = result.language
         self.finals_posted += 1
-        await self._send_async(utt.index, utt.start, utt.end, result, final=True)
+        await self._send_async(utt.index, utt.speech_start, utt.speech_end, result, final=True)
 
     # --- posting ------------------------------------------------------------------------------
 

@@ -9,6 +9,10 @@ than ``max_utterance_s`` is cut (and the next one starts at once); one shorter t
 As soon as a pause has lasted ``post_roll_ms``, the segmenter offers the utterance as
 *tentative* (``final=False``): a caller may start recognizing it while the rest of the silence
 confirms the end. The confirmed utterance has the same bounds unless speech resumed.
+
+Whisper gets each utterance with ``pre_roll_ms`` before and ``post_roll_ms`` after its speech;
+the speech itself (what a transcript's times say) is where the detector heard it, refined to
+10 ms on the audio's loudness: the detector is a chunk or two late on a soft onset.
 """
 
 from __future__ import annotations
@@ -23,6 +27,55 @@ from .audio import SPEECH_RATE, SampleBuffer
 
 CHUNK = 512  # samples Silero scores at a time at 16 kHz (32 ms)
 CONTEXT = 64  # samples of the previous chunk it sees as context
+EDGE_FRAME = 160  # 10 ms: the grain of a transcript's start and end
+
+
+def _loudness(audio: np.ndarray) -> np.ndarray:
+    """RMS of each 10 ms frame."""
+    n = len(audio) // EDGE_FRAME
+    frames = audio[:n * EDGE_FRAME].reshape(n, EDGE_FRAME).astype(np.float64)
+    return np.sqrt((frames ** 2).mean(axis=1))
+
+
+def _over_background(background: np.ndarray) -> float:
+    """How loud a 10 ms frame must be to be sound: well over the quiet frames' level."""
+    noise = float(np.percentile(background, 20)) if len(background) else 0.0
+    return max(1e-3, 4 * noise)
+
+
+def speech_onset(before: np.ndarray, quiet_frames: int = 5) -> int:
+    """Where speech starts in ``before``, the audio that ends where the detector first heard
+    speech: back over the frames louder than the background (its first half) until 50 ms of
+    quiet. The detector starts up to a chunk or two late (a soft "h", a breath)."""
+    loud = _loudness(before)
+    level = _over_background(loud[:max(1, len(loud) // 2)])
+    start, quiet = len(loud), 0
+    for f in range(len(loud) - 1, -1, -1):
+        if loud[f] > level:
+            start, quiet = f, 0
+        else:
+            quiet += 1
+            if quiet >= quiet_frames:
+                break
+    return len(before) - (len(loud) - start) * EDGE_FRAME
+
+
+def speech_offset(around: np.ndarray, guess: int, quiet_frames: int = 10) -> int:
+    """Where speech ends in ``around``, given that the detector heard the pause begin at
+    ``guess`` (Silero may call a fading syllable silence, or a pause's first chunk speech):
+    the end of the last frame louder than the background (its last 100 ms) before 100 ms of
+    quiet past ``guess``."""
+    loud = _loudness(around)
+    level = _over_background(loud[-10:])
+    end, quiet = 0, 0
+    for f in range(len(loud)):
+        if loud[f] > level:
+            end, quiet = f + 1, 0
+        else:
+            quiet += 1
+            if quiet >= quiet_frames and f * EDGE_FRAME >= guess:
+                break
+    return end * EDGE_FRAME
 
 
 class SileroVad:
@@ -86,7 +139,10 @@ class VadConfig:
 
 @dataclass(frozen=True, eq=False)  # compared by identity: it holds an array
 class Utterance:
-    """A stretch of speech: samples ``[start, end)`` of the speaker's stream."""
+    """A stretch of speech: samples ``[start, end)`` of the speaker's stream, the speech itself
+    with the pre- and post-roll Whisper gets around it; the speech alone is
+    ``[speech_start, speech_end)``, to the 32 ms the detector scores (the times a transcript
+    gives)."""
 
     index: int
     start: int
@@ -94,6 +150,16 @@ class Utterance:
     audio: np.ndarray = field(repr=False)
     forced: bool  # cut at max_utterance_s rather than ended by silence
     final: bool = True  # False: a pause that may still turn out to be mid-utterance
+    speech_start: int = -1  # -1: as ``start``
+    speech_end: int = -1  # -1: as ``end``
+
+    def __post_init__(self) -> None:
+        if self.speech_start < 0:
+            object.__setattr__(self, "speech_start", self.start)
+        if self.speech_end < 0:
+            object.__setattr__(self, "speech_end", self.end)
+        if not self.start <= self.speech_start <= self.speech_end <= self.end:
+            raise ValueError("the speech must lie within the utterance")
 
     @property
     def duration(self) -> float:
@@ -109,7 +175,8 @@ class Segmenter:
         self.buffer = SampleBuffer(keep)
         self._pending = np.zeros(0, dtype=np.float32)  # samples not yet scored
         self.scored = 0  # absolute index up to which audio has been scored
-        self.speech_start: int | None = None
+        self.speech_start: int | None = None  # where the utterance's audio starts (pre-roll)
+        self.voice_start: int | None = None  # where its speech starts: the first loud chunk
         self._silence_since: int | None = None
         self._offered = False  # a tentative end was offered for the current pause
         self._count = 0
@@ -148,6 +215,8 @@ class Segmenter:
                 if prob >= cfg.threshold:
                     self.speech_start = max(self.buffer.start,
                                             chunk_start - cfg.pre_roll_ms * SPEECH_RATE // 1000)
+                    before = self.buffer.slice(self.speech_start, chunk_start)
+                    self.voice_start = self.speech_start + speech_onset(before)
                     self._silence_since = None
                 else:  # keep only what a pre-roll may need
                     self.buffer.discard_before(self.scored - cfg.pre_roll_ms * SPEECH_RATE // 1000)
@@ -162,27 +231,37 @@ class Segmenter:
                     silent_for < cfg.min_silence_ms * SPEECH_RATE // 1000:
                 assert self._silence_since is not None
                 self._offered = True
-                done.extend(self._utterance(self._silence_since + post_roll, final=False))
+                done.extend(self._utterance(self._silence_since + post_roll, final=False,
+                                            speech_end=self._silence_since))
             if silent_for >= cfg.min_silence_ms * SPEECH_RATE // 1000:
                 assert self._silence_since is not None
                 end = self._silence_since + cfg.post_roll_ms * SPEECH_RATE // 1000
-                done.extend(self._finish(end, forced=False))
+                done.extend(self._finish(end, forced=False, speech_end=self._silence_since))
             elif self.scored - self.speech_start >= cfg.max_utterance_s * SPEECH_RATE:
-                done.extend(self._finish(self.scored, forced=True))
-                self.speech_start = self.scored  # the speaker goes on: a new utterance
+                done.extend(self._finish(self.scored, forced=True, speech_end=self.scored))
+                # the speaker goes on: a new utterance
+                self.speech_start = self.voice_start = self.scored
         return done
 
-    def _utterance(self, end: int, *, final: bool, forced: bool = False) -> list[Utterance]:
-        assert self.speech_start is not None
+    def _utterance(self, end: int, *, final: bool, speech_end: int,
+                   forced: bool = False) -> list[Utterance]:
+        assert self.speech_start is not None and self.voice_start is not None
         start = self.speech_start
         voiced = end - start - self.config.post_roll_ms * SPEECH_RATE // 1000
         if not forced and voiced < self.config.min_speech_ms * SPEECH_RATE // 1000:
             return []  # a click or a cough: not worth a transcript
-        return [Utterance(self._count, start, end, self.buffer.slice(start, end), forced, final)]
+        if not forced:  # the pause as heard, to the 10 ms; nothing past the utterance's end
+            lo = max(self.voice_start, speech_end - 1600)
+            around = self.buffer.slice(lo, self.scored)
+            speech_end = lo + speech_offset(around, speech_end - lo)
+            speech_end = min(end, max(self.voice_start, speech_end))
+        return [Utterance(self._count, start, end, self.buffer.slice(start, end), forced, final,
+                          speech_start=self.voice_start, speech_end=speech_end)]
 
-    def _finish(self, end: int, forced: bool) -> list[Utterance]:
-        done = self._utterance(end, final=True, forced=forced)
-        self.speech_start, self._silence_since, self._offered = None, None, False
+    def _finish(self, end: int, forced: bool, speech_end: int) -> list[Utterance]:
+        done = self._utterance(end, final=True, forced=forced, speech_end=speech_end)
+        self.speech_start, self.voice_start = None, None
+        self._silence_since, self._offered = None, False
         if done:
             self._count += 1
         return done

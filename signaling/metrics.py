@@ -128,7 +128,8 @@ class Metrics:
             "voicebot_relay_latency_seconds", "SDP/ICE relay: frame read to queued for the peer",
             (1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 0.1), r)
         self.ttfs = Histogram(
-            "voicebot_transcript_ttfs_seconds", "end of speech to final transcript at the server",
+            "voicebot_transcript_ttfs_seconds",
+            "a final's end (its speech's end, bot's clock) to the final stored (server's clock)",
             registry=r, buckets=(0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0))
         self.lag = Gauge("voicebot_transcription_lag_seconds", "how far a transcriber is behind "
                          "live, as it last reported", ["bot_id"], registry=r)

@@ -101,8 +101,8 @@ async def on_transcript(app: web.Application, s: LiveSession, msg: p.Message,
                 "start": msg.start, "end": msg.end, "model": msg.model, "language": msg.language,
                 "task": msg.task}
         rec = await hub.post(lobby, s, msg.text, kind="transcript", meta=meta, client_ref=ref)
-        if msg.end:  # end of speech → stored here (the segmenter adds a 96 ms post-roll)
-            app[METRICS].ttfs.observe(max(0.0, time.time() - msg.end + 0.096))
+        if msg.end:  # the end of the speech, by the bot's clock → stored here
+            app[METRICS].ttfs.observe(max(0.0, time.time() - msg.end))
         confirm(s, p.Ack(result={"message_id": rec.id}), ref)
         return
     hub.send_to_lobby(lobby.id, dataclasses.replace(msg, speaker_name=name, bot_id=s.id))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 
@@ -90,3 +91,14 @@ def test_network_bench_smoke() -> None:
     assert "relayed: the page said relayed" in out
     row = next(line.split() for line in out.splitlines() if line.startswith("relayed "))
     assert len(row) == 9  # four figures, each a median and its range
+
+
+@pytest.mark.timeout(400)
+def test_languages_bench_smoke() -> None:
+    out = run_bench("bench.languages")
+    assert "en: right, WER" in out and "de: right, WER" in out, out
+    rows = {label: next((line for line in out.splitlines() if line.startswith(label)), None)
+            for label in ("offline, each sentence alone", "offline, whole file", "live")}
+    assert None not in rows.values(), out
+    live = rows["live"].split()  # type: ignore[union-attr]
+    assert re.fullmatch(r"\d+/\d+", live[-2]) and float(live[-1].split("/")[0]) > 0, live

@@ -231,6 +231,52 @@ async def test_transcript_times_are_when_the_speech_came() -> None:
     await lobby.stop()
 
 
+class RealtimeTrack(FileTrack):
+    """The file at the pace of a live microphone: frame n is delivered when its last sample
+    has been spoken, ``started + (n + 1) * 20 ms`` (an absolute schedule: no drift)."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path, pace=0.02)
+        self.started: float | None = None
+        self.sent = 0
+
+    async def recv(self) -> Any:
+        from aiortc.mediastreams import MediaStreamError
+
+        if not self.frames or self.stopped:
+            raise MediaStreamError
+        if self.started is None:
+            self.started = time.time()
+        self.sent += 1
+        await asyncio.sleep(max(0.0, self.started + self.sent * 0.02 - time.time()))
+        return self.frames.pop(0)
+
+
+async def test_a_finals_start_and_end_are_where_its_speech_is() -> None:
+    """Against speech whose bounds the test knows (where the file's silence ends and begins
+    again, to the 20 ms), a final's ``start`` and ``end`` are within 50 ms: the speech itself,
+    not the padding Whisper gets around it, on the clock of the audio's arrival."""
+    from bench.languages import read_wav, speech_spans
+
+    lobby = FakeLobby()
+    bot = TranscriberBot(lobby, TranscriberBot.Config.parse({}))
+    await lobby.start(bot)
+    truth = speech_spans(read_wav(DATA / "speaker_a.wav"), min_gap_s=0.35)
+    track = RealtimeTrack(DATA / "speaker_a.wav")
+    await lobby.add_peer("Alice", track)  # type: ignore[arg-type]
+    await wait_until(lambda: sum(t.final for t in lobby.transcripts) >= len(truth), 30, "finals")
+    assert track.started is not None
+    finals = [t for t in lobby.transcripts if isinstance(t, p.Transcript) and t.final]
+    errors = [(round(t.start - track.started - s, 3), round(t.end - track.started - e, 3))
+              for t, (s, e) in zip(finals, truth)]
+    assert all(abs(a) <= 0.05 and abs(b) <= 0.05 for a, b in errors), errors
+    # the first interim of an utterance starts where its final does
+    first = next(t for t in lobby.transcripts if isinstance(t, p.Transcript) and not t.final)
+    final = next(t for t in finals if t.segment_id == first.segment_id)
+    assert abs(first.start - final.start) <= 0.02, (first.start, final.start)
+    await lobby.stop()
+
+
 # --- end to end with real processes --------------------------------------------------------------
 
 

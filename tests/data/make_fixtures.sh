@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Regenerates the speech fixtures: 16 kHz mono 16-bit WAV, spoken by Debian's festival voices
-# and espeak-ng (English for a harder test, German and Spanish for language detection).
+# and espeak-ng (English for a harder test, German and Spanish for language detection, and
+# one speaker switching between four languages).
 # Needs: festival festvox-us-slt-hts festvox-kallpc16k espeak-ng sox. Texts: fixtures.json.
 #
 #   ./make_fixtures.sh                     # every fixture
@@ -27,6 +28,19 @@ say() {  # say ENGINE VOICE OUT TEXT...: each text one utterance, with pauses be
         # shellcheck disable=SC2086  # PAD is "before after", two arguments
         sox -R "$tmp/raw$i.wav" -r 16000 -c 1 -b 16 "$tmp/s$i.wav" pad ${PAD:-0.4 0.8}
         parts+=("$tmp/s$i.wav"); i=$((i + 1))
+    done
+    sox -R "${parts[@]}" "$out"
+}
+
+say_each() {  # say_each OUT VOICE SPEED TEXT [VOICE SPEED TEXT…]: espeak-ng, a voice each
+    local out=$1; shift
+    local parts=() i=0
+    while (($#)); do
+        echo "$3" > "$tmp/t$i.txt"
+        espeak-ng -v "$1" -s "$2" -g 2 -w "$tmp/raw$i.wav" -f "$tmp/t$i.txt"
+        # shellcheck disable=SC2086  # PAD is "before after", two arguments
+        sox -R "$tmp/raw$i.wav" -r 16000 -c 1 -b 16 "$tmp/s$i.wav" pad ${PAD:-0.4 0.8}
+        parts+=("$tmp/s$i.wav"); i=$((i + 1)); shift 3
     done
     sox -R "${parts[@]}" "$out"
 }
@@ -58,6 +72,10 @@ for name, fixture in spec.items():
     if "derived" in fixture or (wanted and name not in wanted):
         continue
     pad = " ".join(map(str, fixture.get("pad", [0.4, 0.8])))
+    if isinstance(fixture["utterances"][0], dict):  # a voice and speed for each utterance
+        each = [str(u[k]) for u in fixture["utterances"] for k in ("voice", "speed", "text")]
+        print(f"PAD={shlex.quote(pad)}", "say_each", shlex.quote(name), *map(shlex.quote, each))
+        continue
     print(f"PAD={shlex.quote(pad)}", "say", fixture.get("engine", "festival"), fixture["voice"],
           shlex.quote(name), *map(shlex.quote, fixture["utterances"]))
     if "noise" in fixture:
