@@ -14,25 +14,14 @@ from shared import protocol as p
 from signaling.dispatch import DISPATCHER
 
 from .conftest import Clients, start_server
+from .helpers import api, wait_until
 
 
-async def wait_until(predicate: Any, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.02)
-
-
-async def api(method: str, url: str, token: str | None, body: Any = None) -> tuple[int, Any]:
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
-    async with aiohttp.ClientSession() as http:
-        async with http.request(method, url, json=body, headers=headers) as r:
-            return r.status, await r.json()
 
 
 async def provider_connected_at(srv: Any, timeout: float = 60) -> float:
     """When the dispatcher first saw a provider (polled finely: this is the clock's start)."""
-    await wait_until(lambda: srv.app[DISPATCHER].providers, timeout, "a provider")
+    await wait_until(lambda: srv.app[DISPATCHER].providers, timeout, "a provider", poll=0.02)
     return time.monotonic()
 
 

@@ -20,16 +20,10 @@ from shared import protocol as p
 from signaling.dispatch import DISPATCHER
 
 from .conftest import ROOT, Clients, start_server
+from .helpers import api, wait_until
 
 SPEECH = str(ROOT / "tests" / "data" / "speaker_a.wav")
 
-
-async def wait_until(predicate: Any, timeout: float = 10.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.05)
 
 
 async def bot_kinds(url: str) -> list[str]:
@@ -37,12 +31,6 @@ async def bot_kinds(url: str) -> list[str]:
         async with http.get(url + "api/bots") as r:
             return [k["kind"] for k in (await r.json())["kinds"]]
 
-
-async def api(method: str, url: str, token: str | None, body: Any = None) -> tuple[int, Any]:
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
-    async with aiohttp.ClientSession() as http:
-        async with http.request(method, url, json=body, headers=headers) as r:
-            return r.status, await r.json()
 
 
 class Listener:

@@ -19,7 +19,7 @@ from shared.client import ClientConfig, SignalingClient
 from signaling.testing import ROOT, RedisServer, ServerProcess, free_port
 
 from .conftest import PROVIDER_KEY, Clients, Inbox
-from .test_webrtc_relay import exchange_audio
+from .helpers import exchange_audio
 
 NODE_TTL = 1.5
 

@@ -23,8 +23,7 @@ from signaling.testing import ROOT
 
 from .conftest import Clients
 from .speech import DATA, FIXTURES, reference, wer, words
-from .test_bots import wait_until
-from .test_transcriber import start_player, start_transcriber
+from .helpers import start_player, start_transcriber, wait_until
 
 
 def voicebot(*args: str) -> subprocess.CompletedProcess[str]:

@@ -24,7 +24,7 @@ from signaling.dispatch import DISPATCHER
 
 from .conftest import Clients
 from .speech import DATA, noise, reference, wer, words, write_wav
-from .test_bots import api, wait_until
+from .helpers import api, api_text, start_player, start_transcriber, wait_until
 
 WER_BOUND = 0.15  # tiny.en on our synthetic speech: ~2-5 %; the bound leaves room for jitter
 
@@ -280,20 +280,6 @@ async def test_a_finals_start_and_end_are_where_its_speech_is() -> None:
 # --- end to end with real processes --------------------------------------------------------------
 
 
-async def start_transcriber(url: str, token: str, lobby: str, **config: Any) -> dict[str, Any]:
-    status, bot = await api("POST", url + f"api/lobbies/{lobby}/bots", token,
-                            {"kind": "transcriber", "config": config})
-    assert status == 201, bot
-    return bot
-
-
-async def start_player(url: str, token: str, lobby: str, path: Path, name: str,
-                       delay: float = 1.0) -> dict[str, Any]:
-    status, bot = await api("POST", url + f"api/lobbies/{lobby}/bots", token,
-                            {"kind": "player", "name": name,
-                             "config": {"path": str(path), "delay": delay}})
-    assert status == 201, bot
-    return bot
 
 
 async def captioned_lobby(server: TestServer, clients: Clients, provider_process: Any,
@@ -345,13 +331,6 @@ async def test_end_to_end_live_captions(server: TestServer, clients: Clients,
     status, body = await api("GET", url + f"api/lobbies/{lobby}/transcript?format=doc", None)
     assert status == 400
 
-
-async def api_text(url: str) -> tuple[int, str]:
-    import aiohttp
-
-    async with aiohttp.ClientSession() as http:
-        async with http.get(url) as r:
-            return r.status, await r.text()
 
 
 async def test_two_speakers_at_once_are_attributed(server: TestServer, clients: Clients,

@@ -9,15 +9,17 @@
 // adds the transceiver; the answerer takes the one the offer creates (a transceiver added
 // before an offer arrives would not be matched to it, and would never be negotiated).
 //
-// Recovery (docs/protocol.md, "Restarting a connection"): a connection that fails, or stays
-// disconnected for RESTART_AFTER, is replaced: either side closes it and offers on a new
+// Recovery (docs/protocol.md, "Restarting a connection"): a connection that fails, stays
+// disconnected for RESTART_AFTER, or has not connected CONNECT_WITHIN after it was made, is
+// replaced: either side closes it and offers on a new
 // RTCPeerConnection (bots can't restart ICE in place, so nobody does). An offer naming another
 // DTLS fingerprint than the connection's remote description is such a new connection, and is
 // answered on a new RTCPeerConnection. Trouble first checks the signaling socket: when the
 // network under us changed, the socket is dead too, and reconnecting restarts every connection.
 
 const RESTART_AFTER = 1500;  // ms a connection may stay "disconnected" before it is replaced
-const MAX_RESTARTS = 2;      // replacements in a row that fail before we give up ("failed")
+const CONNECT_WITHIN = 20000;  // ms a new connection may take to connect before it counts as failed
+const MAX_RESTARTS = 2;      // replacements of a failed connection before we give up ("failed")
 
 // the DTLS fingerprints of an SDP: others in an offer mean a new connection (an ICE restart
 // in place keeps them, and Chromium answers it on the same RTCPeerConnection)
@@ -40,8 +42,9 @@ export class Mesh {
     this.icePolicy = "all";   // or "relay", as the server says
     this.offers = 0;          // offers made or answered: a device switch must make none
     this.restarts = 0;        // connections replaced after trouble (the tests count them)
-    // peer id -> connections in a row that never connected: kept across replacements and
-    // reconnects (a new peer_added), so a pair that can't connect gives up in the end
+    // peer id -> connections to it in a row that failed or were replaced without connecting,
+    // whichever side replaced them: kept across reconnects (a new peer_added), so a pair that
+    // can't connect gives up in the end
     this.attempts = new Map();
     conn.on("peer_added", (d) => this.added(d));
     conn.on("peer_removed", (d) => d.lobby_id === this.lobbyId && this.drop(d.peer_id));
@@ -80,7 +83,7 @@ export class Mesh {
     const sender = offerer
       ? pc.addTransceiver(this.track || "audio", { direction: "sendrecv" }).sender : null;
     const entry = { peerId, pc, sender, makingOffer: false, pendingIce: [], path: null, timer: null,
-                    gaveUp: false };
+                    deadline: null, gaveUp: false, counted: false };
     pc.onicecandidate = ({ candidate }) => {
       this.conn.send("ice", { lobby_id: this.lobbyId, peer_id: peerId,
                               candidate: candidate ? candidate.toJSON() : null });
@@ -88,6 +91,13 @@ export class Mesh {
     pc.ontrack = ({ streams, track }) => this.onStream(peerId, streams[0] || new MediaStream([track]));
     pc.onconnectionstatechange = () => this.changed(peerId, entry);
     pc.oniceconnectionstatechange = () => this.changed(peerId, entry);
+    // ICE may never say "failed" (a side whose offer was rolled back can wait in "checking"
+    // for ever): a connection that has not connected in time is in trouble all the same
+    entry.deadline = setTimeout(() => {
+      if (this.peers.get(peerId) === entry && pc.connectionState !== "connected" && !entry.timer) {
+        this.restart(peerId, entry);
+      }
+    }, CONNECT_WITHIN);
     this.peers.set(peerId, entry);
     this.report(peerId, entry);
     return entry;
@@ -115,6 +125,7 @@ export class Mesh {
     if (s === "connected") {
       this.attempts.delete(peerId);
       entry.gaveUp = false;
+      clearTimeout(entry.deadline);
       clearTimeout(entry.timer);
       entry.timer = null;
       entry.path = await this.selectedPath(entry.pc);
@@ -140,17 +151,25 @@ export class Mesh {
       return;
     }
     if (this.peers.get(peerId) !== entry) return;
-    const attempts = this.attempts.get(peerId) || 0;
-    if (attempts >= MAX_RESTARTS) {
+    const failed = this.failed(peerId, entry);
+    if (failed > MAX_RESTARTS) {
       entry.gaveUp = true;  // until the peer restarts it, or one of us reconnects
       console.debug("mesh: giving up on", peerId);
       this.report(peerId, entry);
       return;
     }
-    this.attempts.set(peerId, attempts + 1);
     this.restarts += 1;
-    console.debug("mesh: replacing the connection to", peerId, "attempt", attempts + 1);
+    console.debug("mesh: replacing the connection to", peerId, "after", failed, "failed");
     await this.offer(peerId, this.create(peerId, true));
+  }
+
+  // counts a connection that failed (once, whichever side replaces it): how many in a row
+  failed(peerId, entry) {
+    if (!entry.counted && entry.pc.connectionState !== "connected") {
+      entry.counted = true;
+      this.attempts.set(peerId, (this.attempts.get(peerId) || 0) + 1);
+    }
+    return this.attempts.get(peerId) || 0;
   }
 
   // the candidate types of the pair a connection uses: {local, remote}, e.g. relay and prflx
@@ -190,6 +209,7 @@ export class Mesh {
       if (collision && !polite) return;          // ours wins; they will answer it
       const current = entry && !collision && entry.pc.remoteDescription;
       if (current && identity(current.sdp) !== identity(description.sdp)) {
+        this.failed(peer_id, entry);  // if it never connected, it counts as a failure
         entry = this.create(peer_id, false);  // they replace it
       }
       if (!entry) entry = this.create(peer_id, false);
@@ -218,6 +238,7 @@ export class Mesh {
     const entry = this.peers.get(peerId);
     if (!entry) return;
     clearTimeout(entry.timer);
+    clearTimeout(entry.deadline);
     entry.pc.close();
     this.peers.delete(peerId);
     if (!replaced) this.onPeerState(peerId, "closed", null);
