@@ -32,10 +32,12 @@ def _top(probs: Mapping[str, float]) -> str:
 class LanguagePolicy:
     stay: float = 0.8  # the first look this sure of a language needs no second
     min_switch_s: float = 1.5  # shorter utterances keep the speaker's language
+    first_sticks: float = 0.5  # a speaker's first final sets their language only this sure
 
     def __post_init__(self) -> None:
-        if not 0.0 <= self.stay <= 1.0:
-            raise ValueError("stay must be within 0..1")
+        for name in ("stay", "first_sticks"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} must be within 0..1")
         if self.min_switch_s < 0:
             raise ValueError("min_switch_s must not be negative")
 
@@ -58,6 +60,11 @@ class LanguagePolicy:
         # a switch is read both ways, and the likelier reading decides: detection alone
         # (even a sure one) sometimes takes an accent for another language
         return (detected,) if spoken in (None, detected) else (detected, spoken)
+
+    def after_final(self, spoken: str | None, language: str, prob: float) -> str | None:
+        """The speaker's language once a final was read in ``language``, which detection gave
+        ``prob``: it sticks, unless it was an unsure first guess."""
+        return None if spoken is None and prob < self.first_sticks else language
 
     def at_a_glance(self, spoken: str | None, probs: Mapping[str, float],
                     audio_s: float) -> str:

@@ -30,6 +30,7 @@ from shared.protocol import ErrorCode, ProtocolError
 
 from .audio import SpeechResampler
 from .inbound import recv_batch
+from .language import LanguagePolicy
 from .plugin import Bot, BotConfig, LobbyAccess, Peer, setting
 from .scheduler import Scheduler
 from .models import listing
@@ -133,10 +134,6 @@ class TranscriberConfig(BotConfig):
         return {"language": {"model": languages}, "task": {"model": tasks}}
 
 
-# a speaker's first final sets their language only if detection was at least this sure
-FIRST_LANGUAGE_PROB = 0.5
-
-
 class TranscriberBot(Bot[TranscriberConfig]):
     kind = "transcriber"
     description = "Live captions: transcribes every speaker with Whisper, interim and final."
@@ -149,6 +146,7 @@ class TranscriberBot(Bot[TranscriberConfig]):
         self.stt_final: STT | None = None
         self.stt_interim: STT | None = None
         self.stt_fallback: STT | None = None
+        self.language_policy = LanguagePolicy()  # which language, with language "auto"
         self.streams: dict[str, SpeakerStream] = {}
         self._monitor: asyncio.Task[None] | None = None
 
@@ -160,9 +158,11 @@ class TranscriberBot(Bot[TranscriberConfig]):
         final_window = "full" if cfg.final_window == "full" else "dynamic"
         self.stt_final = WhisperSTT(model, name=cfg.model, language=cfg.language, task=cfg.task,
                                     beam_size=cfg.beam_size, window=final_window,
-                                    min_window_s=cfg.final_min_window_s)
+                                    min_window_s=cfg.final_min_window_s,
+                                    policy=self.language_policy)
         self.stt_interim = WhisperSTT(model, name=cfg.model, language=cfg.language,
-                                      task=cfg.task, beam_size=1, window="dynamic")
+                                      task=cfg.task, beam_size=1, window="dynamic",
+                                      policy=self.language_policy)
         self.stt_fallback = self.stt_interim if cfg.final_window == "auto" else None
         self.lobby.set_status("live", f"{cfg.model}, listening")
         self._monitor = asyncio.create_task(self._watch_lag())
@@ -364,13 +364,14 @@ class SpeakerStream:
         if future.cancelled() or future.exception() is not None:
             return
         result = future.result()
-        if result is None or not result.text or result.language == self.language:
+        if result is None or not result.text:
             return
-        if self.language is None and result.language_prob < FIRST_LANGUAGE_PROB:
-            return  # an unsure first guess (a word or two) does not stick
-        log.info("%s: speaking %s (was %s; detected with p=%.2f)", self.key, result.language,
-                 self.language, result.language_prob)
-        self.language = result.language  # decided by bots/language.py: it sticks
+        language = self.bot.language_policy.after_final(self.language, result.language,
+                                                        result.language_prob)
+        if language != self.language:
+            log.info("%s: speaking %s (was %s; detected with p=%.2f)", self.key, language,
+                     self.language, result.language_prob)
+            self.language = language
 
     async def _post_final(self, previous: asyncio.Future[None] | None,
                           future: asyncio.Future[Recognition | None], utt: Utterance) -> None:

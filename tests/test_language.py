@@ -65,6 +65,12 @@ def test_the_second_look_reads_a_switch_both_ways() -> None:
     assert POLICY.second_look(None, probs(de=0.3, en=0.2)) == ("de",)
 
 
+def test_a_final_sets_the_speakers_language_unless_an_unsure_first_guess() -> None:
+    assert POLICY.after_final("en", "de", 0.3) == "de"  # the readings decided: it sticks
+    assert POLICY.after_final(None, "es", 0.9) == "es"
+    assert POLICY.after_final(None, "en", 0.24) is None  # "Guten Morgen," read as English
+
+
 def test_interims_take_one_look() -> None:
     assert POLICY.at_a_glance("en", probs(es=0.9), 3.0) == "es"  # sure: show it in Spanish
     assert POLICY.at_a_glance("en", probs(es=0.6, en=0.3), 3.0) == "en"  # unsure: sticky
@@ -186,5 +192,5 @@ def test_the_docs_name_every_setting_and_the_policys_numbers() -> None:
     rows = dict(re.findall(r"^\| `(\w+)` \| `([^`]*)` \|", doc, re.MULTILINE))
     assert rows == {f.name: str(f.default) for f in dataclasses.fields(TranscriberConfig)}
     languages = doc.split("## Languages", 1)[1]
-    for number in (POLICY.stay, POLICY.min_switch_s):
+    for number in (POLICY.stay, POLICY.min_switch_s, POLICY.first_sticks):
         assert f"{number}" in languages, number
