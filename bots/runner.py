@@ -7,7 +7,6 @@ provider. The instance lives until it is stopped or its session is refused.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Callable
 
@@ -115,8 +114,10 @@ class BotRunner(LobbyAccess):
 
     async def _shutdown(self) -> None:
         if self.bot is not None:
-            with contextlib.suppress(Exception):
+            try:
                 await asyncio.wait_for(self.bot.on_stop(), 5)
+            except Exception:  # the plugin's bug, or over 5 s: logged, and the bot still stops
+                log.exception("bot %s (%s): on_stop failed", self.bot_id, self.cls.kind)
         if self.mesh is not None:
             await self.mesh.close()
         await self.client.close(drain=1.0)

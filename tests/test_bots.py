@@ -397,3 +397,22 @@ async def test_outgoing_audio_stays_paced_when_a_source_ends() -> None:
     # silence resumes in real time; a silence clock left running would burst the gap at once
     assert time.monotonic() - started >= 0.35
     out.stop()
+
+
+async def test_a_plugins_on_stop_error_is_logged_and_the_bot_still_stops(
+        caplog: pytest.LogCaptureFixture) -> None:
+    from bots.plugin import Bot
+    from bots.runner import BotRunner
+
+    class Clumsy(Bot):  # type: ignore[type-arg]
+        kind = "clumsy"
+
+        async def on_stop(self) -> None:
+            raise RuntimeError("forgot to open what it closes")
+
+    start = p.BotStart(bot_id="b1", kind="clumsy", lobby_id="l1", token="t", name="Clumsy")
+    runner = BotRunner(start, Clumsy, "http://127.0.0.1:9/", lambda *a: None)
+    runner.bot = Clumsy(runner, Clumsy.Config.parse({}))
+    with caplog.at_level("ERROR", logger="bots.runner"):
+        await runner._shutdown()  # the runner's own clean-up, as after a stop
+    assert "on_stop failed" in caplog.text and "forgot to open" in caplog.text
