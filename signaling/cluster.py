@@ -202,7 +202,9 @@ class Cluster:
                     if msg["type"] != "message":
                         continue
                     await self._applying.wait()
-                    self._handle(msg["data"])
+                    if not self._handle(msg["data"]) and self.on_resync is not None:
+                        # this node's picture may now differ from the others': load it anew
+                        await self.on_resync()
             except asyncio.CancelledError:
                 raise
             except (RedisError, OSError) as exc:
@@ -239,24 +241,27 @@ class Cluster:
                     except Exception:
                         log.exception("could not deliver a forwarded frame")
 
-    def _handle(self, data: str) -> None:
+    def _handle(self, data: str) -> bool:
+        """Applies one published change; False when it could not be applied."""
         change = json.loads(data)
         op = change["op"]
         if op == "marker":
             fut = self._markers.pop(change.get("n", ""), None)
             if fut is not None and not fut.done():
                 fut.set_result(None)
-            return
+            return True
         if change.get("o") == self.node_id:
-            return  # applied already, when it was made
+            return True  # applied already, when it was made
         handler = self.handlers.get(op)
         if handler is None:
             log.warning("no handler for change %r", op)
-            return
+            return True
         try:
             handler(change)
         except Exception:
-            log.exception("could not apply change %r", op)
+            log.exception("could not apply change %r; resynchronising", op)
+            return False
+        return True
 
     async def barrier(self, timeout: float = 10.0) -> None:
         """Returns once every change published before the call has been applied here."""

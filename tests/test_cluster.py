@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import subprocess
 import sys
@@ -13,13 +14,15 @@ from typing import Any
 
 import aiohttp
 import pytest
+from aiohttp.test_utils import TestServer
 
 from shared import protocol as p
 from shared.client import ClientConfig, SignalingClient
+from signaling.hub import HUB
 from signaling.testing import ROOT, RedisServer, ServerProcess, free_port
 
 from .conftest import PROVIDER_KEY, Clients, Inbox
-from .helpers import exchange_audio
+from .helpers import exchange_audio, wait_until
 
 NODE_TTL = 1.5
 
@@ -223,3 +226,22 @@ def test_unreachable_redis_is_a_clear_error(tmp_path: Path) -> None:
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 2
     assert "cannot reach Redis" in out.stderr and "Traceback" not in out.stderr
+
+
+@pytest.mark.backends("redis")
+async def test_a_change_that_cannot_be_applied_resyncs_the_node(server: TestServer) -> None:
+    """Another node's change that this one fails to apply (here: a malformed record) makes it
+    load the whole picture anew, rather than differ from the others from then on."""
+    cluster = server.app[HUB].cluster
+    assert cluster is not None and cluster.on_resync is not None
+    resync, resyncs = cluster.on_resync, []
+
+    async def counted() -> None:
+        resyncs.append(time.monotonic())
+        await resync()
+
+    cluster.on_resync = counted
+    await cluster.redis.publish(cluster.changes_channel, json.dumps({"op": "lobby",
+                                                                     "o": "another-node"}))
+    await wait_until(lambda: resyncs, 10, "a resync")
+    assert server.app[HUB].snapshot is not None  # loaded, and the node goes on
