@@ -141,8 +141,7 @@ class VadConfig:
 class Utterance:
     """A stretch of speech: samples ``[start, end)`` of the speaker's stream, the speech itself
     with the pre- and post-roll Whisper gets around it; the speech alone is
-    ``[speech_start, speech_end)``, to the 32 ms the detector scores (the times a transcript
-    gives)."""
+    ``[speech_start, speech_end)``, to 10 ms (the times a transcript gives)."""
 
     index: int
     start: int
@@ -175,8 +174,10 @@ class Segmenter:
         self.buffer = SampleBuffer(keep)
         self._pending = np.zeros(0, dtype=np.float32)  # samples not yet scored
         self.scored = 0  # absolute index up to which audio has been scored
-        self.speech_start: int | None = None  # where the utterance's audio starts (pre-roll)
-        self.voice_start: int | None = None  # where its speech starts: the first loud chunk
+        # where the current utterance's audio starts (with its pre-roll), and where its speech
+        # starts (Utterance.speech_start: the detector's onset, refined on loudness)
+        self.speech_start: int | None = None
+        self.voice_start: int | None = None
         self._silence_since: int | None = None
         self._offered = False  # a tentative end was offered for the current pause
         self._count = 0
