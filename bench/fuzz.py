@@ -25,7 +25,8 @@ from typing import Any
 import aiohttp
 
 from shared import protocol as p
-from shared.client import ClientConfig, SignalingClient
+from shared.client import SignalingClient
+from shared.config import ClientConfig
 from signaling.testing import ServerProcess
 from signaling.ws import ACCEPTED
 

@@ -39,19 +39,11 @@ import numpy as np
 from whisper_normalizer.basic import BasicTextNormalizer
 from whisper_normalizer.english import EnglishTextNormalizer
 
+from bench.live import KEY, add_bot, live_lobby, providers_ready
+from bench.tables import table
+from bench.transcribe import DATA, pct
 from shared import protocol as p
 from signaling.testing import ProviderProcess, ServerProcess
-
-from .transcribe import (
-    DATA,
-    KEY,
-    add_bot,
-    live_lobby,
-    pct,
-    providers_ready,
-    table,
-    wait_for,
-)
 
 FIXTURE = "multilingual.wav"
 RATE = 16000
@@ -227,12 +219,10 @@ async def live(url: str, path: Path, spoken: Sequence[Sentence], label: str
     async with aiohttp.ClientSession() as http:
         await add_bot(http, url, client.config.token, lobby, "transcriber", model="base",
                       language="auto")
-        await wait_for(lambda: (s := observer.status_of("transcriber")) is not None and
-                       s.status == "live", 120, "the transcriber")
+        await observer.until_live()
         await add_bot(http, url, client.config.token, lobby, "player", "Polly", path=str(path),
                       delay=0.3)
-        await wait_for(lambda: (s := observer.status_of("Polly")) is not None and
-                       s.detail.startswith("finished"), spoken[-1].end + 120, "Polly to finish")
+        await observer.until_finished("Polly", spoken[-1].end + 120)
         await asyncio.sleep(3)  # time for the last final
     await client.close()
     finals: list[p.Transcript] = [t for _, t in sorted(observer.finals, key=lambda f: f[1].start)]

@@ -6,12 +6,13 @@
 
 Relay: N sessions in L lobbies; each sends ICE-sized messages to the next member of its lobby,
 keeping a window in flight (closed loop: the servers run flat out). The same load runs against
-(a) our server, (b) a bare aiohttp WebSocket relay (the framework's ceiling: no sessions,
+(a) our server, (b) a bare aiohttp WebSocket relay (``bench.servers``) (the framework's ceiling: no sessions,
 validation, lobbies or limits) and (c) a python-socketio server doing the same relay.
 Fan-out: chat in lobbies of 2, 8 and 16 members, each member with one message in flight
 (ours stores every chat message durably before delivering it; the baselines only forward).
 
-The load generator runs in processes of its own and speaks raw WebSocket frames: a message is
+The load generator runs in processes of its own and speaks raw WebSocket frames
+(``bench.wsclient``): a message is
 a pre-encoded frame with a fixed-width stamp patched in, and a receiver finds the stamp with a
 byte search instead of parsing JSON. It costs a fraction of what any server spends per
 message. Every row prints the server's and the generators' CPU (from /proc), so a reader can
@@ -25,237 +26,28 @@ import asyncio
 import json
 import math
 import os
-import resource
-import socket
-import subprocess
 import sys
 import tempfile
 import time
-from collections import Counter, defaultdict
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import aiohttp
-from aiohttp import web
 
-from signaling.testing import ROOT, ServerProcess, free_port
+from bench.children import read_line, release, spawn
+from bench.procstats import box_busy, cpu_seconds, raise_fd_limit
+from bench.servers import UNLIMITED, start_baseline, stop_baseline
+from bench.tables import table
+from bench.wsclient import RawSocket, connect_raw, frame, next_json, welcomed
+from signaling.testing import ServerProcess
 
 PAD = "x" * 230  # an ICE candidate is 100-300 bytes
 CANDIDATE = "candidate:1 1 udp 2122260223 192.0.2.1 54321 typ host " + PAD
 STAMP = b"#t"  # then 5 digits of sender index and 16 of perf_counter_ns, then "#"
 CLOCK_WRAP = 10**16
-HEARTBEAT = 15.0  # our server's default; the bare baseline pings as often
-UNLIMITED = {f"VOICEBOT_{k}": "1000000" for k in (
-    "MSG_RATE", "MSG_BURST", "CHAT_RATE", "CHAT_BURST", "CREATE_RATE", "CREATE_BURST",
-    "IP_SESSION_RATE", "IP_SESSION_BURST", "IP_UPGRADE_RATE", "IP_UPGRADE_BURST")}
-
-
-# --- baseline servers -----------------------------------------------------------------------------
-
-
-def serve_bare(port: int) -> None:
-    """The framework's ceiling: relay by id, broadcast by room, nothing else."""
-    raise_fd_limit()
-    peers: dict[str, web.WebSocketResponse] = {}
-    rooms: dict[str, set[str]] = defaultdict(set)
-
-    async def ws(request: web.Request) -> web.WebSocketResponse:
-        me, room = request.query["id"], request.query.get("room", "")
-        sock = web.WebSocketResponse(heartbeat=HEARTBEAT, max_msg_size=1 << 20)
-        await sock.prepare(request)
-        peers[me] = sock
-        rooms[room].add(me)
-        try:
-            async for msg in sock:
-                frame = json.loads(msg.data)
-                if "to" in frame:
-                    target = peers.get(frame["to"])
-                    if target is not None:
-                        await target.send_str(msg.data)
-                else:
-                    for member in list(rooms[room]):
-                        await peers[member].send_str(msg.data)
-        finally:
-            peers.pop(me, None)
-            rooms[room].discard(me)
-        return sock
-
-    app = web.Application()
-    app.router.add_get("/ws", ws)
-    web.run_app(app, host="127.0.0.1", port=port, print=None)
-
-
-def serve_socketio(port: int) -> None:
-    import socketio
-
-    sio = socketio.AsyncServer(async_mode="aiohttp", logger=False, engineio_logger=False,
-                               max_http_buffer_size=1 << 20)
-    sids: dict[str, str] = {}
-
-    @sio.event
-    async def hello(sid: str, data: dict[str, str]) -> None:
-        sids[data["id"]] = sid
-        await sio.enter_room(sid, data["room"])
-        await sio.emit("ready", {}, to=sid)
-
-    @sio.event
-    async def relay(sid: str, data: dict[str, Any]) -> None:
-        target = sids.get(data["to"])
-        if target is not None:
-            await sio.emit("relay", data, to=target)
-
-    @sio.event
-    async def chat(sid: str, data: dict[str, Any]) -> None:
-        await sio.emit("chat", data, room=data["room"])
-
-    app = web.Application()
-    sio.attach(app)
-    web.run_app(app, host="127.0.0.1", port=port, print=None)
-
-
-# --- a raw WebSocket client: what lets one generator core outrun a server core --------------------
-
-# one key for every handshake: the server only checks that it is 16 bytes of base64
-HANDSHAKE = ("GET {path} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-             "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
-TextHandler = Callable[["RawSocket", bytearray, int, int], None]
-
-
-def frame(payload: bytes, opcode: int = 1) -> bytes:
-    """A client frame. The mask key is zero, so the payload goes out as it is: no XOR pass."""
-    n = len(payload)
-    if n < 126:
-        head = bytes((0x80 | opcode, 0x80 | n))
-    elif n < 1 << 16:
-        head = bytes((0x80 | opcode, 0x80 | 126)) + n.to_bytes(2, "big")
-    else:
-        head = bytes((0x80 | opcode, 0x80 | 127)) + n.to_bytes(8, "big")
-    return head + b"\0\0\0\0" + payload
-
-
-class RawSocket(asyncio.Protocol):
-    """A WebSocket client with nothing on top. ``on_text(sock, buf, lo, hi)`` sees each text
-    frame's payload as ``buf[lo:hi]`` without a copy; by default frames go to ``inbox``."""
-
-    def __init__(self) -> None:
-        self.transport: asyncio.Transport | None = None
-        self.buf = bytearray()
-        self.upgraded: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self.inbox: asyncio.Queue[bytes] = asyncio.Queue()
-        self.on_text: TextHandler = self._to_inbox
-        self.on_ping: Callable[[RawSocket], None] | None = None
-
-    @staticmethod
-    def _to_inbox(sock: RawSocket, buf: bytearray, lo: int, hi: int) -> None:
-        sock.inbox.put_nowait(bytes(buf[lo:hi]))
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if not self.upgraded.done():
-            self.upgraded.set_exception(ConnectionError("closed during the handshake"))
-        if not self.closed.done():
-            self.closed.set_result(None)
-
-    def send(self, data: bytes) -> None:
-        """Sends an already-framed message (see ``frame``)."""
-        assert self.transport is not None
-        self.transport.write(data)
-
-    def data_received(self, data: bytes) -> None:
-        buf = self.buf
-        buf += data
-        if not self.upgraded.done():
-            end = buf.find(b"\r\n\r\n")
-            if end < 0:
-                return
-            status = bytes(buf[:buf.find(b"\r\n")])
-            del buf[:end + 4]
-            if b" 101 " not in status:
-                self.upgraded.set_exception(ConnectionError(status.decode(errors="replace")))
-                return
-            self.upgraded.set_result(None)
-        pos, n = 0, len(buf)
-        while n - pos >= 2:
-            length, head = buf[pos + 1] & 0x7F, 2  # server frames are never masked
-            if length == 126:
-                if n - pos < 4:
-                    break
-                length, head = int.from_bytes(buf[pos + 2:pos + 4], "big"), 4
-            elif length == 127:
-                if n - pos < 10:
-                    break
-                length, head = int.from_bytes(buf[pos + 2:pos + 10], "big"), 10
-            end = pos + head + length
-            if end > n:
-                break
-            opcode = buf[pos] & 0x0F
-            if opcode == 1:
-                self.on_text(self, buf, pos + head, end)
-            elif opcode == 9:  # the server's heartbeat: a pong keeps the socket open
-                self.send(frame(bytes(buf[pos + head:end]), 0xA))
-            elif opcode == 8 and self.transport is not None:
-                self.transport.close()
-            pos = end
-        if pos:
-            del buf[:pos]
-
-
-async def connect_raw(url: str, path: str) -> RawSocket:
-    """Opens ``path`` on the server at ``url`` (http://host:port/) as a raw WebSocket."""
-    parts = urlsplit(url)
-    assert parts.hostname is not None and parts.port is not None
-    loop = asyncio.get_running_loop()
-    _, sock = await loop.create_connection(RawSocket, parts.hostname, parts.port)
-    sock.send(HANDSHAKE.format(path=path, host=parts.netloc).encode())
-    await asyncio.wait_for(asyncio.shield(sock.upgraded), 30)
-    return sock
-
-
-async def next_json(sock: RawSocket, until: Callable[[Any], bool], timeout: float = 30) -> Any:
-    """The next frame (JSON, during setup only) that ``until`` accepts; others are skipped."""
-    deadline = time.monotonic() + timeout
-    while True:
-        data = await asyncio.wait_for(sock.inbox.get(), max(0.01, deadline - time.monotonic()))
-        msg = json.loads(data)
-        if until(msg):
-            return msg
-
-
-def raise_fd_limit(want: int = 1 << 20) -> int:
-    """Raises the soft limit on open files as far as the hard limit allows; returns it."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    target = want if hard == resource.RLIM_INFINITY else min(want, hard)
-    if target > soft:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-    return max(soft, target)
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU of a process, all its threads, from /proc."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def box_busy() -> tuple[float, float]:
-    """(busy, total) CPU seconds of the whole machine so far, every core, from /proc/stat."""
-    ticks = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    idle = ticks[3] + ticks[4]  # idle + iowait
-    hz = os.sysconf("SC_CLK_TCK")
-    return (sum(ticks[:8]) - idle) / hz, sum(ticks[:8]) / hz
-
-
-def rss_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise RuntimeError(f"no VmRSS for {pid}")
 
 
 # --- the three dialects: set up a lobby's sessions and each one's frame template ------------------
@@ -296,8 +88,7 @@ async def setup_ours(url: str, http: aiohttp.ClientSession, lobby: int, indices:
     for rank, index in enumerate(indices):
         async with http.post(f"{url}api/sessions") as resp:
             created = await resp.json()
-        sock = await connect_raw(url, f"{urlsplit(url).path}ws?token={created['token']}")
-        await next_json(sock, lambda m: m.get("type") == "welcome")
+        sock = await welcomed(url, created["token"])
         name = {"type": "set_name", "id": "n", "data": {"name": f"{tag} {index}"}}
         sock.send(frame(json.dumps(name).encode()))
         reply = await next_json(sock, lambda m: m.get("id") == "n")
@@ -321,19 +112,26 @@ async def setup_ours(url: str, http: aiohttp.ClientSession, lobby: int, indices:
     return members
 
 
+def baseline_template(m: Member, mode: str, room: str, target: str,
+                      encode: Callable[[str, dict[str, Any]], str]) -> None:
+    """A baseline's message: the same JSON body as ours (and, relayed, the target to find in
+    it), which ``encode(event, body)`` puts in the dialect's envelope."""
+    if mode == "relay":
+        template(m, lambda marker: encode("relay", {"to": target, "lobby_id": room,
+                                                    "candidate": candidate(marker)}))
+    else:
+        template(m, lambda marker: encode("chat", {"room": room,
+                                                   "text": f"{marker} {PAD[:100]}"}))
+
+
 async def setup_bare(url: str, http: aiohttp.ClientSession, lobby: int, indices: list[int],
                      tag: str, mode: str) -> list[Member]:
     members = []
     room = f"{tag}-{lobby}"
     for rank, index in enumerate(indices):
         m = Member(index, await connect_raw(url, f"/ws?id={index}&room={room}"))
-        target = str(indices[(rank + 1) % len(indices)])
-        if mode == "relay":  # the same JSON body as ours, and the target to find in it
-            template(m, lambda marker, target=target: json.dumps(
-                {"to": target, "lobby_id": room, "candidate": candidate(marker)}))
-        else:
-            template(m, lambda marker: json.dumps({"room": room,
-                                                   "text": f"{marker} {PAD[:100]}"}))
+        baseline_template(m, mode, room, str(indices[(rank + 1) % len(indices)]),
+                          lambda event, body: json.dumps(body))
         members.append(m)
     return members
 
@@ -342,7 +140,7 @@ async def setup_sio(url: str, http: aiohttp.ClientSession, lobby: int, indices: 
                     tag: str, mode: str) -> list[Member]:
     members = []
     room = f"{tag}-{lobby}"
-    for rank, index in enumerate(indices):
+    for index in indices:
         sock = await connect_raw(url, "/socket.io/?EIO=4&transport=websocket")
         sock.on_ping = lambda s: s.send(frame(b"3"))  # engine.io's ping is a text "2"
         await asyncio.wait_for(sock.inbox.get(), 30)  # "0{sid, pingInterval…}": engine.io open
@@ -351,15 +149,10 @@ async def setup_sio(url: str, http: aiohttp.ClientSession, lobby: int, indices: 
         sock.send(frame(b"42" + json.dumps(["hello", {"id": str(index), "room": room}]).encode()))
         while not (await asyncio.wait_for(sock.inbox.get(), 30)).startswith(b'42["ready"'):
             pass
-        m = Member(index, sock)
-        target = str(indices[(rank + 1) % len(indices)])
-        if mode == "relay":
-            template(m, lambda marker, target=target: "42" + json.dumps(["relay", {
-                "to": target, "lobby_id": room, "candidate": candidate(marker)}]))
-        else:
-            template(m, lambda marker: "42" + json.dumps(["chat", {
-                "room": room, "text": f"{marker} {PAD[:100]}"}]))
-        members.append(m)
+        members.append(Member(index, sock))
+    for rank, m in enumerate(members):  # socket.io's events: "42" and [event, body]
+        baseline_template(m, mode, room, str(indices[(rank + 1) % len(indices)]),
+                          lambda event, body: "42" + json.dumps([event, body]))
     return members
 
 
@@ -502,15 +295,10 @@ async def run_load(kind: str, url: str, server_pid: int, mode: str, lobbies: int
     for share in shares:
         spec = json.dumps({"kind": kind, "url": url, "mode": mode, "window": window, "tag": tag,
                            "lobbies": share})
-        children.append(await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "bench.relay", "--generate", spec, cwd=ROOT,
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE))
+        children.append(await spawn("bench.relay", "--generate", spec))
     try:
         for child in children:
-            assert child.stdout is not None
-            line = await asyncio.wait_for(child.stdout.readline(), 60 + lobbies * size)
-            if line.strip() != b"ready":
-                raise RuntimeError(f"generator failed: {await child_error(child)}")
+            await read_line(child, "generator", 60 + lobbies * size, b"ready")
         t0 = time.monotonic() + 0.2
         t1 = t0 + min(1.0, seconds / 2)  # the window fills and every socket has spoken
         t2 = t1 + seconds
@@ -526,53 +314,15 @@ async def run_load(kind: str, url: str, server_pid: int, mode: str, lobbies: int
         hist: Counter[int] = Counter()
         delivered = 0
         for child in children:
-            assert child.stdout is not None
-            line = await asyncio.wait_for(child.stdout.readline(), 60)
-            if not line:
-                raise RuntimeError(f"generator failed: {await child_error(child)}")
-            tally = json.loads(line)
+            tally = json.loads(await read_line(child, "generator", 60))
             delivered += tally["delivered"]
             hist.update({int(k): v for k, v in tally["hist"].items()})
     finally:
-        for child in children:
-            if child.stdin is not None:
-                child.stdin.close()
-        for child in children:
-            try:
-                await asyncio.wait_for(child.wait(), 10)
-            except asyncio.TimeoutError:
-                child.kill()
-                await child.wait()
+        await release(children, 10)
     used = [(b - a) / (w1 - w0) for a, b in zip(cpu0, cpu1)]
     box = (box1[0] - box0[0]) / (box1[1] - box0[1]) * (os.cpu_count() or 1)
     return LoadResult(delivered / (t2 - t1), percentile_ms(hist, 0.5), percentile_ms(hist, 0.99),
                       used[0], used[1:], box)
-
-
-async def child_error(child: asyncio.subprocess.Process) -> str:
-    assert child.stderr is not None
-    child.kill()
-    return (await child.stderr.read()).decode(errors="replace")[-2000:]
-
-
-def start_baseline(flag: str) -> tuple[subprocess.Popen[bytes], str]:
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "bench.relay", flag, str(port)], cwd=ROOT,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}/"
-    for _ in range(200):
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return proc, url
-        except OSError:
-            time.sleep(0.1)
-    proc.kill()
-    raise RuntimeError(f"{flag} did not start")
-
-
-def table(rows: list[list[str]]) -> str:
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
 
 
 def pct(x: float) -> str:
@@ -644,16 +394,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3, help="relay runs per server")
     parser.add_argument("--window", type=int, default=4)
     parser.add_argument("--generators", type=int, default=2, help="load-generator processes")
-    parser.add_argument("--serve-bare", type=int, help=argparse.SUPPRESS)
-    parser.add_argument("--serve-sio", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--generate", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    if args.serve_bare:
-        serve_bare(args.serve_bare)
-        return 0
-    if args.serve_sio:
-        serve_socketio(args.serve_sio)
-        return 0
     if args.generate:
         raw = json.loads(args.generate)
         raw["lobbies"] = {int(k): v for k, v in raw["lobbies"].items()}
@@ -669,8 +411,8 @@ def main(argv: list[str] | None = None) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="bench-relay-"))
     ours = ServerProcess(workdir / "data", **UNLIMITED)
     ours.start()
-    bare, bare_url = start_baseline("--serve-bare")
-    sio, sio_url = start_baseline("--serve-sio")
+    bare, bare_url = start_baseline("bare")
+    sio, sio_url = start_baseline("sio")
     try:
         assert ours.proc is not None
         urls = {"ours": (ours.url, ours.proc.pid), "bare": (bare_url, bare.pid),
@@ -680,8 +422,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         ours.stop()
         for proc in (bare, sio):
-            proc.terminate()
-            proc.wait(10)
+            stop_baseline(proc)
     return 0
 
 

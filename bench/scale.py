@@ -11,7 +11,7 @@ measured in the same run: what a socket costs in the framework before any state 
 Reported per server: creation and connection rates (``concurrency`` at a time), resident
 memory before and after (/proc VmRSS) and per session, the server's CPU while the sessions sit
 idle for a heartbeat period (pings and expiry sweeps), and how many are still connected then.
-The clients are a separate process speaking raw WebSocket frames (see ``bench.relay``), so
+The clients are a separate process speaking raw WebSocket frames (``bench.wsclient``), so
 10 000 of them fit in one process; both processes raise their open-file limit.
 """
 
@@ -21,7 +21,6 @@ import argparse
 import asyncio
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -31,9 +30,12 @@ from typing import Any
 
 import aiohttp
 
-from bench.relay import (HEARTBEAT, UNLIMITED, RawSocket, connect_raw, cpu_seconds, next_json,
-                         raise_fd_limit, rss_kib, start_baseline, table)
-from signaling.testing import ROOT, ServerProcess
+from bench.children import read_line, spawn
+from bench.procstats import cpu_seconds, raise_fd_limit, rss_kib
+from bench.servers import HEARTBEAT, UNLIMITED, start_baseline, stop_baseline
+from bench.tables import table
+from bench.wsclient import RawSocket, connect_raw, welcomed
+from signaling.testing import ServerProcess
 
 TARGET_KIB = 30
 
@@ -68,8 +70,7 @@ async def hold(kind: str, url: str, n: int, concurrency: int) -> None:
     async def connect(i: int) -> None:
         async with gate:
             if kind == "ours":
-                sock = await connect_raw(url, f"/ws?token={tokens[i]}")
-                await next_json(sock, lambda m: m.get("type") == "welcome")
+                sock = await welcomed(url, tokens[i])
                 sock.on_text = lambda *_: None  # idle from here on: drop what comes
             else:
                 sock = await connect_raw(url, f"/ws?id={i}&room=idle")
@@ -109,19 +110,12 @@ async def measure(kind: str, url: str, pid: int, n: int, concurrency: int,
                   idle_s: float) -> ScaleResult:
     await asyncio.sleep(1.0)  # let the fresh server settle before the baseline reading
     rss_before = rss_kib(pid)
-    child = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "bench.scale", "--hold", kind, url, str(n), str(concurrency),
-        cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    assert child.stdin is not None and child.stdout is not None and child.stderr is not None
+    child = await spawn("bench.scale", "--hold", kind, url, str(n), str(concurrency))
+    assert child.stdin is not None and child.stdout is not None
     try:
         phases: dict[str, float] = {}
         while "connected" not in phases:
-            line = await asyncio.wait_for(child.stdout.readline(), 120 + n / 20)
-            if not line:
-                child.kill()
-                err = (await child.stderr.read()).decode(errors="replace")
-                raise RuntimeError(f"clients failed: {err[-2000:]}")
-            msg = json.loads(line)
+            msg = json.loads(await read_line(child, "clients", 120 + n / 20))
             phases[msg["phase"]] = msg["seconds"]
         # idle: a heartbeat period, so every socket has been pinged (and answered) once
         cpu0, t0 = cpu_seconds(pid), time.monotonic()
@@ -169,13 +163,12 @@ def main(argv: list[str] | None = None) -> int:
                                               args.concurrency, idle))
     finally:
         ours.stop()
-    bare, bare_url = start_baseline("--serve-bare")
+    bare, bare_url = start_baseline("bare")
     try:
         results["bare aiohttp"] = asyncio.run(measure("bare", bare_url, bare.pid, n,
                                                       args.concurrency, idle))
     finally:
-        bare.terminate()
-        bare.wait(10)
+        stop_baseline(bare)
 
     rows = [["server", "created/s", "connected/s", "joined/s", "RSS before MiB",
              "RSS after MiB", "KiB/session", "idle CPU", "still open"]]

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import re
 import shutil
 import statistics
@@ -34,7 +33,7 @@ import subprocess
 import tempfile
 import time
 import wave
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -43,13 +42,13 @@ import jiwer
 import numpy as np
 from whisper_normalizer.english import EnglishTextNormalizer
 
-from shared import protocol as p
-from shared.client import ClientConfig, SignalingClient
+from bench.live import KEY, add_bot, live_lobby, providers_ready, remove_bot, wait_for
+from bench.procstats import cpu_seconds
+from bench.tables import table
 from signaling.testing import ROOT, ProviderProcess, ServerProcess
 
 DATA = ROOT / "tests" / "data"
 HARD = "english_hard.wav"  # the model-comparison fixture (tests/test_models.py)
-KEY = "bench-provider-key"
 _normalize = EnglishTextNormalizer()
 
 HELD_OUT = [
@@ -245,83 +244,6 @@ def installed_models(names: list[str]) -> list[str]:
 # --- (b) and (d): live ---------------------------------------------------------------------------
 
 
-@dataclass
-class Observer:
-    """A lobby member that records transcripts and statuses as they arrive."""
-
-    finals: list[tuple[float, p.Transcript]] = field(default_factory=list)
-    first_interim: dict[str, float] = field(default_factory=dict)
-    statuses: list[p.BotStatus] = field(default_factory=list)
-
-    def attach(self, client: SignalingClient) -> None:
-        client.on(p.MessageType.TRANSCRIPT, self._transcript)
-        client.on(p.MessageType.BOT_STATUS, self.statuses.append)
-
-    def _transcript(self, msg: p.Message) -> None:
-        assert isinstance(msg, p.Transcript)
-        now = time.time()
-        if msg.final:
-            self.finals.append((now, msg))
-        elif msg.text:
-            self.first_interim.setdefault(msg.segment_id, now)
-
-    def ttfs(self) -> list[float]:
-        return [at - t.end for at, t in self.finals]
-
-    def interim_delays(self) -> list[float]:
-        starts = {t.segment_id: t.start for _, t in self.finals}
-        return [at - starts[seg] for seg, at in self.first_interim.items() if seg in starts]
-
-    def status_of(self, name: str) -> p.BotStatus | None:
-        """The latest status of the bot called ``name`` or of kind ``name``."""
-        return next((s for s in reversed(self.statuses) if name in (s.name, s.kind)), None)
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-async def add_bot(http: aiohttp.ClientSession, url: str, token: str, lobby: str, kind: str,
-                  name: str | None = None, **config: Any) -> dict[str, Any]:
-    async with http.post(f"{url}api/lobbies/{lobby}/bots", json={
-            "kind": kind, "name": name, "config": config},
-            headers={"Authorization": f"Bearer {token}"}) as r:
-        body = await r.json()
-        if r.status != 201:
-            raise RuntimeError(f"adding {kind}: {body}")
-        return body
-
-
-async def wait_for(predicate: Any, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.05)
-
-
-async def providers_ready(url: str, kinds: set[str], timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    async with aiohttp.ClientSession() as http:
-        while time.monotonic() < deadline:
-            async with http.get(url + "api/bots") as r:
-                if kinds <= {k["kind"] for k in (await r.json())["kinds"]}:
-                    return
-            await asyncio.sleep(0.2)
-    raise TimeoutError(f"providers for {kinds} did not register")
-
-
-async def live_lobby(url: str, name: str) -> tuple[SignalingClient, Observer, str]:
-    client = SignalingClient(ClientConfig(url=url, name=f"Observer {name}"))
-    observer = Observer()
-    observer.attach(client)
-    await client.start(wait=20)
-    await client.set_name(f"Observer {name}")
-    lobby = (await client.join(lobby_name=name)).lobby.id
-    return client, observer, lobby
-
-
 async def live(url: str, clips: list[Clip], transcriber_pid: int, model: str = "tiny.en",
                lobby_name: str = "live") -> dict[str, Any]:
     client, observer, lobby = await live_lobby(url, lobby_name)  # a new one: no history
@@ -329,25 +251,19 @@ async def live(url: str, clips: list[Clip], transcriber_pid: int, model: str = "
     async with aiohttp.ClientSession() as http:
         transcriber = await add_bot(http, url, client.config.token, lobby, "transcriber",
                                     model=model)
-        await wait_for(lambda: (s := observer.status_of("transcriber")) is not None and
-                       s.status == "live", 120, "the transcriber")
+        await observer.until_live()
         cpu0, audio_s = cpu_seconds(transcriber_pid), 0.0
         for i, clip in enumerate(clips):
             name = f"Speaker {i + 1}"
             bot = await add_bot(http, url, client.config.token, lobby, "player", name,
                                 path=str(clip.path), delay=0.3)
-            await wait_for(lambda: (s := observer.status_of(name)) is not None and
-                           s.detail.startswith("finished"), duration(clip.path) + 120,
-                           f"{name} to finish")
+            await observer.until_finished(name, duration(clip.path) + 120)
             await asyncio.sleep(1.5)  # time for the last final
-            async with http.delete(f"{url}api/lobbies/{lobby}/bots/{bot['bot_id']}",
-                                   headers={"Authorization": f"Bearer {client.config.token}"}):
-                pass
+            await remove_bot(http, url, client.config.token, lobby, bot)
             audio_s += duration(clip.path)
         cpu = cpu_seconds(transcriber_pid) - cpu0
-        async with http.delete(f"{url}api/lobbies/{lobby}/bots/{transcriber['bot_id']}",
-                               headers={"Authorization": f"Bearer {client.config.token}"}):
-            pass  # the next measurement starts from a quiet provider
+        # the next measurement starts from a quiet provider
+        await remove_bot(http, url, client.config.token, lobby, transcriber)
     await client.close()
     refs = [u for c in clips for u in c.utterances]
     hyps = [t.text for _, t in sorted(observer.finals, key=lambda f: f[1].start)]
@@ -366,8 +282,7 @@ async def sweep(url: str, clips: list[Clip], speakers: int, seconds: float) -> d
     assert client.config.token is not None
     async with aiohttp.ClientSession() as http:
         bots = [await add_bot(http, url, client.config.token, lobby, "transcriber")]
-        await wait_for(lambda: (s := observer.status_of("transcriber")) is not None and
-                       s.status == "live", 120, "the transcriber")
+        await observer.until_live()
         names = [f"Talker {speakers}-{i + 1}" for i in range(speakers)]  # unique per step
         for i, name in enumerate(names):
             bots.append(await add_bot(http, url, client.config.token, lobby, "player", name,
@@ -375,8 +290,8 @@ async def sweep(url: str, clips: list[Clip], speakers: int, seconds: float) -> d
                                       delay=0.3))
         # the clock starts once everyone is talking (connecting 6 peers takes a while)
         def talking() -> int:
-            return sum((s := observer.status_of(name)) is not None and
-                       s.detail.startswith("playing") for name in names)
+            return sum(observer.has_status(name, lambda s: s.detail.startswith("playing"))
+                       for name in names)
         try:
             await wait_for(lambda: talking() == speakers, 60, "every talker to start")
         except TimeoutError:
@@ -388,9 +303,7 @@ async def sweep(url: str, clips: list[Clip], speakers: int, seconds: float) -> d
         skipped = max([int(m.group(1)) for s in observer.statuses
                        if (m := re.search(r"; (\d+) utterance", s.detail))], default=0)
         for bot in bots:  # the next step starts from a quiet machine
-            async with http.delete(f"{url}api/lobbies/{lobby}/bots/{bot['bot_id']}",
-                                   headers={"Authorization": f"Bearer {client.config.token}"}):
-                pass
+            await remove_bot(http, url, client.config.token, lobby, bot)
     await client.close()
     ttfs = observer.ttfs()
     per_speaker = {}
@@ -418,11 +331,6 @@ async def compare_models(url: str, names: list[str], fixtures: list[Clip],
                      f"{on_air['ttfs_p50']:.3f}", f"{on_air['ttfs_p95']:.3f}",
                      f"{on_air['cpu_per_stream']:.3f}"])
     return rows
-
-
-def table(rows: list[list[str]]) -> str:
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows)
 
 
 async def main_async(args: argparse.Namespace) -> int:

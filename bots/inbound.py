@@ -19,12 +19,14 @@ import asyncio
 import collections
 import logging
 import threading
-from typing import Any
+from typing import Any, cast
 
 import av
 from aiortc import MediaStreamTrack, RTCRtpReceiver
 from aiortc.codecs import get_decoder
 from aiortc.mediastreams import MediaStreamError
+
+from shared.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -137,12 +139,18 @@ class InboundAudio(MediaStreamTrack):
             self._pump.cancel()
         self._wake()  # a recv() in progress sees the end
 
+    async def close(self) -> None:
+        """Stops the track and waits for the pump to end (``stop`` can't: it is synchronous,
+        as aiortc's tracks are)."""
+        self.stop()
+        await cancel_and_wait(self._pump)
+
     async def _run(self, source: MediaStreamTrack) -> None:
         try:
             while True:
                 self.push(await source.recv())
-        except (MediaStreamError, asyncio.CancelledError):
-            pass
+        except MediaStreamError:
+            pass  # the source ended; a cancellation (stop) goes on up, past the end pushed here
         finally:
             self.push(None)
 
@@ -152,7 +160,8 @@ async def recv_batch(track: MediaStreamTrack) -> list[av.AudioFrame]:
     other track (a bot under ``bots.testing`` reads the tracks it is given directly)."""
     if isinstance(track, InboundAudio):
         return await track.recv_batch()
-    return [await track.recv()]  # type: ignore[list-item]
+    # aiortc types recv() as any media (a Frame or a Packet); audio tracks give AudioFrames
+    return [cast(av.AudioFrame, await track.recv())]
 
 
 class _LoopDecoder:

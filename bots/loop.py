@@ -14,11 +14,10 @@ import selectors
 import time
 from typing import Any
 
-
 POLL_INTERVAL = 0.04  # a bot provider's default: 2 packets a stream per wake-up
 
 
-class CoalescingSelector(selectors.DefaultSelector):  # type: ignore[misc,valid-type]
+class CoalescingSelector(selectors.DefaultSelector):
     """The platform's selector, except that a blocking ``select`` comes back no sooner than
     ``poll_interval`` after the previous one (or the timeout, if that is sooner)."""
 

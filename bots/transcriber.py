@@ -6,7 +6,8 @@ spare capacity); when they pause, the final. A pause starts a speculative final 
 final is usually ready when the silence has confirmed the end of the utterance.
 
 The model is loaded once per provider process and shared by every lobby and speaker, and so is
-the scheduler's worker pool (``VOICEBOT_STT_WORKERS`` threads, 1 by default).
+the scheduler's worker pool (``VOICEBOT_STT_WORKERS`` threads, 1 by default): the first
+transcriber of the process makes it, the last one to stop closes it.
 """
 
 from __future__ import annotations
@@ -15,11 +16,9 @@ import asyncio
 import bisect
 import collections
 import logging
-import os
-import threading
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 from aiortc import MediaStreamTrack
@@ -27,30 +26,18 @@ from aiortc.mediastreams import MediaStreamError
 
 from shared import protocol as p
 from shared.protocol import ErrorCode, ProtocolError
+from shared.tasks import TaskSet
 
 from .audio import SpeechResampler
 from .inbound import recv_batch
 from .language import LanguagePolicy
+from .models import listing
 from .plugin import Bot, BotConfig, LobbyAccess, Peer, setting
 from .scheduler import Scheduler
-from .models import listing
 from .stt import LANGUAGES, STT, Recognition, WhisperSTT, load_whisper
 from .vad import Segmenter, Utterance, VadConfig
 
 log = logging.getLogger(__name__)
-
-_scheduler: Scheduler | None = None
-_scheduler_lock = threading.Lock()
-
-
-def shared_scheduler() -> Scheduler:
-    global _scheduler
-    with _scheduler_lock:
-        if _scheduler is None:
-            _scheduler = Scheduler(workers=int(os.environ.get("VOICEBOT_STT_WORKERS", "1")),
-                                   max_lag=float(os.environ.get("VOICEBOT_STT_MAX_LAG", "8")))
-        return _scheduler
-
 
 # what CTranslate2 accepts on a CPU or a GPU
 COMPUTE_TYPES = ("int8", "int8_float32", "int8_float16", "int8_bfloat16", "int16", "float16",
@@ -140,15 +127,42 @@ class TranscriberBot(Bot[TranscriberConfig]):
     Config = TranscriberConfig
     receive_batch = 5  # 100 ms: well within the time to a final, and less CPU per speaker
 
-    def __init__(self, lobby: LobbyAccess, config: TranscriberConfig) -> None:
+    # the process's worker pool, shared by every lobby's transcriber (they share the CPU too),
+    # and how many transcribers use it: the first makes it, the last to stop closes it
+    _pool: ClassVar[Scheduler | None] = None
+    _pool_users: ClassVar[int] = 0
+
+    def __init__(self, lobby: LobbyAccess, config: TranscriberConfig,
+                 scheduler: Scheduler | None = None) -> None:
+        """``scheduler``: a pool of one's own (its maker closes it); by default the
+        process's, made from the environment (``Scheduler.from_env``) when first needed."""
         super().__init__(lobby, config)
-        self.scheduler = shared_scheduler()
+        self._shares_pool = scheduler is None
+        self.scheduler = scheduler or self._join_pool()
         self.stt_final: STT | None = None
         self.stt_interim: STT | None = None
         self.stt_fallback: STT | None = None
         self.language_policy = LanguagePolicy()  # which language, with language "auto"
         self.streams: dict[str, SpeakerStream] = {}
-        self._monitor: asyncio.Task[None] | None = None
+        # the lag monitor, and transcripts on their way: cancelled and awaited on stop
+        self.tasks = TaskSet(log, "a transcriber's task")
+
+    @staticmethod
+    def _join_pool() -> Scheduler:
+        # TranscriberBot's own attributes, never a subclass's: one pool per process
+        if TranscriberBot._pool is None:
+            TranscriberBot._pool = Scheduler.from_env()
+        TranscriberBot._pool_users += 1
+        return TranscriberBot._pool
+
+    async def _leave_pool(self) -> None:
+        if not self._shares_pool:
+            return
+        self._shares_pool = False  # once, however often on_stop is called
+        TranscriberBot._pool_users -= 1
+        if TranscriberBot._pool_users == 0 and TranscriberBot._pool is self.scheduler:
+            TranscriberBot._pool = None  # the next transcriber makes a new one
+            await self.scheduler.close()
 
     async def on_joined(self) -> None:
         cfg = self.config
@@ -165,7 +179,7 @@ class TranscriberBot(Bot[TranscriberConfig]):
                                       policy=self.language_policy)
         self.stt_fallback = self.stt_interim if cfg.final_window == "auto" else None
         self.lobby.set_status("live", f"{cfg.model}, listening")
-        self._monitor = asyncio.create_task(self._watch_lag())
+        self.tasks.spawn(self._watch_lag())
 
     async def on_track(self, peer: Peer, track: MediaStreamTrack) -> None:
         if self.stt_final is None or self.stt_interim is None:
@@ -183,11 +197,14 @@ class TranscriberBot(Bot[TranscriberConfig]):
             stream.stop()
 
     async def on_stop(self) -> None:
-        if self._monitor is not None:
-            self._monitor.cancel()
         for stream in list(self.streams.values()):
             stream.stop()
         self.streams.clear()
+        # one turn of the loop for what stop() just queued (interims taken off the screen): a
+        # task's first step posts it; then the rest ends (finals not yet recognized go unposted)
+        await asyncio.sleep(0)
+        await self.tasks.close()
+        await self._leave_pool()
 
     async def _watch_lag(self) -> None:
         lagging = False
@@ -233,7 +250,7 @@ class SpeakerStream:
         self._last_interim_at = 0.0
         self._shown: dict[int, str] = {}  # utterance index -> interim text on screen
         self._speculative: tuple[tuple[int, int, int], asyncio.Future[Recognition | None]] | None = None
-        self._posting: asyncio.Future[None] | None = None
+        self._post_order = asyncio.Lock()  # FIFO: a speaker's finals are posted in order
         self._task: asyncio.Task[None] | None = None
         self._closed = False
         # (sample index, wall clock, monotonic clock) when the audio up to that index arrived,
@@ -347,8 +364,7 @@ class SpeakerStream:
             future = self._submit_final(utt)
         self._speculative = None
         future.add_done_callback(self._learn_language)  # not from a speculation that missed
-        previous = self._posting
-        self._posting = asyncio.ensure_future(self._post_final(previous, future, utt))
+        self.bot.tasks.spawn(self._post_final(future, utt))
 
     def _submit_final(self, utt: Utterance) -> asyncio.Future[Recognition | None]:
         assert self.bot.stt_final is not None
@@ -373,31 +389,31 @@ class SpeakerStream:
                      self.language, result.language_prob)
             self.language = language
 
-    async def _post_final(self, previous: asyncio.Future[None] | None,
-                          future: asyncio.Future[Recognition | None], utt: Utterance) -> None:
-        if previous is not None:  # finals of one speaker are posted in order
-            await asyncio.wait([previous])  # whatever became of it; our own cancel still ends us
-        try:
-            result = await future
-        except asyncio.CancelledError:
-            task = asyncio.current_task()
-            if future.cancelled() and task is not None and not task.cancelling():
-                return  # the recognition was dropped (the speaker left): nothing to post
-            raise
-        except Exception:
-            log.exception("recognition failed for %s", self.key)
-            result = None
-        shown = self._shown.pop(utt.index, None)
-        if result is None:
-            self.skipped += 1
-        elif not result.text:
-            log.info("%s: %.1f s utterance dropped (%s)", self.key, utt.duration, result.dropped)
-        if result is None or not result.text:
-            if shown:  # take the interim off the screen
-                self._send(utt.index, utt.speech_start, utt.speech_end, None, final=False)
-            return
-        self.finals_posted += 1
-        await self._send_async(utt.index, utt.speech_start, utt.speech_end, result, final=True)
+    async def _post_final(self, future: asyncio.Future[Recognition | None],
+                          utt: Utterance) -> None:
+        async with self._post_order:  # after the speaker's previous final, whatever became of it
+            # waited for rather than awaited: the recognition's cancellation (the scheduler
+            # dropped it) is not ours, while ours still ends us here
+            await asyncio.wait([future])
+            if future.cancelled():
+                return  # dropped (the speaker left): nothing to post
+            error = future.exception()
+            if error is not None:
+                log.error("recognition failed for %s", self.key, exc_info=error)
+            result = None if error is not None else future.result()
+            shown = self._shown.pop(utt.index, None)
+            if result is None:
+                self.skipped += 1
+            elif not result.text:
+                log.info("%s: %.1f s utterance dropped (%s)", self.key, utt.duration,
+                         result.dropped)
+            if result is None or not result.text:
+                if shown:  # take the interim off the screen
+                    self._send(utt.index, utt.speech_start, utt.speech_end, None, final=False)
+                return
+            self.finals_posted += 1
+            await self._send_async(utt.index, utt.speech_start, utt.speech_end, result,
+                                   final=True)
 
     # --- posting ------------------------------------------------------------------------------
 
@@ -414,7 +430,7 @@ class SpeakerStream:
 
     def _send(self, index: int, start: int, end: int, result: Recognition | None,
               final: bool) -> None:
-        asyncio.ensure_future(self._send_async(index, start, end, result, final))
+        self.bot.tasks.spawn(self._send_async(index, start, end, result, final))
 
     async def _send_async(self, index: int, start: int, end: int, result: Recognition | None,
                           final: bool) -> None:

@@ -85,6 +85,7 @@ class SileroVad:
     _lock = threading.Lock()
 
     def __init__(self, path: str | None = None) -> None:
+        # imported where the model is loaded, so that importing the segmenter stays cheap
         import onnxruntime
         from faster_whisper.utils import get_assets_path
 

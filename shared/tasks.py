@@ -29,7 +29,7 @@ async def cancel_and_wait(*tasks: asyncio.Future[Any] | None) -> None:
 
 class TaskSet:
     def __init__(self, logger: logging.Logger, what: str) -> None:
-        self._log, self._what = logger, what
+        self._logger, self._what = logger, what
         self._tasks: set[asyncio.Task[None]] = set()
         self._closed = False
 
@@ -42,7 +42,7 @@ class TaskSet:
             try:
                 await coro
             except Exception:
-                self._log.exception("%s failed", self._what)
+                self._logger.exception("%s failed", self._what)
 
         task = asyncio.ensure_future(guarded())
         self._tasks.add(task)

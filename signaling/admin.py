@@ -37,7 +37,7 @@ async def admin_only(request: web.Request, handler: Any) -> web.StreamResponse:
 async def list_sessions(request: web.Request) -> web.Response:
     hub = request.app[HUB]
     out = []
-    for s in hub.sessions.values():
+    for s in hub.picture.sessions.values():
         conn = s.conn
         out.append({"session_id": s.id, "name": s.record.name, "bot": s.record.bot,
                     "connected": conn is not None, "lobbies": sorted(s.lobbies),
@@ -51,7 +51,7 @@ async def list_sessions(request: web.Request) -> web.Response:
 
 async def kick_session(request: web.Request) -> web.Response:
     hub = request.app[HUB]
-    session = hub.sessions.get(request.match_info["session_id"])
+    session = hub.picture.sessions.get(request.match_info["session_id"])
     if session is None:
         raise http_error(404, ErrorCode.NOT_FOUND, "no such session")
     if session.conn is not None:
@@ -64,14 +64,14 @@ async def list_names(request: web.Request) -> web.Response:
     hub = request.app[HUB]
     return web.json_response({"names": [
         {"key": c.key, "name": c.display, "protected": True, "session_id": c.session_id}
-        for c in sorted(hub.claims.values(), key=lambda c: c.key)]})
+        for c in sorted(hub.picture.claims.values(), key=lambda c: c.key)]})
 
 
 async def clear_name(request: web.Request) -> web.Response:
     """Removes a name's password: the name becomes an ordinary one (a password reset)."""
     hub = request.app[HUB]
     key = request.match_info["key"]
-    if key not in hub.claims:
+    if key not in hub.picture.claims:
         raise http_error(404, ErrorCode.NOT_FOUND, "no protected name with that key")
     await hub.clear_claim(key)
     return web.json_response({"key": key, "cleared": True})
@@ -82,12 +82,12 @@ async def list_lobbies(request: web.Request) -> web.Response:
     return web.json_response({"lobbies": [
         lb.info().to_dict() | {"members": sorted(lb.members), "created_at": lb.record.created_at,
                                "empty_since": lb.record.empty_since}
-        for lb in hub.lobbies.values()]})
+        for lb in hub.picture.lobbies.values()]})
 
 
 async def delete_lobby(request: web.Request) -> web.Response:
     hub = request.app[HUB]
-    lobby = hub.lobbies.get(request.match_info["lobby_id"])
+    lobby = hub.picture.lobbies.get(request.match_info["lobby_id"])
     if lobby is None:
         raise http_error(404, ErrorCode.LOBBY_NOT_FOUND, "no such lobby")
     dispatcher = request.app[DISPATCHER]

@@ -12,6 +12,7 @@ from aiohttp import web
 
 from shared import protocol as p
 from shared.protocol import ErrorCode, ProtocolError
+from shared.validation import MAX_SAFE_INT, is_text, loads
 
 from .dispatch import DISPATCHER
 from . import export
@@ -90,7 +91,7 @@ async def read_json(request: web.Request) -> dict[str, Any]:
     if not request.can_read_body:
         return {}
     try:
-        body = p.loads(await request.text())
+        body = loads(await request.text())
     except UnicodeDecodeError:
         raise http_error(400, ErrorCode.BAD_JSON, "request body is not UTF-8") from None
     except ProtocolError as exc:
@@ -108,10 +109,10 @@ def field(body: dict[str, Any], name: str, kind: type, default: Any = None) -> A
         return default
     if not isinstance(value, kind) or isinstance(value, bool) != (kind is bool):
         raise http_error(400, ErrorCode.INVALID_PAYLOAD, f"{name} must be a {kind.__name__}")
-    if kind is str and not p.is_text(value):
+    if isinstance(value, str) and not is_text(value):
         raise http_error(400, ErrorCode.INVALID_PAYLOAD,
                          f"{name} must be valid Unicode text without NUL")
-    if kind is int and not -p.MAX_SAFE_INT <= value <= p.MAX_SAFE_INT:
+    if isinstance(value, int) and not -MAX_SAFE_INT <= value <= MAX_SAFE_INT:
         raise http_error(400, ErrorCode.INVALID_PAYLOAD, f"{name} is out of range")
     return value
 
@@ -145,7 +146,7 @@ async def session_from(request: web.Request, hub: Hub) -> LiveSession:
 def lobby_json(hub: Hub, lobby: Lobby, *, participants: bool = False) -> dict[str, Any]:
     out = lobby.info().to_dict() | {"participant_count": len(lobby.members)}
     if participants:
-        out["participants"] = [pp.to_dict() for pp in hub.participants(lobby)]
+        out["participants"] = [pp.to_dict() for pp in hub.picture.participants(lobby)]
     return out
 
 
@@ -166,7 +167,7 @@ async def create_session(request: web.Request) -> web.Response:
 
 async def get_session(request: web.Request) -> web.Response:
     hub = request.app[HUB]
-    return web.json_response(hub.session_info(await session_from(request, hub)).to_dict())
+    return web.json_response(hub.picture.session_info(await session_from(request, hub)).to_dict())
 
 
 def _missing_kinds(request: web.Request) -> list[str]:
@@ -178,9 +179,9 @@ def _missing_kinds(request: web.Request) -> list[str]:
 async def health(request: web.Request) -> web.Response:
     """Alive: the server answers. ``ready``: every automatic bot kind has a provider."""
     hub, dispatcher = request.app[HUB], request.app[DISPATCHER]
-    return web.json_response({"status": "ok", "sessions": len(hub.sessions),
-                              "connections": len(hub.connections()),
-                              "lobbies": len(hub.lobbies), "time": time.time(),
+    return web.json_response({"status": "ok", "sessions": len(hub.picture.sessions),
+                              "connections": len(hub.picture.connections()),
+                              "lobbies": len(hub.picture.lobbies), "time": time.time(),
                               "providers": len(dispatcher.providers),
                               "bot_kinds": [k["kind"] for k in dispatcher.kinds()],
                               "ready": not _missing_kinds(request)})
@@ -197,7 +198,7 @@ async def ready(request: web.Request) -> web.Response:
 
 async def list_lobbies(request: web.Request) -> web.Response:
     hub = request.app[HUB]
-    lobbies = sorted(hub.public_lobbies(), key=lambda item: (-item[1], item[0].record.name))
+    lobbies = sorted(hub.picture.public_lobbies(), key=lambda item: (-item[1], item[0].record.name))
     return web.json_response({"lobbies": [lobby_json(hub, lb) for lb, _ in lobbies]})
 
 
@@ -227,7 +228,7 @@ async def create_lobby(request: web.Request) -> web.Response:
 
 async def readable_lobby(request: web.Request, hub: Hub) -> Lobby:
     """A lobby by id; one with a password is readable by its members only."""
-    lobby = hub.lobbies.get(request.match_info["lobby_id"])
+    lobby = hub.picture.lobbies.get(request.match_info["lobby_id"])
     if lobby is None:
         raise http_error(404, ErrorCode.LOBBY_NOT_FOUND, "no such lobby")
     if lobby.record.password_hash is not None and \
@@ -262,7 +263,7 @@ async def lobby_messages(request: web.Request) -> web.Response:
     limit = int_query(request, "limit", 50, 1, 500)
     assert limit is not None
     before, after = int_query(request, "before"), int_query(request, "after")
-    records = await hub.store.chat_history(lobby.id, before=before, after=after, limit=limit)
+    records = await hub.chat_history(lobby.id, before=before, after=after, limit=limit)
     # an unreadable record is left out; the cursor still moves past it
     messages = [msg.to_dict() | {"kind": rec.kind} for rec, msg in readable(records)]
     page: dict[str, Any] = {"messages": messages}
@@ -280,7 +281,7 @@ async def lobby_transcript(request: web.Request) -> web.StreamResponse:
                          f"format must be one of {', '.join(export.FORMATS)}")
     records, after = [], 0
     while True:  # page through: a long meeting has many finals
-        page = await hub.store.chat_history(lobby.id, after=after, limit=500, kinds=("transcript",))
+        page = await hub.chat_history(lobby.id, after=after, limit=500, kinds=("transcript",))
         records.extend(page)
         if len(page) < 500:
             break
@@ -300,7 +301,7 @@ async def list_bot_kinds(request: web.Request) -> web.Response:
 
 async def member_lobby(request: web.Request, hub: Hub) -> Lobby:
     """The lobby in the URL, for a caller who is a member of it."""
-    lobby = hub.lobbies.get(request.match_info["lobby_id"])
+    lobby = hub.picture.lobbies.get(request.match_info["lobby_id"])
     if lobby is None:
         raise http_error(404, ErrorCode.LOBBY_NOT_FOUND, "no such lobby")
     if (await session_from(request, hub)).id not in lobby.members:

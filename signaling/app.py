@@ -17,6 +17,7 @@ from .dispatch import DISPATCHER, Dispatcher
 from .hub import HUB, Hub
 from .limits import LIMITS, AppLimits
 from .metrics import METRICS, Metrics
+from .changes import Change, DispatchChange
 from .cluster import Cluster
 from .redis_store import RedisStore
 from .settings import Settings
@@ -48,10 +49,18 @@ def create_app(settings: Settings, store: Store | None = None) -> web.Applicatio
             assert hub.snapshot is not None
             dispatcher.load(hub.snapshot)
 
-        cluster.on_resync = resync
+        def apply(change: Change) -> None:
+            if isinstance(change, DispatchChange):
+                dispatcher.apply(change)
+            else:
+                hub.apply_remote(change)
+
+        cluster.attach(on_change=apply, on_deliver=hub.deliver_local, on_resync=resync,
+                       on_nodes_lost=hub.nodes_lost, watched_nodes=hub.picture.nodes)
     app[LIMITS] = AppLimits(settings)
     metrics = app[METRICS] = Metrics()
     hub.bus.subscribe(events.BotReported, metrics.bot_reported)
+    hub.bus.subscribe(events.CaptionStored, metrics.caption_stored)
     app.cleanup_ctx.append(_hub_lifetime)
     app.cleanup_ctx.append(_maintenance)
     app.on_shutdown.append(_close_sockets)
@@ -89,9 +98,9 @@ async def _doc(request: web.Request) -> web.FileResponse:
 
 async def _metrics(request: web.Request) -> web.Response:
     hub, dispatcher, metrics = request.app[HUB], request.app[DISPATCHER], request.app[METRICS]
-    metrics.connections.set(len(hub.connections()))
-    metrics.sessions.set(len(hub.sessions))
-    metrics.lobbies.set(len(hub.lobbies))
+    metrics.connections.set(len(hub.picture.connections()))
+    metrics.sessions.set(len(hub.picture.sessions))
+    metrics.lobbies.set(len(hub.picture.lobbies))
     metrics.providers.set(len(dispatcher.providers))
     metrics.bots.clear()
     for status in {b.status for b in dispatcher.bots.values()}:
@@ -114,10 +123,10 @@ async def _hub_lifetime(app: web.Application) -> AsyncIterator[None]:
     assert hub.snapshot is not None
     app[DISPATCHER].load(hub.snapshot)
     log.info("store open: %d sessions, %d lobbies, %d bots, %d integrity repairs",
-             len(hub.sessions), len(hub.lobbies), len(app[DISPATCHER].bots), len(repairs))
+             len(hub.picture.sessions), len(hub.picture.lobbies), len(app[DISPATCHER].bots), len(repairs))
     yield
     await app[DISPATCHER].close()
-    await hub.store.close()
+    await hub.close()
 
 
 async def _maintenance(app: web.Application) -> AsyncIterator[None]:
@@ -142,6 +151,6 @@ async def _maintenance(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _close_sockets(app: web.Application) -> None:
-    conns = app[HUB].connections()
+    conns = app[HUB].picture.connections()
     await asyncio.gather(*(c.close(WSCloseCode.GOING_AWAY, "server shutting down")
                            for c in conns), return_exceptions=True)

@@ -30,7 +30,6 @@ import secrets
 import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
-from typing import Any
 
 from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
@@ -41,14 +40,13 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from shared.tasks import TaskSet
 
+from .changes import Change, decode
 from .store import StoreError
 
 log = logging.getLogger(__name__)
 
 INBOX_CAP = 100_000  # frames waiting for a node; a node that far behind has lost its sockets
 INBOX_TTL = 3600  # seconds an inbox outlives the last frame sent to it
-
-Change = dict[str, Any]
 
 _RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
@@ -82,7 +80,8 @@ class Cluster:
         self.node_ttl = node_ttl
         self.redis = connect_redis(url)
         self.changes_channel = f"{prefix}:changes"
-        self.handlers: dict[str, Callable[[Change], None]] = {}
+        # what this node does with the others' news: set once, by ``attach``
+        self.on_change: Callable[[Change], None] = lambda change: None
         self.on_deliver: Callable[[list[str], str], None] = lambda ids, text: None
         self.on_resync: Callable[[], Awaitable[None]] | None = None
         self.on_nodes_lost: Callable[[set[str]], Awaitable[None]] | None = None
@@ -96,6 +95,18 @@ class Cluster:
         self._subscribed = asyncio.Event()
         self._applying = asyncio.Event()  # set once the snapshot is loaded
         self._closed = False
+
+    def attach(self, *, on_change: Callable[[Change], None],
+               on_deliver: Callable[[list[str], str], None],
+               on_resync: Callable[[], Awaitable[None]],
+               on_nodes_lost: Callable[[set[str]], Awaitable[None]],
+               watched_nodes: Callable[[], Iterable[str]]) -> None:
+        """Connects the cluster to what this node holds: ``on_change`` applies another node's
+        change, ``on_deliver`` hands forwarded frames to sockets, ``on_resync`` reloads the
+        picture after changes may have been missed, ``on_nodes_lost`` is told of nodes whose
+        heartbeat stopped among ``watched_nodes``."""
+        self.on_change, self.on_deliver, self.on_resync = on_change, on_deliver, on_resync
+        self.on_nodes_lost, self.watched_nodes = on_nodes_lost, watched_nodes
 
     def inbox(self, node_id: str) -> str:
         return f"{self.prefix}:inbox:{node_id}"
@@ -137,10 +148,6 @@ class Cluster:
         await self.redis.aclose()
 
     # --- changes and deliveries -------------------------------------------------------------
-
-    def change(self, op: str, **data: Any) -> str:
-        """The payload announcing a change; the store publishes it with the write itself."""
-        return json.dumps({"op": op, "o": self.node_id, **data}, separators=(",", ":"))
 
     def forward(self, node_id: str, session_ids: list[str], text: str) -> None:
         """Sends ``text`` to sessions connected to ``node_id`` (in order, without waiting)."""
@@ -223,7 +230,10 @@ class Cluster:
         delay = 0.05
         while not self._closed:
             try:
-                batches = await self.redis.xread({key: last}, count=500, block=1000)
+                # [(stream, [(entry id, {field: value})])], all str: redis's types can't
+                # know that the client decodes responses
+                batches: list[tuple[str, list[tuple[str, dict[str, str]]]]] = \
+                    await self.redis.xread({key: last}, count=500, block=1000)  # type: ignore[assignment]
                 delay = 0.05
             except asyncio.CancelledError:
                 raise
@@ -243,23 +253,18 @@ class Cluster:
 
     def _handle(self, data: str) -> bool:
         """Applies one published change; False when it could not be applied."""
-        change = json.loads(data)
-        op = change["op"]
-        if op == "marker":
-            fut = self._markers.pop(change.get("n", ""), None)
+        published = json.loads(data)
+        if published.get("op") == "marker":
+            fut = self._markers.pop(published.get("n", ""), None)
             if fut is not None and not fut.done():
                 fut.set_result(None)
             return True
-        if change.get("o") == self.node_id:
+        if published.get("o") == self.node_id:
             return True  # applied already, when it was made
-        handler = self.handlers.get(op)
-        if handler is None:
-            log.warning("no handler for change %r", op)
-            return True
         try:
-            handler(change)
+            self.on_change(decode(published))
         except Exception:
-            log.exception("could not apply change %r; resynchronising", op)
+            log.exception("could not apply change %r; resynchronising", published.get("op"))
             return False
         return True
 

@@ -55,6 +55,7 @@ class Connection:
         self._writing = False  # the writer task is inside send_str
         self._writer = asyncio.create_task(self._write_loop(), name=f"ws-writer-{session_id}")
         self._closing = False
+        self._closer: asyncio.Task[None] | None = None  # close_soon's; finish() awaits it
         # the fast path writes frames itself, so only where aiohttp would not compress them
         self._transport = transport if not ws.compress else None
 
@@ -90,15 +91,13 @@ class Connection:
                 self.sent += 1
         except (ConnectionError, RuntimeError) as exc:
             log.debug("session %s: write failed: %s", self.session_id, exc)
-        except asyncio.CancelledError:
-            pass
 
     def abort(self) -> None:
         """Drops the connection at once, for a client that can't be written to."""
         self._closing = True
         self._writer.cancel()
-        if self.ws._req is not None and self.ws._req.transport is not None:  # noqa: SLF001
-            self.ws._req.transport.abort()  # noqa: SLF001 - a close frame would block as well
+        if self.ws._req is not None and self.ws._req.transport is not None:
+            self.ws._req.transport.abort()  # a close frame would block as well
 
     async def close(self, code: int, message: str, *, drain: float = 1.0) -> None:
         """Sends what is queued (for up to ``drain`` seconds), then a close frame."""
@@ -107,14 +106,18 @@ class Connection:
         self._closing = True
         with contextlib.suppress(asyncio.QueueFull):
             self._queue.put_nowait(None)
-        try:
-            await asyncio.wait_for(asyncio.shield(self._writer), drain)
-        except (asyncio.TimeoutError, asyncio.CancelledError):
-            self._writer.cancel()
+        # asyncio.wait neither cancels the writer nor swallows a cancellation of the caller
+        await asyncio.wait([self._writer], timeout=drain)
+        self._writer.cancel()
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self.ws.close(code=code, message=message.encode()), drain)
 
+    def close_soon(self, code: int, message: str) -> None:
+        """``close`` from code that can't wait for it (a handler answering a frame)."""
+        if self._closer is None and not self._closing:
+            self._closer = asyncio.create_task(self.close(code, message), name="ws-close")
+
     async def finish(self) -> None:
-        """Stops the writer once the socket is gone."""
+        """Stops the writer (and a close in progress) once the socket is gone."""
         self._closing = True
-        await cancel_and_wait(self._writer)
+        await cancel_and_wait(self._writer, self._closer)

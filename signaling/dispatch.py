@@ -24,11 +24,13 @@ from aiohttp import web
 from shared import protocol as p
 from shared.protocol import ErrorCode, ProtocolError
 from shared.tasks import TaskSet
+from shared.validation import check_json
 
 from . import events
-from .cluster import Change
+from .changes import (BotDeleted, BotSaved, BotStateChanged, DispatchChange, ProviderDeleted,
+                      ProviderSaved)
 from .hub import Hub
-from .store import BotRecord, Snapshot
+from .records import BotRecord, Snapshot
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +83,7 @@ def check_config(kind: p.BotKind, config: Any) -> dict[str, Any]:
     json_types: dict[str, tuple[type, ...]] = {"string": (str,), "integer": (int,),
                                                "number": (int, float), "boolean": (bool,)}
     try:
-        p.check_json("config", config)
+        check_json("config", config)
     except ProtocolError as exc:
         raise ProtocolError(ErrorCode.INVALID_CONFIG, exc.message) from None
     for key, value in config.items():
@@ -121,27 +123,22 @@ class Dispatcher:
         hub.bus.subscribe(events.SessionDisconnected, self._on_disconnect)
         hub.bus.subscribe(events.MemberLeft, self._on_member_left)
         hub.bus.subscribe(events.MemberJoined, self._on_member_joined)
-        if hub.cluster is not None:
-            hub.cluster.handlers.update({
-                "bot": self.apply_bot, "bot-": self.apply_bot_deleted,
-                "botstate": self.apply_bot_state, "provider": self.apply_provider,
-                "provider-": self.apply_provider_deleted})
 
     def load(self, snap: Snapshot) -> None:
         self.bots.clear()
         self.providers.clear()
         for sid, info in snap.providers.items():
-            session = self.hub.sessions.get(sid)
+            session = self.hub.picture.sessions.get(sid)
             if session is not None and session.connected:  # on a live node
-                self.apply_provider({"session": sid, "info": info})
+                self.apply(ProviderSaved(sid, info))
             else:
                 self._tasks.spawn(self.hub.store.save_provider(sid, None))
         for rec in snap.bots:
-            if rec.session_id in self.hub.sessions and rec.lobby_id in self.hub.lobbies:
+            if rec.session_id in self.hub.picture.sessions and rec.lobby_id in self.hub.picture.lobbies:
                 self.bots[rec.id] = BotInstance(rec)
                 state = snap.bot_states.get(rec.id)
                 if state is not None:
-                    self.apply_bot_state({"id": rec.id, "state": state})
+                    self.apply(BotStateChanged(rec.id, state))
             else:
                 self._tasks.spawn(self.hub.store.delete_bot(rec.id))
 
@@ -156,21 +153,29 @@ class Dispatcher:
 
     # --- changes made on other nodes ----------------------------------------------------------
 
-    def apply_bot(self, change: Change) -> None:
-        rec = BotRecord(**change["rec"])
-        self.bots.setdefault(rec.id, BotInstance(rec))
+    def apply(self, change: DispatchChange) -> None:
+        match change:
+            case BotSaved(rec):
+                self.bots.setdefault(rec.id, BotInstance(rec))
+            case BotDeleted(bot_id):
+                bot = self.bots.pop(bot_id, None)
+                if bot is not None:
+                    for prov in self.providers.values():
+                        prov.bots.discard(bot.id)
+            case BotStateChanged(bot_id, state):
+                self._set_state(bot_id, state)
+            case ProviderSaved(sid, info):
+                kinds = {k["kind"]: p.BotKind.from_dict(k) for k in info["kinds"]}
+                self.providers[sid] = ProviderInfo(
+                    sid, info["name"], info["capacity"], kinds,
+                    {b.id for b in self.bots.values() if b.provider == sid})
+            case ProviderDeleted(sid):
+                self.providers.pop(sid, None)
 
-    def apply_bot_deleted(self, change: Change) -> None:
-        bot = self.bots.pop(change["id"], None)
-        if bot is not None:
-            for prov in self.providers.values():
-                prov.bots.discard(bot.id)
-
-    def apply_bot_state(self, change: Change) -> None:
-        bot = self.bots.get(change["id"])
+    def _set_state(self, bot_id: str, state: dict[str, Any]) -> None:
+        bot = self.bots.get(bot_id)
         if bot is None:
             return
-        state = change["state"]
         bot.provider, bot.status, bot.detail = state["provider"], state["status"], state["detail"]
         bot.error = state.get("error")
         if state.get("reported"):
@@ -179,15 +184,6 @@ class Dispatcher:
             prov.bots.discard(bot.id)
         if bot.provider in self.providers:
             self.providers[bot.provider].bots.add(bot.id)
-
-    def apply_provider(self, change: Change) -> None:
-        sid, info = change["session"], change["info"]
-        kinds = {k["kind"]: p.BotKind.from_dict(k) for k in info["kinds"]}
-        self.providers[sid] = ProviderInfo(sid, info["name"], info["capacity"], kinds,
-                                           {b.id for b in self.bots.values() if b.provider == sid})
-
-    def apply_provider_deleted(self, change: Change) -> None:
-        self.providers.pop(change["session"], None)
 
     # --- queries ------------------------------------------------------------------------------
 
@@ -218,7 +214,7 @@ class Dispatcher:
         ``checked``: wait for the provider to parse the config, and refuse what it refuses
         (``invalid_config``). ``pending_ok``: with no provider for the kind yet, the bot waits
         for one (an automatic bot, whose config is the default) instead of being refused."""
-        lobby = self.hub.find_lobby(lobby_id)
+        lobby = self.hub.picture.find_lobby(lobby_id)
         announced = next((prov.kinds[kind] for prov in self.providers.values()
                           if kind in prov.kinds), None)
         if announced is None and not pending_ok:
@@ -266,7 +262,7 @@ class Dispatcher:
             self.hub.send_to_session(bot.provider, p.BotStop(bot_id=bot.id))
         await self.hub.store.delete_bot(bot.id)
         self._set_status(bot, "stopped", reason)
-        session = self.hub.sessions.get(bot.record.session_id)
+        session = self.hub.picture.sessions.get(bot.record.session_id)
         if session is not None:
             await self.hub.remove_session(session)
 
@@ -287,7 +283,7 @@ class Dispatcher:
             else:  # moved elsewhere meanwhile, or removed: only one instance may run
                 self.hub.send_to_session(provider_session, p.BotStop(bot_id=running.bot_id))
         await self.dispatch_pending()
-        for lobby_id in list(self.hub.lobbies):  # people who joined while no provider was here
+        for lobby_id in list(self.hub.picture.lobbies):  # people who joined while no provider was here
             await self.add_auto_bots(lobby_id)
 
     def bot_status(self, provider_session: str, msg: p.BotStatus) -> None:
@@ -324,7 +320,7 @@ class Dispatcher:
 
     async def _dispatch(self, bot: BotInstance) -> bool:
         prov = self._pick(bot.record.kind)
-        session = self.hub.sessions.get(bot.record.session_id)
+        session = self.hub.picture.sessions.get(bot.record.session_id)
         if prov is None or session is None:
             return False
         token = await self.hub.rotate_token(session)
@@ -362,8 +358,8 @@ class Dispatcher:
     async def dispatch_pending(self) -> None:
         async with self._exclusive():
             for bot in list(self.bots.values()):
-                if bot.provider is None and bot.id in self.bots:
-                    if not await self._dispatch(bot) and bot.status != "pending":
+                if bot.provider is None and bot.id in self.bots and \
+                        not await self._dispatch(bot) and bot.status != "pending":
                         self._set_status(bot, "pending", "waiting for a provider with room")
 
     def _on_disconnect(self, event: events.SessionDisconnected) -> None:
@@ -380,7 +376,7 @@ class Dispatcher:
         self._tasks.spawn(self.dispatch_pending())
 
     def _on_member_joined(self, event: events.MemberJoined) -> None:
-        session = self.hub.sessions.get(event.session_id)
+        session = self.hub.picture.sessions.get(event.session_id)
         if session is not None and not session.record.bot:
             self._tasks.spawn(self.add_auto_bots(event.lobby_id))
 
@@ -389,9 +385,9 @@ class Dispatcher:
         a person in it. With no provider for a kind yet, the bot is added ``pending`` and
         starts when one connects (``hello`` runs this for every lobby, too)."""
         async with self._auto_lock:  # one at a time: two joins at once add one transcriber
-            lobby = self.hub.lobbies.get(lobby_id)
+            lobby = self.hub.picture.lobbies.get(lobby_id)
             if lobby is None or not any(
-                    (s := self.hub.sessions.get(m)) is not None and not s.record.bot
+                    (s := self.hub.picture.sessions.get(m)) is not None and not s.record.bot
                     for m in lobby.members):
                 return
             present = {b.record.kind for b in self.lobby_bots(lobby_id)}
@@ -405,10 +401,10 @@ class Dispatcher:
 
     def _on_member_left(self, event: events.MemberLeft) -> None:
         """Bots leave with the last human, so the lobby can empty and expire."""
-        lobby = self.hub.lobbies.get(event.lobby_id)
+        lobby = self.hub.picture.lobbies.get(event.lobby_id)
         if lobby is None:
             return
-        if any(not self.hub.sessions[m].record.bot for m in lobby.members):
+        if any(not self.hub.picture.sessions[m].record.bot for m in lobby.members):
             return
         for bot in self.lobby_bots(event.lobby_id):
             self._tasks.spawn(self.remove(bot, "everyone left"))

@@ -48,6 +48,17 @@ class ChatPosted:
 
 
 @dataclass(frozen=True)
+class CaptionStored:
+    """A final transcript stored: ``end`` is its speech's end by the bot's clock, ``at`` when
+    it was stored by the server's."""
+
+    lobby_id: str
+    message_id: int
+    end: float | None
+    at: float
+
+
+@dataclass(frozen=True)
 class BotReported:
     """A bot's status came with figures (e.g. a transcriber's lag)."""
 

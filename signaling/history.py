@@ -20,7 +20,8 @@ from typing import Any
 from shared import protocol as p
 from shared.protocol import ErrorCode, ProtocolError
 
-from .store import ChatRecord
+from .records import ChatRecord
+from .store import Store
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +29,12 @@ Message = p.Chat | p.Transcript
 
 TRANSCRIPT_FIELDS = ("segment_id", "speaker_id", "speaker_name", "start", "end", "model",
                      "language", "task")
+
+
+def transcript_meta(msg: p.Transcript) -> dict[str, Any]:
+    """What a final transcript keeps in its chat record's ``meta`` (``stored_message`` reads
+    it back)."""
+    return {name: getattr(msg, name) for name in TRANSCRIPT_FIELDS}
 
 
 def stored_message(rec: ChatRecord) -> Message:
@@ -86,7 +93,7 @@ def repaired(rec: ChatRecord) -> ChatRecord | None:
                                 meta=_clean(rec.meta) if isinstance(rec.meta, dict) else None)
     if fixed.kind == "transcript" and fixed.meta is not None:
         meta = {k: v for k, v in fixed.meta.items() if k in TRANSCRIPT_FIELDS}
-        kept = {k: meta[k] for k in ("segment_id", "speaker_id") if k in meta}
+        kept: dict[str, Any] = {k: meta[k] for k in ("segment_id", "speaker_id") if k in meta}
         for key, value in meta.items():  # keep each optional field that still reads
             if key not in kept and _reads(dataclasses.replace(fixed, meta=kept | {key: value})):
                 kept[key] = value
@@ -100,3 +107,30 @@ def _reads(rec: ChatRecord) -> bool:
     except ProtocolError:
         return False
     return True
+
+
+async def repair_chat(store: Store, lobby_ids: list[str]) -> list[str]:
+    """Reads every stored message of ``lobby_ids`` and repairs or deletes the unreadable ones;
+    returns what it did."""
+    repairs = []
+    for lobby_id in lobby_ids:
+        after = 0
+        while True:
+            page = await store.chat_history(lobby_id, after=after, limit=500)
+            good = {rec.id for rec, _ in readable(page)}
+            for rec in page:
+                if rec.id in good:
+                    continue
+                fixed = repaired(rec)
+                if fixed is None:
+                    await store.delete_chat(rec)
+                    repairs.append(f"deleted unreadable message {rec.id} in lobby {lobby_id}")
+                else:
+                    await store.replace_chat(fixed)
+                    repairs.append(f"repaired unreadable message {rec.id} in lobby {lobby_id}")
+            if len(page) < 500:
+                break
+            after = page[-1].id
+    for repair in repairs:
+        log.warning("integrity: %s", repair)
+    return repairs

@@ -1,12 +1,13 @@
-"""The hub owns the live picture: sessions, name claims, lobbies and who is connected.
+"""The hub applies the rules to the live picture and tells connections what changed.
 
-It keeps that picture in memory, writes every change through to the ``Store`` before
-acknowledging it, and sends frames to connections. The WebSocket and HTTP layers only parse
-requests and call it.
+The picture itself (sessions, name claims, lobbies, who is connected) is ``Picture``
+(picture.py), without I/O. The hub checks each request against the rules, writes the change
+through to the ``Store`` and applies it to the picture before acknowledging it, and sends
+frames to connections. The WebSocket and HTTP layers only parse requests and call it.
 
 With several nodes (``cluster.py``), every node holds the whole picture; a session's socket is on
 one node (``LiveSession.node``), frames for it go there, and changes made elsewhere arrive
-through ``apply_*``. Checks that must see every node's writes run under ``_exclusive()``.
+through ``apply_remote``. Checks that must see every node's writes run under ``_exclusive()``.
 
 Negotiation rule: the session that joins (or reconnects into) a lobby creates the offers. The
 joiner gets one ``peer_added`` with ``create_offer: true`` per connected member; every member
@@ -17,61 +18,34 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import secrets
 import time
 from collections.abc import AsyncIterator, Iterable
-from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
+
 from shared import protocol as p
 from shared.protocol import ErrorCode, ProtocolError
+from shared.tasks import TaskSet
 
 from . import events, ice
-from .history import check_storable, readable, repaired, stored_message
-from .cluster import Change, Cluster
+from .changes import (ClaimDeleted, ClaimSaved, LobbyDeleted, LobbySaved, MemberAdded,
+                      MemberRemoved, PictureChange, PresenceChanged, SessionSaved, SessionsDeleted)
+from .cluster import Cluster
 from .connection import CLOSE_REMOVED, CLOSE_REPLACED, Connection
+from .history import check_storable, readable, repair_chat, stored_message, transcript_meta
 from .names import clean_lobby_name, clean_name, hash_password, new_token, token_hash, verify_password
+from .picture import Drop, LiveSession, Lobby, Picture
+from .records import ChatRecord, LobbyRecord, NameClaim, SessionRecord, Snapshot
 from .settings import Settings
-from .store import ChatRecord, LobbyRecord, NameClaim, SessionRecord, Snapshot, Store
+from .store import Store
 
 log = logging.getLogger(__name__)
 
 SERVER_NAME = "ai-voicebot"
-
-
-@dataclass
-class LiveSession:
-    record: SessionRecord
-    conn: Connection | None = None  # the socket, when it is on this node
-    disconnected_at: float = field(default_factory=time.time)
-    lobbies: set[str] = field(default_factory=set)
-    node: str | None = None  # the node holding the socket, if connected anywhere
-
-    @property
-    def id(self) -> str:
-        return self.record.id
-
-    @property
-    def connected(self) -> bool:
-        return self.node is not None
-
-
-@dataclass
-class Lobby:
-    record: LobbyRecord
-    members: set[str] = field(default_factory=set)
-
-    @property
-    def id(self) -> str:
-        return self.record.id
-
-    def info(self) -> p.LobbyInfo:
-        r = self.record
-        return p.LobbyInfo(id=r.id, name=r.name, private=r.private,
-                           has_password=r.password_hash is not None,
-                           max_participants=r.max_participants)
 
 
 class Hub:
@@ -82,26 +56,13 @@ class Hub:
         self.bus = bus or events.EventBus()
         self.cluster = cluster
         self.node_id = cluster.node_id if cluster is not None else "local"
-        self.sessions: dict[str, LiveSession] = {}
-        self.claims: dict[str, NameClaim] = {}
-        self.lobbies: dict[str, Lobby] = {}
-        self._by_token: dict[str, str] = {}
-        self._lobby_keys: dict[str, str] = {}
+        self.picture = Picture(self.node_id)
         # membership and names change under one lock: their checks and writes span awaits
         self._lock = asyncio.Lock()
+        self._tasks = TaskSet(log, "hub task")  # closing sockets that a change made stale
         self.open_sockets = 0  # WebSockets open on this server, counted by ws.py
         self._orphan_members: list[tuple[str, str]] = []
         self.snapshot: Snapshot | None = None
-        if cluster is not None:
-            cluster.handlers.update({
-                "session": self.apply_session, "sessions-": self.apply_sessions_deleted,
-                "claim": self.apply_claim, "claim-": self.apply_claim_deleted,
-                "lobby": self.apply_lobby, "lobby-": self.apply_lobby_deleted,
-                "member+": self.apply_member_added, "member-": self.apply_member_removed,
-                "presence": self.apply_presence})
-            cluster.on_deliver = self._deliver_local
-            cluster.on_nodes_lost = self.nodes_lost
-            cluster.watched_nodes = lambda: {s.node for s in self.sessions.values() if s.node}
 
     @contextlib.asynccontextmanager
     async def _exclusive(self) -> AsyncIterator[None]:
@@ -113,150 +74,81 @@ class Hub:
                 async with self.cluster.exclusive("hub"):
                     yield
 
+    async def _write(self, change: PictureChange) -> None:
+        """Writes ``change`` through to the store, then applies it to the picture."""
+        await self.store.write(change)
+        self._drop(self.picture.apply(change))
+
+    async def _update(self, s: LiveSession, **fields: Any) -> None:
+        """Changes fields of a session's record. The picture first: writes that don't take the
+        lock (connect, disconnect) may be in flight, and each must save the others' fields."""
+        change = SessionSaved(dataclasses.replace(s.record, **fields))
+        self.picture.apply(change)
+        await self.store.write(change)
+
+    def apply_remote(self, change: PictureChange) -> None:
+        """A change another node made (and wrote)."""
+        self._drop(self.picture.apply(change))
+
+    def _drop(self, drops: list[Drop]) -> None:
+        for drop in drops:
+            drain = 0.2 if drop.code == CLOSE_REPLACED else 1.0  # the new socket is waiting
+            self._tasks.spawn(drop.conn.close(drop.code, drop.reason, drain=drain))
+
     # --- start-up -----------------------------------------------------------------------------
 
     async def start(self) -> list[str]:
         """Loads the store and runs the integrity check; returns the repairs it made."""
-        snap = self.snapshot = await self.store.open()
-        self._load(snap)
-        await self._load_presence(snap)
+        # memberships of missing sessions or lobbies: only those read at start-up are sure to
+        # be stale (a resync reads the members after the records)
+        self._orphan_members = await self._load(await self.store.open())
         if self.cluster is not None:
             self.cluster.run()
         return await self.check_integrity(chat=True)
 
+    async def close(self) -> None:
+        await self._tasks.close()
+        await self.store.close()
+
     async def resync(self) -> None:
-        """Brings the picture in line with the shared store (changes may have been missed).
+        """Brings the picture in line with the shared store (changes may have been missed)."""
+        await self._load(await self.store.snapshot())
 
-        Objects are updated in place: handlers in flight hold them."""
-        assert self.cluster is not None
-        snap = self.snapshot = await self.store.snapshot()
-        stored = {rec.id for rec in snap.sessions}
-        gone = [sid for sid in self.sessions if sid not in stored]
-        self.apply_sessions_deleted({"ids": gone})
-        for rec in snap.sessions:
-            self._upsert_session(rec)
-        self.claims = {c.key: c for c in snap.claims}
-        kept = {r.id for r in snap.lobbies}
-        for lobby_id in [lid for lid in self.lobbies if lid not in kept]:
-            self.apply_lobby_deleted({"id": lobby_id})
-        for lrec in snap.lobbies:
-            self._upsert_lobby(lrec)
-        for lobby in self.lobbies.values():
-            lobby.members.clear()
-        for session in self.sessions.values():
-            session.lobbies.clear()
-        for lobby_id, sid in snap.members:
-            self.apply_member_added({"lobby": lobby_id, "session": sid})
-        await self._load_presence(snap)
-
-    async def _load_presence(self, snap: Snapshot) -> None:
-        """Who is connected where: sessions on a live node stay connected; sockets held here
-        are the truth about themselves (and are recorded again if the store lost that)."""
-        if self.cluster is None:
-            return
-        nodes = {v.get("node") for v in snap.presence.values()} - {None, self.node_id}
-        alive = {n for n in nodes if n and await self.cluster.alive(n)}
-        now = time.time()
-        for session in self.sessions.values():
-            value = snap.presence.get(session.id, {})
-            if session.conn is not None:
-                session.node = self.node_id
-                if value.get("node") != self.node_id:
-                    await self.store.save_presence(session.id, self.node_id, now)
-            elif value.get("node") in alive:
-                session.node = value["node"]
-            elif session.node is not None:
-                session.node, session.disconnected_at = None, float(value.get("at") or now)
-
-    def _load(self, snap: Snapshot) -> None:
-        now = time.time()
-        for rec in snap.sessions:
-            # everyone was cut off by the restart: the grace period starts now
-            self.sessions[rec.id] = LiveSession(rec, disconnected_at=now)
-            self._by_token[rec.token_hash] = rec.id
-        self.claims = {c.key: c for c in snap.claims}
-        for lrec in snap.lobbies:
-            self.lobbies[lrec.id] = Lobby(lrec)
-            self._lobby_keys[lrec.key] = lrec.id
-        for lobby_id, session_id in snap.members:
-            lobby, session = self.lobbies.get(lobby_id), self.sessions.get(session_id)
-            if lobby is None or session is None:
-                self._orphan_members.append((lobby_id, session_id))
-                continue
-            lobby.members.add(session_id)
-            session.lobbies.add(lobby_id)
-
-    def is_live(self, s: LiveSession, now: float | None = None) -> bool:
-        """Connected, or disconnected for less than the grace period."""
-        return s.connected or (now or time.time()) - s.disconnected_at < self.settings.grace
+    async def _load(self, snap: Snapshot) -> list[tuple[str, str]]:
+        self.snapshot = snap
+        drops, orphans = self.picture.load(snap)
+        self._drop(drops)
+        if self.cluster is not None:  # who is connected where (``Picture.place_all``)
+            nodes = {v.get("node") for v in snap.presence.values()} - {None, self.node_id}
+            alive = {n for n in nodes if n and await self.cluster.alive(n)}
+            now = time.time()
+            for sid in self.picture.place_all(snap.presence, alive, now):
+                await self.store.save_presence(sid, self.node_id, now)  # the store lost it
+        return orphans
 
     async def check_integrity(self, *, chat: bool = False) -> list[str]:
         """Finds and repairs what breaks the rules; ``chat`` reads every stored message too
         (at start-up and on the admin's request: it is the long part)."""
-        async with self._exclusive():
-            repairs = await self._check_integrity()
-        if chat:
-            repairs += await self._repair_chat()
-        return repairs
-
-    async def _repair_chat(self) -> list[str]:
-        repairs = []
-        for lobby_id in list(self.lobbies):
-            after = 0
-            while True:
-                page = await self.store.chat_history(lobby_id, after=after, limit=500)
-                good = {rec.id for rec, _ in readable(page)}
-                for rec in page:
-                    if rec.id in good:
-                        continue
-                    fixed = repaired(rec)
-                    if fixed is None:
-                        await self.store.delete_chat(rec)
-                        repairs.append(f"deleted unreadable message {rec.id} in lobby {lobby_id}")
-                    else:
-                        await self.store.replace_chat(fixed)
-                        repairs.append(f"repaired unreadable message {rec.id} in lobby {lobby_id}")
-                if len(page) < 500:
-                    break
-                after = page[-1].id
-        for repair in repairs:
-            log.warning("integrity: %s", repair)
-        return repairs
-
-    async def _check_integrity(self) -> list[str]:
         repairs: list[str] = []
-        for lobby_id, session_id in self._orphan_members:
-            await self.store.remove_member(lobby_id, session_id)
-            repairs.append(f"removed membership of missing session/lobby {session_id}/{lobby_id}")
-        self._orphan_members = []
-        for claim in self.claims.values():
-            holder = self.sessions.get(claim.session_id) if claim.session_id else None
-            if claim.session_id and (holder is None or holder.record.name_key != claim.key):
+        async with self._exclusive():
+            for lobby_id, sid in self._orphan_members:
+                await self.store.remove_member(lobby_id, sid)
+                repairs.append(f"removed membership of missing session/lobby {sid}/{lobby_id}")
+            self._orphan_members = []
+            found = self.picture.violations(self.settings.grace, time.time())
+            for claim in found.stale_claims:
                 repairs.append(f"claim {claim.key!r} pointed at a session not holding it")
-                claim.session_id = None
-                await self.store.save_claim(claim)
-        now = time.time()
-        by_key: dict[str, list[LiveSession]] = {}
-        for s in self.sessions.values():
-            # bots' names are unique within their lobby only (every lobby has its Transcriber)
-            if s.record.name_key is not None and not s.record.bot and self.is_live(s, now):
-                by_key.setdefault(s.record.name_key, []).append(s)
-        for key, holders in by_key.items():
-            claim = self.claims.get(key)
-            if claim is not None:
-                keep = [h for h in holders if h.id == claim.session_id]
-            else:
-                keep = sorted(holders, key=lambda h: (h.record.created_at, h.id))[:1]
-            for s in holders:
-                if s not in keep:
-                    repairs.append(f"session {s.id} held name {key!r} it may not hold; cleared")
-                    await self._rename(s, None, None)
-        for lobby in self.lobbies.values():
-            if len(lobby.members) > lobby.record.max_participants:
-                repairs.append(f"lobby {lobby.id} holds {len(lobby.members)} members, "
-                               f"over its cap of {lobby.record.max_participants}")
+                await self._write(ClaimSaved(dataclasses.replace(claim, session_id=None)))
+            for s in found.usurpers:
+                repairs.append(f"session {s.id} held name {s.record.name_key!r} it may not "
+                               "hold; cleared")
+                await self._rename(s, None, None)
+            repairs += [f"lobby {lobby.id} holds {len(lobby.members)} members, over its cap of "
+                        f"{lobby.record.max_participants}" for lobby in found.overfull]
         for repair in repairs:
             log.warning("integrity: %s", repair)
+        if chat:
+            repairs += await repair_chat(self.store, list(self.picture.lobbies))
         return repairs
 
     # --- sessions -----------------------------------------------------------------------------
@@ -264,24 +156,17 @@ class Hub:
     async def create_session(self, *, bot: bool = False) -> tuple[LiveSession, str]:
         token = new_token()
         rec = SessionRecord(id=secrets.token_hex(8), token_hash=token_hash(token), bot=bot)
-        await self.store.save_session(rec)
-        session = LiveSession(rec)
-        self.sessions[rec.id] = session
-        self._by_token[rec.token_hash] = rec.id
-        return session, token
+        await self._write(SessionSaved(rec))
+        return self.picture.sessions[rec.id], token
 
     async def rotate_token(self, s: LiveSession) -> str:
         """Issues a new token for ``s``; the old one stops working."""
         token = new_token()
-        self._by_token.pop(s.record.token_hash, None)
-        s.record.token_hash = token_hash(token)
-        self._by_token[s.record.token_hash] = s.id
-        await self.store.save_session(s.record)
+        await self._update(s, token_hash=token_hash(token))
         return token
 
     def authenticate(self, token: str) -> LiveSession | None:
-        session_id = self._by_token.get(token_hash(token))
-        return self.sessions.get(session_id) if session_id else None
+        return self.picture.by_token_hash(token_hash(token))
 
     async def find_session(self, token: str) -> LiveSession | None:
         """``authenticate``, waiting for the other nodes' news first if the token is unknown
@@ -292,70 +177,46 @@ class Hub:
             session = self.authenticate(token)
         return session
 
-    def session_info(self, s: LiveSession) -> p.SessionInfo:
-        claim = self.claims.get(s.record.name_key or "")
-        return p.SessionInfo(session_id=s.id, name=s.record.name, bot=s.record.bot,
-                             protected=claim is not None and claim.session_id == s.id,
-                             lobbies=sorted(s.lobbies))
-
     async def connect(self, s: LiveSession, conn: Connection) -> None:
         """Attaches a new connection; resumes the session's lobbies on it."""
         old = s.conn
         s.conn, s.node = conn, self.node_id
         if old is not None:
             await old.close(CLOSE_REPLACED, "session connected elsewhere", drain=0.2)
-        s.record.last_seen = time.time()
-        await self.store.save_session(s.record)
-        await self.store.save_presence(s.id, self.node_id, s.record.last_seen)  # others close theirs
-        servers, conn.ice_expires = self.ice_servers(s.id)
+        await self._update(s, last_seen=time.time())
+        # recorded for the other nodes, which close a socket they hold for it
+        await self.store.save_presence(s.id, self.node_id, s.record.last_seen)
+        servers, conn.ice_expires = ice.for_session(self.settings, s.id, time.time())
         conn.send(p.encode(p.Welcome(protocol=p.PROTOCOL_VERSION, server=SERVER_NAME,
-                                     session=self.session_info(s), ice_servers=servers,
+                                     session=self.picture.session_info(s), ice_servers=servers,
                                      ice_expires=conn.ice_expires,
                                      ice_policy=self.settings.ice_policy)))
         log.info("connected from %s", conn.remote, extra={"session_id": s.id})
         self.bus.emit(events.SessionConnected(s.id))
         for lobby_id in sorted(s.lobbies):
-            lobby = self.lobbies[lobby_id]
-            conn.send(p.encode(self.lobby_state(lobby)))
+            lobby = self.picture.lobbies[lobby_id]
+            conn.send(p.encode(self.picture.lobby_state(lobby)))
             self._announce(s, lobby)
             await self._send_history(conn, lobby_id, None)
 
-    def ice_servers(self, session_id: str) -> tuple[list[p.IceServer], float | None]:
-        """The ICE servers of a session, with a fresh TURN credential (see ice.py)."""
-        st = self.settings
-        servers, expires = ice.ice_servers(st.stun_urls, st.turn_urls, st.turn_secret,
-                                           st.turn_ttl, session_id, time.time())
-        return [p.IceServer(**server) for server in servers], expires
-
     def renew_ice(self, now: float | None = None) -> int:
-        """Sends new ICE servers to every connection whose TURN credential is past half its
-        life, so nobody holds an expired one; returns how many were renewed."""
+        """Renews TURN credentials past half their life (``ice.renew``)."""
         if not self.settings.turn_urls:
             return 0  # no credential to renew: nothing to walk
-        now = now or time.time()
-        half = self.settings.turn_ttl / 2
-        renewed = 0
-        for s in self.sessions.values():
-            conn = s.conn
-            if conn is None or conn.ice_expires is None or conn.ice_expires - now > half:
-                continue
-            servers, conn.ice_expires = self.ice_servers(s.id)
-            conn.send(p.encode(p.IceServers(ice_servers=servers, expires=conn.ice_expires)))
-            renewed += 1
-        return renewed
+        return ice.renew(self.picture.connections(), self.settings, now or time.time())
 
     async def disconnect(self, s: LiveSession, conn: Connection) -> None:
         if s.conn is not conn:  # replaced by a newer connection: nothing changes for others
             return
         s.conn, s.node = None, None
-        s.disconnected_at = s.record.last_seen = time.time()
+        s.disconnected_at = time.time()
         log.info("disconnected", extra={"session_id": s.id})
         self.bus.emit(events.SessionDisconnected(s.id))
         for lobby_id in s.lobbies:
-            self._broadcast_state(self.lobbies[lobby_id])
+            self._broadcast_state(self.picture.lobbies[lobby_id])
         try:
             await self.store.save_presence(s.id, None, s.disconnected_at)
-            await self.store.save_session(s.record)
+            await self._update(s, last_seen=s.disconnected_at)
         except Exception:
             log.exception("session %s: could not record last_seen", s.id)
 
@@ -364,8 +225,8 @@ class Hub:
     async def set_name(self, s: LiveSession, raw: str, password: str | None) -> p.SessionInfo:
         display, key = clean_name(raw)
         async with self._exclusive():
-            claim = self.claims.get(key)
-            holder = self._name_holder(key, exclude=s)
+            claim = self.picture.claims.get(key)
+            holder = self.picture.name_holder(key, exclude=s)
             if claim is not None and claim.session_id != s.id:
                 if password is None:
                     raise ProtocolError(ErrorCode.NAME_PROTECTED,
@@ -375,64 +236,55 @@ class Hub:
                 if holder is not None and holder.connected:
                     raise ProtocolError(ErrorCode.NAME_IN_USE,
                                         f"the name {display!r} is in use by a connected session")
-            elif holder is not None and self.is_live(holder):
+            elif holder is not None and self.picture.is_live(holder, self.settings.grace):
                 raise ProtocolError(ErrorCode.NAME_IN_USE, f"the name {display!r} is in use")
             if holder is not None:  # stale (or password-overridden) holder loses the name
                 await self._rename(holder, None, None)
-            if claim is None and password is not None:
-                claim = NameClaim(key, display, await hash_password(password), None)
-                self.claims[key] = claim
+            if claim is None and password is not None:  # written with its holder, below
+                self.picture.apply(ClaimSaved(NameClaim(key, display,
+                                                        await hash_password(password), None)))
             await self._rename(s, display, key)
-            return self.session_info(s)
+            return self.picture.session_info(s)
 
     async def assign_name(self, s: LiveSession, base: str, lobby: Lobby) -> str:
         """Gives bot ``s`` the first name of ``base``, ``base 2``, ``base 3``… that nobody in
         ``lobby`` has (a protected name excepted): bot names are unique per lobby, so each
         lobby has its "Transcriber"."""
         async with self._exclusive():
-            taken = {self.sessions[m].record.name_key for m in lobby.members
-                     if m in self.sessions and m != s.id}
+            taken = self.picture.names_in(lobby, exclude=s)
             for n in range(1, 1000):
                 display, key = clean_name(base if n == 1 else f"{base[:28]} {n}")
-                if key not in self.claims and key not in taken:
+                if key not in self.picture.claims and key not in taken:
                     await self._rename(s, display, key)
                     return display
         raise ProtocolError(ErrorCode.NAME_IN_USE, f"no free name like {base!r}")
 
-    def _name_holder(self, key: str, exclude: LiveSession) -> LiveSession | None:
-        """The person holding a name; bots' names don't count (unique per lobby only)."""
-        for other in self.sessions.values():
-            if other is not exclude and not other.record.bot and other.record.name_key == key:
-                return other
-        return None
-
     async def _rename(self, s: LiveSession, display: str | None, key: str | None) -> None:
-        old = self.claims.get(s.record.name_key or "")
+        old = self.picture.claims.get(s.record.name_key or "")
         if old is not None and old.session_id == s.id and old.key != key:
-            old.session_id = None
-            await self.store.save_claim(old)
-        new = self.claims.get(key or "")
+            await self._write(ClaimSaved(dataclasses.replace(old, session_id=None)))
+        new = self.picture.claims.get(key or "")
         if new is not None and new.session_id != s.id:
-            new.session_id = s.id
-            await self.store.save_claim(new)
-        s.record.name, s.record.name_key = display, key
-        await self.store.save_session(s.record)
+            await self._write(ClaimSaved(dataclasses.replace(new, session_id=s.id)))
+        await self._update(s, name=display, name_key=key)
         if display is None:
-            self._send_text(s, p.encode(p.Session(session=self.session_info(s))))
+            self._send_text(s, p.encode(p.Session(session=self.picture.session_info(s))))
         for lobby_id in s.lobbies:
-            self._broadcast_state(self.lobbies[lobby_id])
+            self._broadcast_state(self.picture.lobbies[lobby_id])
+
+    async def clear_claim(self, key: str) -> None:
+        """Takes the password off a name; its holder keeps it as an ordinary name."""
+        async with self._exclusive():
+            claim = self.picture.claims.get(key)
+            if claim is None:
+                return
+            await self._write(ClaimDeleted(key))
+            holder = self.picture.sessions.get(claim.session_id or "")
+            if holder is not None:
+                self._send_text(holder, p.encode(p.Session(
+                    session=self.picture.session_info(holder))))
 
     # --- lobbies ------------------------------------------------------------------------------
-
-    def find_lobby(self, lobby_id: str) -> Lobby:
-        lobby = self.lobbies.get(lobby_id)
-        if lobby is None:
-            raise ProtocolError(ErrorCode.LOBBY_NOT_FOUND, "no such lobby")
-        return lobby
-
-    def lobby_by_name(self, raw: str) -> Lobby | None:
-        lobby_id = self._lobby_keys.get(clean_lobby_name(raw)[1])
-        return self.lobbies.get(lobby_id) if lobby_id else None
 
     async def create_lobby(self, raw_name: str, *, private: bool = False,
                            password: str | None = None,
@@ -450,42 +302,22 @@ class Hub:
             raise ProtocolError(ErrorCode.INVALID_PAYLOAD,
                                 f"max_participants must be within 2..{self.settings.max_participants}")
         pw_hash = await hash_password(password) if password else None
-        if key in self._lobby_keys:  # checked after the await: two creators may race
+        if self.picture.lobby_by_key(key) is not None:  # after the await: creators may race
             raise ProtocolError(ErrorCode.LOBBY_EXISTS, f"a lobby named {name!r} exists")
         rec = LobbyRecord(id=secrets.token_urlsafe(9), name=name, key=key, private=private,
                           password_hash=pw_hash, max_participants=cap, empty_since=time.time())
-        self._lobby_keys[key] = rec.id
-        try:
-            await self.store.save_lobby(rec)
-        except BaseException:
-            del self._lobby_keys[key]
-            raise
-        lobby = self.lobbies[rec.id] = Lobby(rec)
-        return lobby
-
-    def public_lobbies(self) -> list[tuple[Lobby, int]]:
-        return [(lb, len(lb.members)) for lb in self.lobbies.values() if not lb.record.private]
-
-    def participants(self, lobby: Lobby) -> list[p.Participant]:
-        out = []
-        for sid in sorted(lobby.members):
-            s = self.sessions[sid]
-            out.append(p.Participant(session_id=sid, name=s.record.name or "", bot=s.record.bot,
-                                     connected=s.connected))
-        return out
-
-    def lobby_state(self, lobby: Lobby) -> p.LobbyState:
-        return p.LobbyState(lobby=lobby.info(), participants=self.participants(lobby))
+        await self._write(LobbySaved(rec))
+        return self.picture.lobbies[rec.id]
 
     async def join(self, s: LiveSession, msg: p.Join, ref: str | None) -> None:
         if s.record.name is None:
             raise ProtocolError(ErrorCode.NAME_REQUIRED, "set a name before joining a lobby")
         async with self._exclusive():
             if msg.lobby_id is not None:
-                lobby = self.find_lobby(msg.lobby_id)
+                lobby = self.picture.find_lobby(msg.lobby_id)
             else:
                 assert msg.lobby_name is not None
-                lobby = self.lobby_by_name(msg.lobby_name) or await self._create_lobby(
+                lobby = self.picture.lobby_by_name(msg.lobby_name) or await self._create_lobby(
                     msg.lobby_name, private=msg.private, password=msg.password)
             already = s.id in lobby.members
             if not already:
@@ -499,7 +331,7 @@ class Hub:
             conn = s.conn
             if conn is None:
                 return
-            conn.send(p.encode(self.lobby_state(lobby), ref))
+            conn.send(p.encode(self.picture.lobby_state(lobby), ref))
             if lobby.id not in conn.announced:
                 self._announce(s, lobby)
         await self._send_history(conn, lobby.id, msg.history_since)
@@ -514,12 +346,9 @@ class Hub:
         if len(lobby.members) >= lobby.record.max_participants:
             raise ProtocolError(ErrorCode.LOBBY_FULL,
                                 f"the lobby is full ({lobby.record.max_participants})")
-        await self.store.add_member(lobby.id, s.id)
-        lobby.members.add(s.id)
-        s.lobbies.add(lobby.id)
+        await self._write(MemberAdded(lobby.id, s.id))
         if lobby.record.empty_since is not None:
-            lobby.record.empty_since = None
-            await self.store.save_lobby(lobby.record)
+            await self._write(LobbySaved(dataclasses.replace(lobby.record, empty_since=None)))
         self.bus.emit(events.MemberJoined(lobby.id, s.id))
         log.info("joined", extra={"session_id": s.id, "lobby_id": lobby.id})
 
@@ -529,7 +358,7 @@ class Hub:
         s.conn.announced.add(lobby.id)
         me = p.Participant(session_id=s.id, name=s.record.name or "", bot=s.record.bot)
         for other_id in sorted(lobby.members):
-            other = self.sessions[other_id]
+            other = self.picture.sessions[other_id]
             if other is s or not other.connected:
                 continue
             peer = p.Participant(session_id=other.id, name=other.record.name or "",
@@ -540,33 +369,28 @@ class Hub:
         self._broadcast_state(lobby, exclude=s)
 
     async def _send_history(self, conn: Connection, lobby_id: str, since: int | None) -> None:
-        history = await self.store.chat_history(lobby_id, after=since,
-                                                limit=self.settings.history_limit)
-        for rec, msg in readable(history):
+        for rec, msg in readable(await self.chat_history(lobby_id, after=since,
+                                                         limit=self.settings.history_limit)):
             conn.send(p.encode(msg, f"m{rec.id}"))
 
     async def part(self, s: LiveSession, lobby_id: str) -> None:
         async with self._exclusive():  # an unknown lobby too: s is not a member of it
-            await self._remove_member(s, self.member_lobby(s, lobby_id))
+            await self._remove_member(s, self.picture.member_lobby(s, lobby_id))
 
     async def remove_session(self, s: LiveSession) -> None:
         """Takes ``s`` out of every lobby and deletes it (a bot being removed)."""
         async with self._exclusive():
             for lobby_id in sorted(s.lobbies):
-                await self._remove_member(s, self.lobbies[lobby_id])
+                await self._remove_member(s, self.picture.lobbies[lobby_id])
             if s.conn is not None:
                 await s.conn.close(CLOSE_REMOVED, "removed")
             await self._expire_session(s)
 
     async def _remove_member(self, s: LiveSession, lobby: Lobby) -> None:
-        await self.store.remove_member(lobby.id, s.id)
-        lobby.members.discard(s.id)
-        s.lobbies.discard(lobby.id)
-        if s.conn is not None:
-            s.conn.announced.discard(lobby.id)
+        await self._write(MemberRemoved(lobby.id, s.id))
         if not lobby.members:
-            lobby.record.empty_since = time.time()
-            await self.store.save_lobby(lobby.record)
+            await self._write(LobbySaved(dataclasses.replace(lobby.record,
+                                                             empty_since=time.time())))
         removed = p.PeerRemoved(lobby_id=lobby.id, peer_id=s.id)
         self._send([*lobby.members, s.id], removed)  # the member learns of it too
         self._broadcast_state(lobby)
@@ -577,35 +401,21 @@ class Hub:
         """Removes every member, then the lobby with its chat (an administrator's delete)."""
         async with self._exclusive():
             for session_id in sorted(lobby.members):
-                await self._remove_member(self.sessions[session_id], lobby)
+                await self._remove_member(self.picture.sessions[session_id], lobby)
             await self.delete_lobby(lobby)
 
-    async def clear_claim(self, key: str) -> None:
-        """Takes the password off a name; its holder keeps it as an ordinary name."""
-        async with self._exclusive():
-            claim = self.claims.pop(key, None)
-            if claim is None:
-                return
-            await self.store.delete_claim(key)
-            holder = self.sessions.get(claim.session_id or "")
-            if holder is not None:
-                self._send_text(holder, p.encode(p.Session(session=self.session_info(holder))))
-
     async def delete_lobby(self, lobby: Lobby) -> None:
-        await self.store.delete_lobby(lobby.id)
-        for sid in lobby.members:
-            self.sessions[sid].lobbies.discard(lobby.id)
-        self.lobbies.pop(lobby.id, None)
-        self._lobby_keys.pop(lobby.record.key, None)
+        await self._write(LobbyDeleted(lobby.id))
         self.bus.emit(events.LobbyDeleted(lobby.id))
 
     # --- chat and relay -----------------------------------------------------------------------
 
-    def member_lobby(self, s: LiveSession, lobby_id: str) -> Lobby:
-        lobby = self.lobbies.get(lobby_id)
-        if lobby is None or s.id not in lobby.members:
-            raise ProtocolError(ErrorCode.NOT_IN_LOBBY, "not a member of this lobby")
-        return lobby
+    async def chat_history(self, lobby_id: str, *, before: int | None = None,
+                           after: int | None = None, limit: int = 50,
+                           kinds: tuple[str, ...] | None = None) -> list[ChatRecord]:
+        """A lobby's stored messages, as ``Store.chat_history`` pages them."""
+        return await self.store.chat_history(lobby_id, before=before, after=after, limit=limit,
+                                             kinds=kinds)
 
     async def post(self, lobby: Lobby, s: LiveSession | None, text: str, *, kind: str = "chat",
                    meta: dict[str, Any] | None = None,
@@ -622,18 +432,27 @@ class Hub:
             await self.cluster.flush()
         return rec
 
+    async def caption(self, bot: LiveSession, msg: p.Transcript, ref: str | None) -> int | None:
+        """A bot's caption: a final is stored and delivered (its message id returned), an
+        interim only delivered. The speaker is named as the lobby knows them now."""
+        lobby = self.picture.member_lobby(bot, msg.lobby_id)
+        msg = dataclasses.replace(msg, bot_id=bot.id, speaker_name=self.picture.display_name(
+            msg.speaker_id, msg.speaker_name))
+        if not msg.final:
+            self._send(lobby.members, msg)
+            return None
+        rec = await self.post(lobby, bot, msg.text, kind="transcript", meta=transcript_meta(msg),
+                              client_ref=ref)
+        self.bus.emit(events.CaptionStored(lobby.id, rec.id, msg.end, time.time()))
+        return rec.id
+
     async def post_system(self, lobby_id: str, text: str) -> None:
-        lobby = self.lobbies.get(lobby_id)
+        lobby = self.picture.lobbies.get(lobby_id)
         if lobby is not None:
             await self.post(lobby, None, text, kind="system")
 
     def relay(self, s: LiveSession, msg: p.Sdp | p.Ice) -> None:
-        lobby = self.member_lobby(s, msg.lobby_id)
-        if msg.peer_id == s.id:
-            raise ProtocolError(ErrorCode.NOT_ALLOWED, "cannot relay to yourself")
-        target = self.sessions.get(msg.peer_id)
-        if target is None or msg.peer_id not in lobby.members:
-            raise ProtocolError(ErrorCode.PEER_NOT_IN_LOBBY, "that peer is not in this lobby")
+        target = self.picture.peer(s, msg.lobby_id, msg.peer_id)
         # the hot path: the validated fields go on with the sender's id, not rebuilt or checked
         # again (a payload's instance dict holds exactly its fields)
         data = vars(msg) | {"peer_id": s.id}
@@ -645,12 +464,12 @@ class Hub:
     # --- delivery -----------------------------------------------------------------------------
 
     def send_to_lobby(self, lobby_id: str, msg: p.Message) -> None:
-        lobby = self.lobbies.get(lobby_id)
+        lobby = self.picture.lobbies.get(lobby_id)
         if lobby is not None:
             self._send(lobby.members, msg)
 
     def send_to_session(self, session_id: str, msg: p.Message) -> bool:
-        s = self.sessions.get(session_id)
+        s = self.picture.sessions.get(session_id)
         return s is not None and self._send_text(s, p.encode(msg))
 
     def _send_text(self, s: LiveSession, text: str) -> bool:
@@ -667,7 +486,7 @@ class Hub:
         text = p.encode(msg, id)  # encoded once for every recipient
         remote: dict[str, list[str]] = {}
         for sid in session_ids:
-            s = self.sessions.get(sid)
+            s = self.picture.sessions.get(sid)
             if s is None:
                 continue
             if s.conn is not None:
@@ -678,57 +497,38 @@ class Hub:
             for node, ids in remote.items():  # one message a node, not one a member
                 self.cluster.forward(node, ids, text)
 
-    def _deliver_local(self, session_ids: list[str], text: str) -> None:
+    def deliver_local(self, session_ids: list[str], text: str) -> None:
         """Frames another node sent for sockets held here."""
         for sid in session_ids:
-            s = self.sessions.get(sid)
+            s = self.picture.sessions.get(sid)
             if s is not None and s.conn is not None:
                 s.conn.send(text)
 
     def _broadcast_state(self, lobby: Lobby, exclude: LiveSession | None = None) -> None:
         self._send((m for m in lobby.members if exclude is None or m != exclude.id),
-                   self.lobby_state(lobby))
+                   self.picture.lobby_state(lobby))
 
     # --- expiry -------------------------------------------------------------------------------
 
     async def sweep(self, now: float | None = None) -> None:
         """Ends grace periods, expires stale sessions and empty lobbies."""
         now = now or time.time()
-        if not self._due(now):  # the common case, decided without taking the lock
-            return
         st = self.settings
+        if not any(self.picture.expired(now, st.grace, st.session_ttl, st.lobby_ttl)):
+            return  # the common case, decided without taking the lock
         async with self._exclusive():
-            for s in list(self.sessions.values()):
-                if s.connected:
-                    continue
-                if s.lobbies and now - s.disconnected_at >= st.grace:
-                    for lobby_id in sorted(s.lobbies):
-                        await self._remove_member(s, self.lobbies[lobby_id])
-                if now - s.record.last_seen >= st.session_ttl:
-                    await self._expire_session(s)
-            for lobby in list(self.lobbies.values()):
-                if self._lobby_expired(lobby, now):
-                    await self.delete_lobby(lobby)
-
-    def _due(self, now: float) -> bool:
-        st = self.settings
-        return any(not s.connected and (
-            (s.lobbies and now - s.disconnected_at >= st.grace)
-            or now - s.record.last_seen >= st.session_ttl) for s in self.sessions.values()) \
-            or any(self._lobby_expired(lobby, now) for lobby in self.lobbies.values())
-
-    def _lobby_expired(self, lobby: Lobby, now: float) -> bool:
-        empty_since = lobby.record.empty_since
-        return not lobby.members and empty_since is not None and \
-            now - empty_since >= self.settings.lobby_ttl
+            graceless, stale, _ = self.picture.expired(now, st.grace, st.session_ttl, 0)
+            for s in graceless:
+                for lobby_id in sorted(s.lobbies):
+                    await self._remove_member(s, self.picture.lobbies[lobby_id])
+            for s in stale:
+                await self._expire_session(s)
+            # after the members left: a lobby emptied just now has a lobby_ttl to go
+            for lobby in self.picture.expired(now, st.grace, st.session_ttl, st.lobby_ttl)[2]:
+                await self.delete_lobby(lobby)
 
     async def _expire_session(self, s: LiveSession) -> None:
-        await self.store.delete_sessions([s.id])
-        for claim in self.claims.values():
-            if claim.session_id == s.id:
-                claim.session_id = None
-        self.sessions.pop(s.id, None)
-        self._by_token.pop(s.record.token_hash, None)
+        await self._write(SessionsDeleted((s.id,)))
         log.info("session %s expired", s.id)
 
     # --- other nodes ----------------------------------------------------------------------------
@@ -737,106 +537,13 @@ class Hub:
         """Sessions held by dead nodes are disconnected; the grace period starts now."""
         async with self._exclusive():
             now = time.time()
-            for s in list(self.sessions.values()):
-                if s.node not in nodes or s.conn is not None:
-                    continue
+            for s in [s for s in self.picture.sessions.values() if s.node in nodes]:
                 log.warning("node %s is gone: session disconnected", s.node,
                             extra={"session_id": s.id})
-                s.node, s.disconnected_at = None, now
-                await self.store.save_presence(s.id, None, now)
+                await self._write(PresenceChanged(s.id, None, now))
                 self.bus.emit(events.SessionDisconnected(s.id))
                 for lobby_id in s.lobbies:
-                    self._broadcast_state(self.lobbies[lobby_id])
-
-    def apply_session(self, change: Change) -> None:
-        self._upsert_session(SessionRecord(**change["rec"]))
-
-    def _upsert_session(self, rec: SessionRecord) -> None:
-        s = self.sessions.get(rec.id)
-        if s is None:
-            s = self.sessions[rec.id] = LiveSession(rec)
-        else:
-            if s.record.token_hash != rec.token_hash:
-                self._by_token.pop(s.record.token_hash, None)
-            s.record = rec
-        self._by_token[rec.token_hash] = rec.id
-
-    def apply_sessions_deleted(self, change: Change) -> None:
-        for sid in change["ids"]:
-            s = self.sessions.pop(sid, None)
-            if s is None:
-                continue
-            self._by_token.pop(s.record.token_hash, None)
-            for lobby_id in s.lobbies:
-                lobby = self.lobbies.get(lobby_id)
-                if lobby is not None:
-                    lobby.members.discard(sid)
-            for claim in self.claims.values():
-                if claim.session_id == sid:
-                    claim.session_id = None
-            if s.conn is not None:
-                asyncio.ensure_future(s.conn.close(CLOSE_REMOVED, "removed"))
-
-    def apply_claim(self, change: Change) -> None:
-        claim = NameClaim(**change["rec"])
-        self.claims[claim.key] = claim
-
-    def apply_claim_deleted(self, change: Change) -> None:
-        self.claims.pop(change["key"], None)
-
-    def apply_lobby(self, change: Change) -> None:
-        self._upsert_lobby(LobbyRecord(**change["rec"]))
-
-    def _upsert_lobby(self, rec: LobbyRecord) -> None:
-        lobby = self.lobbies.get(rec.id)
-        if lobby is None:
-            self.lobbies[rec.id] = Lobby(rec)
-        else:
-            lobby.record = rec
-        self._lobby_keys[rec.key] = rec.id
-
-    def apply_lobby_deleted(self, change: Change) -> None:
-        lobby = self.lobbies.pop(change["id"], None)
-        if lobby is None:
-            return
-        self._lobby_keys.pop(lobby.record.key, None)
-        for sid in lobby.members:
-            s = self.sessions.get(sid)
-            if s is not None:
-                s.lobbies.discard(lobby.id)
-
-    def apply_member_added(self, change: Change) -> None:
-        lobby, s = self.lobbies.get(change["lobby"]), self.sessions.get(change["session"])
-        if lobby is not None and s is not None:
-            lobby.members.add(s.id)
-            s.lobbies.add(lobby.id)
-
-    def apply_member_removed(self, change: Change) -> None:
-        lobby, s = self.lobbies.get(change["lobby"]), self.sessions.get(change["session"])
-        if lobby is not None:
-            lobby.members.discard(change["session"])
-        if s is not None:
-            s.lobbies.discard(change["lobby"])
-            if s.conn is not None:
-                s.conn.announced.discard(change["lobby"])
-
-    def apply_presence(self, change: Change) -> None:
-        s = self.sessions.get(change["session"])
-        node = change["node"]
-        if s is None or node == self.node_id:
-            return
-        if node is None:
-            if s.conn is None:  # a socket here is newer than the news of the old one closing
-                s.node, s.disconnected_at = None, float(change["at"])
-            return
-        s.node = node
-        if s.conn is not None:  # the session connected to another node: this socket is stale
-            old, s.conn = s.conn, None
-            asyncio.ensure_future(old.close(CLOSE_REPLACED, "session connected elsewhere",
-                                            drain=0.2))
-
-    def connections(self) -> list[Connection]:
-        return [s.conn for s in self.sessions.values() if s.conn is not None]
+                    self._broadcast_state(self.picture.lobbies[lobby_id])
 
 
 HUB = web.AppKey("hub", Hub)

@@ -15,7 +15,14 @@ import hashlib
 import hmac
 import re
 from dataclasses import dataclass
-from typing import Any
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
+from shared import protocol as p
+
+if TYPE_CHECKING:
+    from .connection import Connection
+    from .settings import Settings
 
 SCHEMES = ("stun", "stuns", "turn", "turns")
 # RFC 7064 / 7065: scheme:host[:port][?transport=udp|tcp]; IPv6 hosts in brackets
@@ -100,3 +107,25 @@ def ice_servers(stun_urls: str, turn_urls: str, turn_secret: str | None, turn_tt
     username, credential = turn_credential(turn_secret, session_id, expires)
     servers.append({"urls": turn, "username": username, "credential": credential})
     return servers, float(expires)
+
+
+
+def for_session(st: Settings, session_id: str,
+                now: float) -> tuple[list[p.IceServer], float | None]:
+    """The ICE servers of a session, with a fresh TURN credential."""
+    servers, expires = ice_servers(st.stun_urls, st.turn_urls, st.turn_secret, st.turn_ttl,
+                                   session_id, now)
+    return [p.IceServer(**server) for server in servers], expires
+
+
+def renew(conns: Iterable[Connection], st: Settings, now: float) -> int:
+    """Sends new ICE servers to every connection whose TURN credential is past half its life,
+    so nobody holds an expired one; returns how many were renewed."""
+    renewed = 0
+    for conn in conns:
+        if conn.ice_expires is None or conn.ice_expires - now > st.turn_ttl / 2:
+            continue
+        fresh, conn.ice_expires = for_session(st, conn.session_id, now)
+        conn.send(p.encode(p.IceServers(ice_servers=fresh, expires=conn.ice_expires)))
+        renewed += 1
+    return renewed

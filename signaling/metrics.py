@@ -16,7 +16,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
-from .events import BotReported
+from .events import BotReported, CaptionStored
 
 
 class FrameCounter:
@@ -134,6 +134,10 @@ class Metrics:
         self.lag = Gauge("voicebot_transcription_lag_seconds", "how far a transcriber is behind "
                          "live, as it last reported", ["bot_id"], registry=r)
         self.bot_connections = BotConnections(r)
+
+    def caption_stored(self, event: CaptionStored) -> None:
+        if event.end:
+            self.ttfs.observe(max(0.0, event.at - event.end))
 
     def bot_reported(self, event: BotReported) -> None:
         self.bot_connections.update(event.bot_id, event.metrics)

@@ -21,8 +21,12 @@ from typing import Any
 
 from redis.exceptions import RedisError
 
+from .changes import (BotDeleted, BotSaved, BotStateChanged, Change, ClaimDeleted, ClaimSaved,
+                      LobbyDeleted, LobbySaved, MemberAdded, MemberRemoved, PresenceChanged,
+                      ProviderDeleted, ProviderSaved, SessionSaved, SessionsDeleted, encode)
 from .cluster import Cluster
-from .store import BotRecord, ChatRecord, LobbyRecord, NameClaim, SessionRecord, Snapshot, Store, StoreError
+from .records import BotRecord, ChatRecord, LobbyRecord, NameClaim, SessionRecord, Snapshot
+from .store import Store, StoreError
 
 log = logging.getLogger(__name__)
 
@@ -111,6 +115,9 @@ class RedisStore(Store):
     def _key(self, *parts: str) -> str:
         return ":".join((self.prefix, *parts))
 
+    def _change(self, change: Change) -> str:
+        return encode(change, self.cluster.node_id)
+
     async def _write(self, change: str, *commands: tuple[str, ...]) -> None:
         """Runs ``commands`` and publishes ``change`` in one transaction."""
         try:
@@ -158,58 +165,54 @@ class RedisStore(Store):
 
     # --- records ------------------------------------------------------------------------------
 
+    async def _save(self, table: str, key: str,
+                    change: SessionSaved | ClaimSaved | LobbySaved | BotSaved) -> None:
+        await self._write(self._change(change), ("HSET", self._key(table), key, _dump(change.rec)))
+
     async def save_session(self, s: SessionRecord) -> None:
-        rec = _dump(s)
-        await self._write(self.cluster.change("session", rec=json.loads(rec)),
-                          ("HSET", self._key("sessions"), s.id, rec))
+        await self._save("sessions", s.id, SessionSaved(s))
 
     async def delete_sessions(self, ids: list[str]) -> None:
         try:
             await self._delete_sessions(
                 keys=[self._key("sessions"), self._key("claims"), self._key("presence"),
                       self._key("lobbies")],
-                args=[self.prefix, self.cluster.change("sessions-", ids=ids), *ids])
+                args=[self.prefix, self._change(SessionsDeleted(tuple(ids))), *ids])
         except (RedisError, OSError) as exc:
             raise StoreError(f"Redis: {exc}") from exc
 
     async def save_claim(self, c: NameClaim) -> None:
-        rec = _dump(c)
-        await self._write(self.cluster.change("claim", rec=json.loads(rec)),
-                          ("HSET", self._key("claims"), c.key, rec))
+        await self._save("claims", c.key, ClaimSaved(c))
 
     async def delete_claim(self, key: str) -> None:
-        await self._write(self.cluster.change("claim-", key=key),
+        await self._write(self._change(ClaimDeleted(key)),
                           ("HDEL", self._key("claims"), key))
 
     async def save_lobby(self, lb: LobbyRecord) -> None:
-        rec = _dump(lb)
-        await self._write(self.cluster.change("lobby", rec=json.loads(rec)),
-                          ("HSET", self._key("lobbies"), lb.id, rec))
+        await self._save("lobbies", lb.id, LobbySaved(lb))
 
     async def delete_lobby(self, lobby_id: str) -> None:
         try:
             await self._delete_lobby(
                 keys=[self._key("lobbies"), self._key("bots")],
-                args=[self.prefix, lobby_id, self.cluster.change("lobby-", id=lobby_id),
+                args=[self.prefix, lobby_id, self._change(LobbyDeleted(lobby_id)),
                       *CHAT_KINDS])
         except (RedisError, OSError) as exc:
             raise StoreError(f"Redis: {exc}") from exc
 
     async def add_member(self, lobby_id: str, session_id: str) -> None:
-        await self._write(self.cluster.change("member+", lobby=lobby_id, session=session_id),
+        await self._write(self._change(MemberAdded(lobby_id, session_id)),
                           ("SADD", self._key("members", lobby_id), session_id))
 
     async def remove_member(self, lobby_id: str, session_id: str) -> None:
-        await self._write(self.cluster.change("member-", lobby=lobby_id, session=session_id),
+        await self._write(self._change(MemberRemoved(lobby_id, session_id)),
                           ("SREM", self._key("members", lobby_id), session_id))
 
     async def save_bot(self, b: BotRecord) -> None:
-        rec = _dump(b)
-        await self._write(self.cluster.change("bot", rec=json.loads(rec)),
-                          ("HSET", self._key("bots"), b.id, rec))
+        await self._save("bots", b.id, BotSaved(b))
 
     async def delete_bot(self, bot_id: str) -> None:
-        await self._write(self.cluster.change("bot-", id=bot_id),
+        await self._write(self._change(BotDeleted(bot_id)),
                           ("HDEL", self._key("bots"), bot_id),
                           ("HDEL", self._key("botstate"), bot_id))
 
@@ -217,19 +220,19 @@ class RedisStore(Store):
 
     async def save_presence(self, session_id: str, node: str | None, at: float) -> None:
         value = json.dumps({"node": node, "at": at})
-        await self._write(self.cluster.change("presence", session=session_id, node=node, at=at),
+        await self._write(self._change(PresenceChanged(session_id, node, at)),
                           ("HSET", self._key("presence"), session_id, value))
 
     async def save_provider(self, session_id: str, info: dict[str, Any] | None) -> None:
         if info is None:
-            await self._write(self.cluster.change("provider-", session=session_id),
+            await self._write(self._change(ProviderDeleted(session_id)),
                               ("HDEL", self._key("providers"), session_id))
             return
-        await self._write(self.cluster.change("provider", session=session_id, info=info),
+        await self._write(self._change(ProviderSaved(session_id, info)),
                           ("HSET", self._key("providers"), session_id, json.dumps(info)))
 
     async def save_bot_state(self, bot_id: str, state: dict[str, Any]) -> None:
-        await self._write(self.cluster.change("botstate", id=bot_id, state=state),
+        await self._write(self._change(BotStateChanged(bot_id, state)),
                           ("HSET", self._key("botstate"), bot_id, json.dumps(state)))
 
     # --- chat ---------------------------------------------------------------------------------
@@ -280,13 +283,15 @@ class RedisStore(Store):
         key = self._key("chat", lobby_id, kinds[0]) if kinds and len(kinds) == 1 else \
             self._key("chat", lobby_id)
         hi = f"({before}" if before is not None else "+inf"
+        # str: redis's types can't know that the client decodes responses
+        rows: list[str]
         try:
             if after is not None:
-                rows = await self.redis.zrangebyscore(key, f"({after}", hi, start=0,
-                                                      num=limit if not kinds else -1)
+                rows = await self.redis.zrangebyscore(  # type: ignore[assignment]
+                    key, f"({after}", hi, start=0, num=limit if not kinds else -1)
             else:
-                rows = await self.redis.zrevrangebyscore(key, hi, "-inf", start=0,
-                                                         num=limit if not kinds else -1)
+                rows = await self.redis.zrevrangebyscore(  # type: ignore[assignment]
+                    key, hi, "-inf", start=0, num=limit if not kinds else -1)
                 rows.reverse()
         except (RedisError, OSError) as exc:
             raise StoreError(f"Redis: {exc}") from exc

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -152,7 +153,7 @@ class Settings:
                                     help=f"{f.metadata['help']} (env VOICEBOT_{f.name.upper()}=1)")
                 continue
             parser.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, default=None,
-                                type=lambda raw, f=f: _convert(f, raw),
+                                type=functools.partial(_convert, f),
                                 help=f"{f.metadata['help']} (default: {_shown(f.default)}; "
                                      f"env VOICEBOT_{f.name.upper()})")
 
@@ -171,11 +172,12 @@ def _shown(default: Any) -> str:
 def _convert(f: dataclasses.Field[Any], raw: str) -> Any:
     if f.name in ("tls_cert", "tls_key"):
         return Path(raw)
-    kind = type(f.default)
-    if kind is bool:
+    if isinstance(f.default, bool):
         return raw.lower() in ("1", "true", "yes", "on")
-    if kind in (int, float):
-        return kind(raw)
+    if isinstance(f.default, int):
+        return int(raw)
+    if isinstance(f.default, float):
+        return float(raw)
     if isinstance(f.default, Path):
         return Path(raw)
     return raw

@@ -14,86 +14,19 @@ import sqlite3
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
+
+from .changes import (BotDeleted, BotSaved, BotStateChanged, Change, ClaimDeleted, ClaimSaved,
+                      LobbyDeleted, LobbySaved, MemberAdded, MemberRemoved, PresenceChanged,
+                      ProviderDeleted, ProviderSaved, SessionSaved, SessionsDeleted)
+from .records import BotRecord, ChatRecord, LobbyRecord, NameClaim, SessionRecord, Snapshot
 
 T = TypeVar("T")
 
 
 class StoreError(Exception):
     """The store could not complete an operation (disk full, read-only, corrupt, ...)."""
-
-
-@dataclass
-class SessionRecord:
-    id: str
-    token_hash: str
-    name: str | None = None
-    name_key: str | None = None
-    bot: bool = False
-    created_at: float = field(default_factory=time.time)
-    last_seen: float = field(default_factory=time.time)
-
-
-@dataclass
-class NameClaim:
-    """A password-protected name; it outlives the session that holds it."""
-
-    key: str
-    display: str
-    password_hash: str
-    session_id: str | None = None
-
-
-@dataclass
-class LobbyRecord:
-    id: str
-    name: str
-    key: str
-    private: bool = False
-    password_hash: str | None = None
-    max_participants: int = 16
-    created_at: float = field(default_factory=time.time)
-    empty_since: float | None = None
-
-
-@dataclass(frozen=True)
-class ChatRecord:
-    id: int
-    lobby_id: str
-    session_id: str | None
-    name: str
-    text: str
-    ts: float
-    kind: str = "chat"
-    meta: dict[str, Any] | None = None
-
-
-@dataclass
-class BotRecord:
-    """A bot placed in a lobby; which provider runs it is live state, not stored."""
-
-    id: str
-    lobby_id: str
-    kind: str
-    session_id: str
-    name: str
-    config: dict[str, Any] = field(default_factory=dict)
-    created_at: float = field(default_factory=time.time)
-
-
-@dataclass
-class Snapshot:
-    sessions: list[SessionRecord]
-    claims: list[NameClaim]
-    lobbies: list[LobbyRecord]
-    members: list[tuple[str, str]]  # (lobby_id, session_id)
-    bots: list[BotRecord] = field(default_factory=list)
-    # live state, kept only by a store several nodes share
-    presence: dict[str, dict[str, Any]] = field(default_factory=dict)  # session → node, at
-    providers: dict[str, dict[str, Any]] = field(default_factory=dict)  # session → hello
-    bot_states: dict[str, dict[str, Any]] = field(default_factory=dict)  # bot → provider, status
 
 
 class Store(abc.ABC):
@@ -176,6 +109,38 @@ class Store(abc.ABC):
     async def save_bot_state(self, bot_id: str, state: dict[str, Any]) -> None:
         return None
 
+    async def write(self, change: Change) -> None:
+        """Makes ``change`` durable; a store several nodes share publishes it with the write."""
+        match change:
+            case SessionSaved(rec):
+                await self.save_session(rec)
+            case SessionsDeleted(ids):
+                await self.delete_sessions(list(ids))
+            case ClaimSaved(claim):
+                await self.save_claim(claim)
+            case ClaimDeleted(key):
+                await self.delete_claim(key)
+            case LobbySaved(lobby):
+                await self.save_lobby(lobby)
+            case LobbyDeleted(lobby_id):
+                await self.delete_lobby(lobby_id)
+            case MemberAdded(lobby_id, session_id):
+                await self.add_member(lobby_id, session_id)
+            case MemberRemoved(lobby_id, session_id):
+                await self.remove_member(lobby_id, session_id)
+            case PresenceChanged(session_id, node, at):
+                await self.save_presence(session_id, node, at)
+            case BotSaved(bot):
+                await self.save_bot(bot)
+            case BotDeleted(bot_id):
+                await self.delete_bot(bot_id)
+            case BotStateChanged(bot_id, state):
+                await self.save_bot_state(bot_id, state)
+            case ProviderSaved(session_id, info):
+                await self.save_provider(session_id, info)
+            case ProviderDeleted(session_id):
+                await self.save_provider(session_id, None)
+
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS sessions (
@@ -242,7 +207,8 @@ class SQLiteStore(Store):
                 if self.max_mb:  # past it, writes fail with SQLITE_FULL, as on a full disk
                     page = db.execute("PRAGMA page_size").fetchone()[0]
                     db.execute(f"PRAGMA max_page_count={self.max_mb * 1024 * 1024 // page}")
-                db.isolation_level = ""  # back to implicit transactions for `with db:`
+                # back to implicit transactions for `with db:` (typeshed omits "", which sqlite3 takes)
+                db.isolation_level = ""  # type: ignore[assignment]
                 self._db = db
             except (sqlite3.Error, OSError) as exc:
                 raise StoreError(f"cannot open {self.path}: {exc}") from exc
@@ -346,7 +312,7 @@ class SQLiteStore(Store):
     async def chat_history(self, lobby_id: str, *, before: int | None = None,
                            after: int | None = None, limit: int = 50,
                            kinds: tuple[str, ...] | None = None) -> list[ChatRecord]:
-        where, args = ["lobby_id=?"], [lobby_id]
+        where, args = ["lobby_id=?"], list[Any]([lobby_id])
         if kinds:
             where.append(f"kind IN ({','.join('?' * len(kinds))})")
             args.extend(kinds)
@@ -370,12 +336,13 @@ _CHAT_COLUMNS = "id, lobby_id, session_id, name, text, ts, kind, meta"
 
 
 def _chat(row: tuple[Any, ...]) -> ChatRecord:
-    *head, meta = row
+    message_id, lobby_id, session_id, name, text, ts, kind, meta = row
     try:
         parsed = json.loads(meta) if meta else None
     except ValueError:
         parsed = {"unreadable": True}  # not a transcript's fields: readers skip the record
-    return ChatRecord(*head, meta=parsed if isinstance(parsed, dict) else None)
+    return ChatRecord(message_id, lobby_id, session_id, name, text, ts, kind,
+                      parsed if isinstance(parsed, dict) else None)
 
 
 def _load(db: sqlite3.Connection) -> Snapshot:

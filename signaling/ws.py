@@ -6,8 +6,6 @@ Frames from one connection are handled one at a time, in order. Any bad frame ge
 
 from __future__ import annotations
 
-import asyncio
-import dataclasses
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -63,7 +61,7 @@ async def on_part(app: web.Application, s: LiveSession, msg: p.Message, ref: str
 
 async def on_chat(app: web.Application, s: LiveSession, msg: p.Message, ref: str | None) -> None:
     assert isinstance(msg, p.Chat)
-    lobby = app[HUB].member_lobby(s, msg.lobby_id)
+    lobby = app[HUB].picture.member_lobby(s, msg.lobby_id)
     # the request id doubles as an idempotency key: a resend after a reconnect is stored once
     rec = await app[HUB].post(lobby, s, msg.text, client_ref=ref)
     confirm(s, p.Ack(result={"message_id": rec.id}), ref)
@@ -92,21 +90,8 @@ async def on_transcript(app: web.Application, s: LiveSession, msg: p.Message,
                         ref: str | None) -> None:
     assert isinstance(msg, p.Transcript)
     _provider_only(s)
-    hub = app[HUB]
-    lobby = hub.member_lobby(s, msg.lobby_id)
-    speaker = hub.sessions.get(msg.speaker_id)
-    name = speaker.record.name if speaker is not None and speaker.record.name else msg.speaker_name
-    if msg.final:
-        meta = {"segment_id": msg.segment_id, "speaker_id": msg.speaker_id, "speaker_name": name,
-                "start": msg.start, "end": msg.end, "model": msg.model, "language": msg.language,
-                "task": msg.task}
-        rec = await hub.post(lobby, s, msg.text, kind="transcript", meta=meta, client_ref=ref)
-        if msg.end:  # the end of the speech, by the bot's clock → stored here
-            app[METRICS].ttfs.observe(max(0.0, time.time() - msg.end))
-        confirm(s, p.Ack(result={"message_id": rec.id}), ref)
-        return
-    hub.send_to_lobby(lobby.id, dataclasses.replace(msg, speaker_name=name, bot_id=s.id))
-    confirm(s, p.Ack(), ref)
+    message_id = await app[HUB].caption(s, msg, ref)
+    confirm(s, p.Ack(result={} if message_id is None else {"message_id": message_id}), ref)
 
 
 async def on_ping(app: web.Application, s: LiveSession, msg: p.Message, ref: str | None) -> None:
@@ -164,7 +149,7 @@ def check_limits(hub: Hub, limits: ConnectionLimits, msg: p.Message) -> None:
     if isinstance(msg, p.Chat) and not limits.chat.take():
         raise ProtocolError(ErrorCode.RATE_LIMITED, "too many chat messages; slow down")
     if isinstance(msg, p.Join) and msg.lobby_name is not None and \
-            hub.lobby_by_name(msg.lobby_name) is None and not limits.creates.take():
+            hub.picture.lobby_by_name(msg.lobby_name) is None and not limits.creates.take():
         raise ProtocolError(ErrorCode.RATE_LIMITED, "too many new lobbies; wait a little")
 
 
@@ -178,7 +163,7 @@ def fail(app: web.Application, conn: Connection, code: ErrorCode, message: str,
     send_error(conn, code, message, ref)
     if counts and conn.limits is not None and not conn.limits.errors.take() and not conn.closed:
         app[METRICS].closed.labels("protocol_errors").inc()
-        asyncio.ensure_future(conn.close(WSCloseCode.POLICY_VIOLATION, "too many bad frames"))
+        conn.close_soon(WSCloseCode.POLICY_VIOLATION, "too many bad frames")
 
 
 def origin_allowed(request: web.Request, allowed: list[str]) -> bool:
@@ -206,13 +191,13 @@ async def websocket(request: web.Request) -> web.WebSocketResponse:
     ws = web.WebSocketResponse(heartbeat=st.heartbeat, max_msg_size=st.max_frame_bytes,
                                protocols=(WS_PROTOCOL,))
     await ws.prepare(request)
-    # a count, not len(hub.connections()): that walks every session on every connect
+    # a count, not len(hub.picture.connections()): that walks every session on every connect
     if hub.open_sockets >= st.max_connections:
         metrics.closed.labels("capacity").inc()
         await ws.close(code=WSCloseCode.TRY_AGAIN_LATER, message=b"server full, try again later")
         return ws
     conn = Connection(ws, session.id, st.send_queue, request.remote, limits.for_connection(),
-                      request.transport)  # type: ignore[arg-type]
+                      request.transport)
     hub.open_sockets += 1
     try:
         await hub.connect(session, conn)

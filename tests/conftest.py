@@ -11,7 +11,8 @@ import pytest
 from aiohttp.test_utils import TestServer
 
 from shared import protocol as p
-from shared.client import ClientConfig, SignalingClient
+from shared.client import SignalingClient
+from shared.config import ClientConfig
 from signaling.app import create_app
 from signaling.settings import Settings
 from signaling.testing import ProviderProcess, RedisServer, ServerProcess, free_port

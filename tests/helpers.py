@@ -1,24 +1,33 @@
 """Helpers the test modules share (test modules never import each other): waiting on a
-condition, the HTTP API, bots added through it, and two aiortc peers that hear a tone."""
+condition, the HTTP API, a raw WebSocket logged in by hand, bots added through the API, the
+test tone, and two aiortc peers that hear it."""
 
 from __future__ import annotations
 
 import asyncio
-import fractions
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import av
 import numpy as np
-from aiortc import MediaStreamTrack, RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+from aiohttp.test_utils import TestServer
+from aiortc import (
+    MediaStreamTrack,
+    RTCConfiguration,
+    RTCPeerConnection,
+    RTCSessionDescription,
+)
 from aiortc.mediastreams import AudioStreamTrack
 
 from shared import protocol as p
 from shared.client import SignalingClient
 
-from .conftest import Inbox
+from .conftest import Clients, Inbox
+from .netfaults import TcpProxy
 
 
 async def wait_until(predicate: Any, timeout: float = 10.0, what: str = "condition",
@@ -34,16 +43,90 @@ async def wait_until(predicate: Any, timeout: float = 10.0, what: str = "conditi
 async def api(method: str, url: str, token: str | None, body: Any = None) -> tuple[int, Any]:
     """A JSON call to the HTTP API: (status, body)."""
     headers = {"Authorization": f"Bearer {token}"} if token else {}
-    async with aiohttp.ClientSession() as http:
-        async with http.request(method, url, json=body, headers=headers) as r:
-            return r.status, await r.json()
+    async with aiohttp.ClientSession() as http, \
+            http.request(method, url, json=body, headers=headers) as r:
+        return r.status, await r.json()
 
 
 async def api_text(url: str) -> tuple[int, str]:
     """A GET whose body is text (a transcript export): (status, text)."""
-    async with aiohttp.ClientSession() as http:
-        async with http.get(url) as r:
-            return r.status, await r.text()
+    async with aiohttp.ClientSession() as http, http.get(url) as r:
+        return r.status, await r.text()
+
+
+# --- a raw WebSocket, logged in by hand -------------------------------------------------------
+
+
+def root_url(server: TestServer | str) -> str:
+    """The server's root URL (``http://host:port/``), of a test server or as given."""
+    return server if isinstance(server, str) else str(server.make_url("/"))
+
+
+async def new_token(http: aiohttp.ClientSession, server: TestServer | str, body: Any = None,
+                    headers: dict[str, str] | None = None) -> str:
+    """A new session (``POST /api/sessions``): its token."""
+    async with http.post(root_url(server) + "api/sessions", json=body, headers=headers) as r:
+        assert r.status == 201, await r.text()
+        return str((await r.json())["token"])
+
+
+async def raw_login(http: aiohttp.ClientSession, server: TestServer | str,
+                    token: str | None = None, via: str = "query", timeout: float = 5.0,
+                    **connect: Any) -> aiohttp.ClientWebSocketResponse:
+    """A raw WebSocket to the server's ``/ws``, past its ``welcome``: a new session unless
+    ``token`` is given, whose token goes ``via`` the query (``?token=``), the ``header``
+    (``Authorization: Bearer``) or a ``subprotocol`` (``voicebot.bearer.…``, as browsers do);
+    ``connect`` goes on to ``ws_connect``."""
+    token = token or await new_token(http, server)
+    if via == "query":
+        connect["params"] = {"token": token}
+    elif via == "header":
+        connect["headers"] = {**connect.get("headers", {}), "Authorization": f"Bearer {token}"}
+    else:
+        assert via == "subprotocol", via
+        connect["protocols"] = ("voicebot.v1", f"voicebot.bearer.{token}")
+    ws = await http.ws_connect(root_url(server) + "ws", **connect)
+    welcome = await ws.receive_json(timeout=timeout)
+    assert welcome["type"] == "welcome" and welcome["data"]["protocol"] == p.PROTOCOL_VERSION, \
+        welcome
+    return ws
+
+
+async def raw_request(ws: aiohttp.ClientWebSocketResponse, frame: dict[str, Any],
+                      timeout: float = 5.0) -> dict[str, Any]:
+    """Sends ``frame`` (which has an ``id``) and returns the reply to it; frames before that
+    reply (state, other members' traffic) are skipped."""
+    await ws.send_json(frame)
+    while True:
+        reply = await ws.receive_json(timeout=timeout)
+        if reply.get("id") == frame["id"]:
+            return reply  # type: ignore[no-any-return]
+
+
+async def raw_join(ws: aiohttp.ClientWebSocketResponse, name: str, timeout: float = 5.0,
+                   **join: Any) -> str:
+    """Over a raw socket: takes ``name``, then joins the lobby ``join`` names (``lobby_id=`` or
+    ``lobby_name=``); returns the lobby's id."""
+    named = await raw_request(ws, {"type": "set_name", "data": {"name": name}, "id": "n"}, timeout)
+    assert named["type"] == "session", named
+    joined = await raw_request(ws, {"type": "join", "data": join, "id": "j"}, timeout)
+    assert joined["type"] == "lobby_state", joined
+    return str(joined["data"]["lobby"]["id"])
+
+
+@asynccontextmanager
+async def through_proxy(server: TestServer) -> AsyncIterator[tuple[TcpProxy, Clients, Clients]]:
+    """Two pools of clients for ``server``: one straight to it, one through a ``TcpProxy`` that
+    the test can stall or freeze; all closed at the end."""
+    proxy = TcpProxy(server.port)  # type: ignore[arg-type]
+    await proxy.start()
+    pool, proxied = Clients(root_url(server)), Clients(f"http://127.0.0.1:{proxy.port}/")
+    try:
+        yield proxy, pool, proxied
+    finally:
+        await proxied.close()
+        await pool.close()
+        await proxy.close()
 
 
 async def start_transcriber(url: str, token: str, lobby: str, **config: Any) -> dict[str, Any]:
@@ -63,21 +146,15 @@ async def start_player(url: str, token: str, lobby: str, path: Path, name: str,
 
 
 class Sine(AudioStreamTrack):
-    """The test tone: 440 Hz at 48 kHz, paced in real time by the base class's clock."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._t = 0
+    """The test tone: aiortc's paced silence (20 ms frames in real time) filled with a 440 Hz
+    sine at 0.3 of full scale, so that decoding shows."""
 
     async def recv(self) -> av.AudioFrame:
         frame = await super().recv()  # silence with the right timing
-        n = frame.samples
-        t = (np.arange(self._t, self._t + n) / 48000.0)
-        self._t += n
+        t = (frame.pts + np.arange(frame.samples)) / frame.sample_rate
         samples = (0.3 * 32767 * np.sin(2 * np.pi * 440 * t)).astype(np.int16)
-        out = av.AudioFrame.from_ndarray(samples.reshape(1, -1), format="s16", layout="mono")
-        out.sample_rate, out.pts, out.time_base = 48000, frame.pts, fractions.Fraction(1, 48000)
-        return out
+        frame.planes[0].update(samples.tobytes())
+        return frame
 
 
 async def rms_of(track: MediaStreamTrack, frames: int) -> float:

@@ -87,7 +87,8 @@ async def test_ctrl_c_stops_voicebot_up_cleanly(tmp_path: Path) -> None:
     import subprocess
     import sys
 
-    from shared.client import ClientConfig, SignalingClient
+    from shared.client import SignalingClient
+    from shared.config import ClientConfig
     from signaling.testing import free_port
 
     from .conftest import ROOT

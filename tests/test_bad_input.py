@@ -12,15 +12,7 @@ from aiohttp.test_utils import TestServer
 from shared import protocol as p
 
 from .conftest import Clients
-
-
-async def raw_socket(server: TestServer, http: aiohttp.ClientSession) -> aiohttp.ClientWebSocketResponse:
-    async with http.post(server.make_url("/api/sessions")) as r:
-        token = (await r.json())["token"]
-    ws = await http.ws_connect(server.make_url("/ws"), params={"token": token})
-    welcome = await ws.receive_json(timeout=5)
-    assert welcome["type"] == "welcome" and welcome["data"]["protocol"] == p.PROTOCOL_VERSION
-    return ws
+from .helpers import api, raw_login
 
 
 async def exchange(ws: aiohttp.ClientWebSocketResponse, frame: Any) -> dict[str, Any]:
@@ -62,7 +54,7 @@ async def test_bad_frames_get_specific_errors_and_the_connection_survives(
     bystander, inbox = await clients.new("Bystander")
     lobby = (await bystander.join(lobby_name="calm")).lobby.id
     async with aiohttp.ClientSession() as http:
-        ws = await raw_socket(server, http)
+        ws = await raw_login(http, server)
         for frame, code, ref in BAD_FRAMES:
             reply = await exchange(ws, frame)
             assert reply["type"] == "error", (frame, reply)
@@ -79,7 +71,7 @@ async def test_bad_frames_get_specific_errors_and_the_connection_survives(
 
 async def test_oversized_frames(server: TestServer, settings) -> None:  # type: ignore[no-untyped-def]
     async with aiohttp.ClientSession() as http:
-        ws = await raw_socket(server, http)
+        ws = await raw_login(http, server)
         big = json.dumps({"type": "ping", "id": "big", "pad": "x" * settings.max_message_bytes})
         reply = await exchange(ws, big)
         assert reply["data"]["code"] == "message_too_large"
@@ -89,7 +81,7 @@ async def test_oversized_frames(server: TestServer, settings) -> None:  # type: 
         msg = await ws.receive(timeout=5)
         assert msg.type is aiohttp.WSMsgType.CLOSE and msg.data == 1009
         # and the server carries on
-        ws2 = await raw_socket(server, http)
+        ws2 = await raw_login(http, server)
         assert (await exchange(ws2, {"type": "ping", "id": "ok"}))["type"] == "pong"
         await ws2.close()
 
@@ -118,16 +110,13 @@ async def test_http_errors_are_json(server: TestServer, method: str, path: str, 
 
 
 async def test_http_lobby_validation(server: TestServer) -> None:
-    async with aiohttp.ClientSession() as http:
-        async with http.post(server.make_url("/api/sessions")) as r:
-            token = (await r.json())["token"]
-        headers = {"Authorization": f"Bearer {token}"}
-        for body, code in (({}, "invalid_payload"), ({"name": 3}, "invalid_payload"),
-                           ({"name": "<script>"}, "name_invalid"),
-                           ({"name": "ok", "max_participants": 500}, "invalid_payload")):
-            async with http.post(server.make_url("/api/lobbies"), json=body, headers=headers) as r:
-                assert r.status == 400, body
-                assert (await r.json())["error"]["code"] == code
+    token = (await api("POST", str(server.make_url("/api/sessions")), None))[1]["token"]
+    for body, code in (({}, "invalid_payload"), ({"name": 3}, "invalid_payload"),
+                       ({"name": "<script>"}, "name_invalid"),
+                       ({"name": "ok", "max_participants": 500}, "invalid_payload")):
+        status, reply = await api("POST", str(server.make_url("/api/lobbies")), token, body)
+        assert status == 400, body
+        assert reply["error"]["code"] == code
 
 
 async def test_replies_follow_the_id_rules(server: TestServer, clients: Clients) -> None:
@@ -135,7 +124,7 @@ async def test_replies_follow_the_id_rules(server: TestServer, clients: Clients)
     bystander, inbox = await clients.new("Listener")
     lobby = (await bystander.join(lobby_name="ids")).lobby.id
     async with aiohttp.ClientSession() as http:
-        ws = await raw_socket(server, http)
+        ws = await raw_login(http, server)
         await ws.send_json({"type": "set_name", "data": {"name": "Quiet"}})
         assert (await ws.receive_json(timeout=5))["type"] == "session"  # state, without id
         await ws.send_json({"type": "join", "data": {"lobby_id": lobby}})

@@ -296,7 +296,7 @@ async def test_bots_leave_with_the_last_human(tmp_path: Any, provider_process: A
         await inbox.wait_for(p.BotStatus, lambda m: m.status == "live", timeout=30)
         await human.part(lobby)
         dispatcher = srv.app[DISPATCHER]
-        await wait_until(lambda: not dispatcher.bots and not dispatcher.hub.lobbies[lobby].members,
+        await wait_until(lambda: not dispatcher.bots and not dispatcher.hub.picture.lobbies[lobby].members,
                          10, "the bot to leave")
     finally:
         await pool.close()

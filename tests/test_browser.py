@@ -94,7 +94,7 @@ async def test_captions_of_my_own_speech(server: TestServer, provider_process: A
     from signaling.dispatch import DISPATCHER
 
     from .speech import DATA, reference, wer
-    from .test_bots import wait_until
+    from .helpers import wait_until
 
     url = str(server.make_url("/"))
     provider_process(url, plugins=("transcriber",))

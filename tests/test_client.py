@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import logging
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -13,9 +15,13 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from shared import protocol as p
-from shared.client import (ClientConfig, NotDelivered, QueueFull, SignalingClient, backoff)
+from shared import errors
+from shared.client import SignalingClient, backoff
+from shared.config import ClientConfig
+from shared.errors import (ClientBug, ConnectTimeout, HandshakeError, NotDelivered, QueueFull,
+                           RequestTimeout, SessionEnded)
 
-from .conftest import Clients, free_port
+from .conftest import ROOT, Clients, free_port
 from .netfaults import TcpProxy
 
 
@@ -31,9 +37,9 @@ def test_backoff_is_capped_full_jitter() -> None:
 async def test_kill_and_restart_server_mid_chat(server_process: Any) -> None:
     srv = server_process(VOICEBOT_CHAT_RATE="100")
     srv.start()
-    cfg = dict(backoff_initial=0.05, backoff_max=0.5, heartbeat=1.0, receive_timeout=3.0,
-               breaker_threshold=50)
-    writer = SignalingClient(ClientConfig(url=srv.url, name="Writer", **cfg))
+    writer = SignalingClient(ClientConfig(url=srv.url, name="Writer", backoff_initial=0.05,
+                                          backoff_max=0.5, heartbeat=1.0, receive_timeout=3.0,
+                                          breaker_threshold=50))
     await writer.start(wait=10)
     await writer.set_name("Writer")
     lobby = (await writer.join(lobby_name="resilience")).lobby.id
@@ -155,12 +161,22 @@ async def test_breaker_opens_then_closes(tmp_path: Path, settings: Any) -> None:
             await srv.close()
 
 
+async def fake_server(ws_handler: Any) -> TestServer:
+    """A server that hands out a session and runs ``ws_handler`` for every socket."""
+    async def sessions(request: web.Request) -> web.Response:
+        return web.json_response({"session_id": "x", "token": "t"}, status=201)
+
+    app = web.Application()
+    app.router.add_post("/api/sessions", sessions)
+    app.router.add_get("/ws", ws_handler)
+    srv = TestServer(app, host="127.0.0.1", port=free_port())
+    await srv.start_server()
+    return srv
+
+
 async def test_garbage_and_stalls_from_a_broken_server() -> None:
     """A server that sends junk, then stalls: the client survives, reconnects, never spins."""
     connects = 0
-
-    async def sessions(request: web.Request) -> web.Response:
-        return web.json_response({"session_id": "x", "token": "t"}, status=201)
 
     async def ws_handler(request: web.Request) -> web.WebSocketResponse:
         nonlocal connects
@@ -175,11 +191,7 @@ async def test_garbage_and_stalls_from_a_broken_server() -> None:
         await asyncio.sleep(30)  # then stall, answering nothing (not even pings)
         return ws
 
-    app = web.Application()
-    app.router.add_post("/api/sessions", sessions)
-    app.router.add_get("/ws", ws_handler)
-    srv = TestServer(app, host="127.0.0.1", port=free_port())
-    await srv.start_server()
+    srv = await fake_server(ws_handler)
     client = SignalingClient(ClientConfig(url=str(srv.make_url("/")), heartbeat=0.3,
                                           receive_timeout=0.6, backoff_initial=0.2,
                                           backoff_max=0.4))
@@ -223,7 +235,6 @@ async def test_a_second_connection_of_the_session_ends_the_first(server: TestSer
                                                                  clients: Clients) -> None:
     """Two tabs (or two copies of a tool) with one token: the newer one keeps the session,
     the older one is told so (4001) and stops instead of taking it back again and again."""
-    from shared.client import SessionEnded
     from signaling.hub import HUB
 
     first, _ = await clients.new("Twin")
@@ -236,4 +247,91 @@ async def test_a_second_connection_of_the_session_ends_the_first(server: TestSer
     assert second.session is not None and lobby in second.session.lobbies
     # the first has stopped for good: one socket each, no tug of war
     assert first.stats.state == "closed" and second.stats.connects == 1
-    assert server.app[HUB].sessions[first.session_id].conn is not None  # type: ignore[index]
+    assert server.app[HUB].picture.sessions[first.session_id].conn is not None  # type: ignore[index]
+
+
+async def test_not_connected_in_time_is_a_connect_timeout_not_a_request_timeout() -> None:
+    client = SignalingClient(ClientConfig(url=f"http://127.0.0.1:{free_port()}/",
+                                          backoff_initial=0.05, backoff_max=0.1))
+    try:
+        with pytest.raises(ConnectTimeout) as err:
+            await client.start(wait=0.3)
+        assert not isinstance(err.value, RequestTimeout)
+        assert client.failure is None and client.stats.state != "failed"  # still trying
+    finally:
+        await client.close(drain=0)
+
+
+async def test_a_handler_bug_is_logged_and_the_connection_kept(
+        clients: Clients, caplog: pytest.LogCaptureFixture) -> None:
+    client, _ = await clients.new("Buggy")
+
+    @client.on(p.MessageType.LOBBY_STATE)
+    def broken(msg: p.Message) -> None:
+        raise KeyError("a bug in the handler")
+
+    with caplog.at_level(logging.ERROR, logger="shared.client"):
+        await client.join(lobby_name="bugs")  # the reply goes to the handlers too
+        await client.request(p.Ping())
+    failed = [r for r in caplog.records if "handler for lobby_state failed" in r.getMessage()]
+    assert failed and failed[0].exc_info is not None  # with its traceback
+    assert client.connected and client.stats.connects == 1 and client.failure is None
+
+
+async def test_a_bug_in_the_loop_stops_the_client_instead_of_reconnecting(
+        clients: Clients, caplog: pytest.LogCaptureFixture) -> None:
+    client, _ = await clients.new("Crashing")
+
+    async def broken_resume() -> None:
+        raise AttributeError("a bug")
+
+    client._resume = broken_resume  # type: ignore[method-assign]
+    with caplog.at_level(logging.ERROR, logger="shared.client"):
+        await client._ws.close()  # type: ignore[union-attr]  # the next connection meets the bug
+        failure = await asyncio.wait_for(client.wait_stopped(), 10)
+    assert isinstance(failure, ClientBug) and isinstance(failure.__cause__, AttributeError)
+    assert client.stats.state == "failed" and client.stats.connects == 2
+    assert any(r.exc_info is not None for r in caplog.records if "bug" in r.getMessage())
+    with pytest.raises(ClientBug):
+        await client.wait_connected(1)
+
+
+async def test_a_server_that_does_not_welcome_is_retried(caplog: pytest.LogCaptureFixture) -> None:
+    connects = 0
+
+    async def ws_handler(request: web.Request) -> web.WebSocketResponse:
+        nonlocal connects
+        connects += 1
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        await ws.send_str(p.encode(p.Pong()))  # not a welcome
+        await ws.close()
+        return ws
+
+    srv = await fake_server(ws_handler)
+    client = SignalingClient(ClientConfig(url=str(srv.make_url("/")), backoff_initial=0.02,
+                                          backoff_max=0.05))
+    try:
+        with caplog.at_level(logging.INFO, logger="shared.client"):
+            await client.start()
+            deadline = time.monotonic() + 10
+            while connects < 3 and time.monotonic() < deadline:
+                await asyncio.sleep(0.02)
+        assert connects >= 3 and client.failure is None and not client.connected
+        lost = [r for r in caplog.records if r.getMessage().startswith("connection lost")]
+        assert lost and "expected welcome, got pong" in lost[0].getMessage()
+        assert isinstance(lost[0].args[0], HandshakeError)  # type: ignore[index]
+    finally:
+        await client.close(drain=0)
+        await srv.close()
+
+
+def test_every_client_error_is_documented_in_the_tree_and_the_table() -> None:
+    doc = (ROOT / "docs" / "client.md").read_text()
+    section = doc[doc.index("## Errors"):]
+    tree = section[section.index("```"):section.index("```", section.index("```") + 3)]
+    table = re.findall(r"^\| `(\w+)", section, re.MULTILINE)
+    classes = {name for name, obj in vars(errors).items()
+               if isinstance(obj, type) and issubclass(obj, errors.ClientError)}
+    assert set(re.findall(r"\b([A-Z]\w+)\b", tree)) == classes
+    assert set(table) == classes - {"ClientError"} and len(table) == len(set(table))

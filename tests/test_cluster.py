@@ -17,7 +17,8 @@ import pytest
 from aiohttp.test_utils import TestServer
 
 from shared import protocol as p
-from shared.client import ClientConfig, SignalingClient
+from shared.client import SignalingClient
+from shared.config import ClientConfig
 from signaling.hub import HUB
 from signaling.testing import ROOT, RedisServer, ServerProcess, free_port
 

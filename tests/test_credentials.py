@@ -16,11 +16,13 @@ import aiohttp
 import pytest
 
 from shared import protocol as p
-from shared.client import ClientConfig, SignalingClient
+from shared.client import SignalingClient
+from shared.config import ClientConfig
 from signaling.logs import redact
 from signaling.testing import free_port
 
 from .conftest import MEDIA, ROOT
+from .helpers import new_token, raw_join, raw_login
 
 ADMIN = "admin-5ecret-that-must-not-leak"
 KEY = "provider-5ecret-that-must-not-leak"
@@ -65,23 +67,13 @@ async def test_no_credential_in_the_log_of_a_whole_session(tmp_path: Path,
                 assert time.monotonic() < deadline, log_path.read_text()[-3000:]
                 await asyncio.sleep(0.2)
             # a browser-style client: the token as a subprotocol, then the old ?token= way
-            async with http.post(url + "api/sessions", json={}) as r:
-                token = (await r.json())["token"]
+            token = await new_token(http, url, {})
             tokens.append(token)
-            ws = await http.ws_connect(url + "ws", protocols=("voicebot.v1",
-                                                              f"voicebot.bearer.{token}"))
+            ws = await raw_login(http, url, token, via="subprotocol", timeout=10)
             assert ws.protocol == "voicebot.v1"
-            assert (await ws.receive_json(timeout=10))["type"] == "welcome"
-            await ws.send_json({"type": "set_name", "data": {"name": "Browser"}, "id": "1"})
-            await ws.send_json({"type": "join", "data": {"lobby_name": "secrets"}, "id": "2"})
-            lobby = None
-            while lobby is None:
-                frame = await ws.receive_json(timeout=10)
-                if frame["type"] == "lobby_state":
-                    lobby = frame["data"]["lobby"]["id"]
+            lobby = await raw_join(ws, "Browser", timeout=10, lobby_name="secrets")
             await ws.close()
-            ws = await http.ws_connect(url + "ws", params={"token": token})
-            assert (await ws.receive_json(timeout=10))["type"] == "welcome"
+            ws = await raw_login(http, url, token, timeout=10)
             # a tool with the shared client (the Authorization header)
             tool = SignalingClient(ClientConfig(url=url, name="Tool"))
             await tool.start(wait=10)

@@ -49,3 +49,44 @@ async def test_the_client_example_runs_as_written(server: TestServer, tmp_path: 
     assert "Greeter: hello from the shared client" in text, text
     assert "in Example lobby with ['Greeter']" in text, text
     assert re.search(r"stored as message \d+", text) and "refused: lobby_not_found" in text, text
+
+
+def _architecture_problems(text: str) -> tuple[list[str], int]:
+    """What docs/architecture.md's caption path names that is not where it says: each row
+    names a file, then the classes, methods and functions in it."""
+    files: dict[str, Path] = {}
+    for folder in ("signaling", "signaling/static/js", "bots", "shared"):
+        for path in (ROOT / folder).iterdir():
+            if path.suffix in (".py", ".js"):
+                files.setdefault(path.name, path)
+    problems, checked = [], 0
+    for line in text.splitlines():
+        if not line.startswith("| ") or line.startswith("| step"):
+            continue
+        source = None
+        for m in re.finditer(r"`([^`]+)`", line):
+            token = m.group(1)
+            if line[m.start() - 1:m.start()] == "(" and line[m.end():m.end() + 1] == ")":
+                continue  # a message type or an event, named in passing
+            if re.fullmatch(r"[\w/]+\.(py|js)", token):
+                path = ROOT / token if "/" in token else files.get(token)
+                source = path.read_text() if path is not None and path.exists() else None
+                if source is None:
+                    problems.append(f"no file {token}")
+                continue
+            if source is None or not re.fullmatch(r"[A-Za-z_]\w*(\.\w+)?", token):
+                continue
+            for ident in token.split("."):
+                checked += 1
+                if not re.search(rf"(\bdef|\bclass|\bfunction)\s+{ident}\b"
+                                 rf"|^\s*(async\s+)?{ident}\s*\(", source, re.M):
+                    problems.append(f"{token}: no {ident} in the file named before it")
+    return problems, checked
+
+
+def test_the_architecture_page_names_code_that_exists() -> None:
+    text = (ROOT / "docs" / "architecture.md").read_text()
+    problems, checked = _architecture_problems(text)
+    assert not problems and checked > 40
+    # and it notices a name that is not there
+    assert _architecture_problems(text.replace("`Hub.caption`", "`Hub.captions`"))[0]

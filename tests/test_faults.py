@@ -13,12 +13,12 @@ import pytest
 import redis.asyncio
 
 from shared import protocol as p
-from shared.client import ServerError
+from shared.errors import ServerError
 from signaling.hub import HUB
 from signaling.testing import ROOT
 
 from .conftest import Clients, free_port, make_settings, start_server
-from .netfaults import TcpProxy
+from .helpers import api, through_proxy
 
 
 
@@ -112,28 +112,22 @@ def test_read_only_data_dir_is_a_clear_error(tmp_path: Path, backend: str) -> No
 async def test_vanished_client_is_cleaned_up_after_the_grace_period(tmp_path: Path,
                                                                    backend: str) -> None:
     srv = await start_server(tmp_path, heartbeat=0.5, grace=1.0)
-    proxy = TcpProxy(srv.port)  # type: ignore[arg-type]
-    await proxy.start()
-    pool = Clients(str(srv.make_url("/")))
-    ghost_pool = Clients(f"http://127.0.0.1:{proxy.port}/")
     try:
-        stay, inbox = await pool.new("Stay")
-        ghost, _ = await ghost_pool.new("Ghost", receive_timeout=60, heartbeat=60,
-                                        backoff_initial=5.0)
-        lobby = (await stay.join(lobby_name="ghosts")).lobby.id
-        await ghost.join(lobby_id=lobby)
-        proxy.frozen = True  # the ghost's network is gone: no FIN, no close frame
-        away = await inbox.wait_for(p.LobbyState, lambda m: any(
-            x.session_id == ghost.session_id and not x.connected for x in m.participants),
-            timeout=10)
-        assert away is not None
-        removed = await inbox.wait_for(p.PeerRemoved, peer_id=ghost.session_id, timeout=10)
-        assert removed.lobby_id == lobby
-        assert srv.app[HUB].lobbies[lobby].members == {stay.session_id}
+        async with through_proxy(srv) as (proxy, pool, ghost_pool):
+            stay, inbox = await pool.new("Stay")
+            ghost, _ = await ghost_pool.new("Ghost", receive_timeout=60, heartbeat=60,
+                                            backoff_initial=5.0)
+            lobby = (await stay.join(lobby_name="ghosts")).lobby.id
+            await ghost.join(lobby_id=lobby)
+            proxy.frozen = True  # the ghost's network is gone: no FIN, no close frame
+            away = await inbox.wait_for(p.LobbyState, lambda m: any(
+                x.session_id == ghost.session_id and not x.connected for x in m.participants),
+                timeout=10)
+            assert away is not None
+            removed = await inbox.wait_for(p.PeerRemoved, peer_id=ghost.session_id, timeout=10)
+            assert removed.lobby_id == lobby
+            assert srv.app[HUB].picture.lobbies[lobby].members == {stay.session_id}
     finally:
-        await ghost_pool.close()
-        await pool.close()
-        await proxy.close()
         await srv.close()
 
 
@@ -143,7 +137,8 @@ async def test_server_restart_mid_lobby_keeps_acknowledged_transcripts(
     """Finals a bot had acknowledged survive a crash (SIGKILL) as well as a clean stop."""
     import signal
 
-    from shared.client import ClientConfig, SignalingClient
+    from shared.client import SignalingClient
+    from shared.config import ClientConfig
 
     from .conftest import PROVIDER_KEY
 
@@ -165,10 +160,7 @@ async def test_server_restart_mid_lobby_keeps_acknowledged_transcripts(
     srv.proc.wait(10)
     srv.start()
     await bot.wait_connected(10)
-    import aiohttp
-
-    async with aiohttp.ClientSession() as http:
-        async with http.get(srv.url + f"api/lobbies/{lobby}/transcript?format=json") as r:
-            segments = (await r.json())["segments"]
+    segments = (await api("GET", srv.url + f"api/lobbies/{lobby}/transcript?format=json",
+                          None))[1]["segments"]
     assert [s["text"] for s in segments] == acked
     await bot.close()

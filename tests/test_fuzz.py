@@ -12,10 +12,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from bench.fuzz import FIELDS, TYPES, expected_error
-from shared.client import ClientConfig, SignalingClient
+from shared.client import SignalingClient
+from shared.config import ClientConfig
 from signaling.testing import ServerProcess
 
 from .conftest import UNLIMITED, backend_env
+from .helpers import raw_login
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers(min_value=-2**64, max_value=2**64)
@@ -46,10 +48,7 @@ def fuzz_server(tmp_path_factory: pytest.TempPathFactory, backend: str) -> Any:
 
 async def exchange(url: str, batch: list[str]) -> None:
     async with aiohttp.ClientSession() as http:
-        async with http.post(url + "api/sessions") as r:
-            token = (await r.json())["token"]
-        ws = await http.ws_connect(url + "ws", params={"token": token})
-        await ws.receive(timeout=10)  # welcome
+        ws = await raw_login(http, url, timeout=10)
         for n, text in enumerate(batch):
             await ws.send_str(text)
             await ws.send_str(json.dumps({"type": "ping", "id": f"probe{n}"}))

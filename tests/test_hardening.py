@@ -14,12 +14,12 @@ import pytest
 from aiohttp.test_utils import TestServer
 
 from shared import protocol as p
-from shared.client import ServerError
+from shared.errors import ServerError
 from signaling.app import OPENAPI, create_app
 from signaling.hub import HUB
 
 from .conftest import Clients, make_settings, start_server
-from .netfaults import TcpProxy
+from .helpers import api, new_token, raw_login, through_proxy, wait_until
 
 ADMIN = "admin-secret-token"
 
@@ -35,14 +35,6 @@ async def limited(tmp_path: Path, backend: str) -> Any:
     await srv.close()
 
 
-async def raw(srv: TestServer, http: aiohttp.ClientSession, **kwargs: Any) -> Any:
-    async with http.post(srv.make_url("/api/sessions")) as r:
-        token = (await r.json())["token"]
-    ws = await http.ws_connect(srv.make_url("/ws"), params={"token": token}, **kwargs)
-    assert (await ws.receive_json(timeout=5))["type"] == "welcome"
-    return ws
-
-
 async def replies(ws: Any, frames: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for f in frames:
         await ws.send_str(json.dumps(f))
@@ -51,7 +43,7 @@ async def replies(ws: Any, frames: list[dict[str, Any]]) -> list[dict[str, Any]]
 
 async def test_message_and_chat_rate_limits(limited: TestServer) -> None:
     async with aiohttp.ClientSession() as http:
-        ws = await raw(limited, http)
+        ws = await raw_login(http, limited)
         # a burst far past the rate, and far past the bad-frame budget (error_burst 5): every
         # frame over the rate is answered rate_limited and dropped, and the socket stays
         out = await replies(ws, [{"type": "ping", "id": f"p{i}"} for i in range(60)])
@@ -91,7 +83,7 @@ async def test_chat_limit_keeps_the_connection(limited: TestServer) -> None:
 
 async def test_repeated_protocol_errors_close_with_1008(limited: TestServer) -> None:
     async with aiohttp.ClientSession() as http:
-        ws = await raw(limited, http)
+        ws = await raw_login(http, limited)
         for _ in range(8):
             await ws.send_str("{garbage")
         codes = []
@@ -120,9 +112,9 @@ async def test_per_address_upgrade_limit(tmp_path: Path, backend: str) -> None:
     try:
         async with aiohttp.ClientSession() as http:
             for _ in range(3):
-                await (await raw(srv, http)).close()
+                await (await raw_login(http, srv)).close()
             with pytest.raises(aiohttp.WSServerHandshakeError) as err:
-                await raw(srv, http)
+                await raw_login(http, srv)
             assert err.value.status == 429
     finally:
         await srv.close()
@@ -130,9 +122,8 @@ async def test_per_address_upgrade_limit(tmp_path: Path, backend: str) -> None:
 
 async def test_max_connections_closes_with_1013(limited: TestServer) -> None:
     async with aiohttp.ClientSession() as http:
-        open_ = [await raw(limited, http) for _ in range(3)]
-        async with http.post(limited.make_url("/api/sessions")) as r:
-            token = (await r.json())["token"]
+        open_ = [await raw_login(http, limited) for _ in range(3)]
+        token = await new_token(http, limited)
         ws = await http.ws_connect(limited.make_url("/ws"), params={"token": token})
         msg = await ws.receive(timeout=5)
         assert msg.type is aiohttp.WSMsgType.CLOSE and msg.data == 1013
@@ -142,11 +133,7 @@ async def test_max_connections_closes_with_1013(limited: TestServer) -> None:
 
 
 async def test_slow_consumer_is_dropped_and_nobody_else_waits(limited: TestServer) -> None:
-    proxy = TcpProxy(limited.port)  # type: ignore[arg-type]
-    await proxy.start()
-    pool = Clients(str(limited.make_url("/")))
-    slow_pool = Clients(f"http://127.0.0.1:{proxy.port}/")
-    try:
+    async with through_proxy(limited) as (proxy, pool, slow_pool):
         sender, _ = await pool.new("Sender")
         talker, _ = await pool.new("Talker")
         slow, _ = await slow_pool.new("Slow", receive_timeout=60, heartbeat=60)
@@ -161,7 +148,7 @@ async def test_slow_consumer_is_dropped_and_nobody_else_waits(limited: TestServe
         latencies = []
         deadline = time.monotonic() + 30
         n, last_chat = 0, 0.0
-        while hub.sessions[slow_id].conn is not None and time.monotonic() < deadline:
+        while hub.picture.sessions[slow_id].conn is not None and time.monotonic() < deadline:
             await sender.send(p.Sdp(lobby_id=lobby, peer_id=slow_id, description=big))
             n += 1
             # meanwhile, the rest of the lobby chats as usual (within its 1 a second)
@@ -170,15 +157,11 @@ async def test_slow_consumer_is_dropped_and_nobody_else_waits(limited: TestServe
                 await watcher.chat(lobby, f"still fine {n}")
                 latencies.append(time.monotonic() - started)
             await asyncio.sleep(0.001)
-        assert hub.sessions[slow_id].conn is None, "the slow consumer was never dropped"
+        assert hub.picture.sessions[slow_id].conn is None, "the slow consumer was never dropped"
         assert latencies and max(latencies) < 1.0, latencies
         assert sender.connected and talker.connected
         await asyncio.sleep(0.5)  # the flood ran the sender's bucket dry: 5 frames a second
         await sender.request(p.Ping())
-    finally:
-        await slow_pool.close()
-        await pool.close()
-        await proxy.close()
 
 
 async def test_origin_check(tmp_path: Path, backend: str) -> None:
@@ -186,8 +169,7 @@ async def test_origin_check(tmp_path: Path, backend: str) -> None:
     same = await start_server(tmp_path / "b" / "data")
     try:
         async with aiohttp.ClientSession() as http:
-            async with http.post(srv.make_url("/api/sessions")) as r:
-                token = (await r.json())["token"]
+            token = await new_token(http, srv)
             for origin, ok in (("https://evil.example.com", False),
                                ("https://voice.example.org", True), (None, True)):
                 headers = {"Origin": origin} if origin else {}
@@ -198,8 +180,7 @@ async def test_origin_check(tmp_path: Path, backend: str) -> None:
                     assert ok, origin
                 except aiohttp.WSServerHandshakeError as err:
                     assert not ok and err.status == 403, origin
-            async with http.post(same.make_url("/api/sessions")) as r:
-                token = (await r.json())["token"]
+            token = await new_token(http, same)
             own = f"http://127.0.0.1:{same.port}"  # by default: the page this server served
             ws = await http.ws_connect(same.make_url("/ws"), params={"token": token},
                                        headers={"Origin": own})
@@ -215,11 +196,9 @@ async def test_origin_check(tmp_path: Path, backend: str) -> None:
 # --- admin -----------------------------------------------------------------------------------------
 
 
-async def admin(http: aiohttp.ClientSession, srv: TestServer, method: str, path: str,
+async def admin(srv: TestServer, method: str, path: str,
                 token: str | None = ADMIN) -> tuple[int, Any]:
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
-    async with http.request(method, srv.make_url("/api/admin/" + path), headers=headers) as r:
-        return r.status, await r.json()
+    return await api(method, str(srv.make_url("/api/admin/" + path)), token)
 
 
 async def test_admin_api(limited: TestServer) -> None:
@@ -229,47 +208,45 @@ async def test_admin_api(limited: TestServer) -> None:
         lobby = (await owner.join(lobby_name="Admin test", password="door")).lobby.id
         guest, _ = await pool.new("Guest")
         await guest.join(lobby_id=lobby, password="door")
-        async with aiohttp.ClientSession() as http:
-            assert (await admin(http, limited, "GET", "sessions", None))[0] == 401
-            assert (await admin(http, limited, "GET", "sessions", "wrong"))[0] == 401
-            status, body = await admin(http, limited, "GET", "sessions")
-            assert status == 200
-            text = json.dumps(body)
-            for secret in (owner.config.token, guest.config.token):
-                assert secret and secret not in text
-            assert not re.search(r"[0-9a-f]{32}\$[0-9a-f]{64}", text)  # no password hashes
-            me = next(s for s in body["sessions"] if s["name"] == "Owner")
-            assert me["connected"] and me["lobbies"] == [lobby] and me["messages_received"] >= 2
+        assert (await admin(limited, "GET", "sessions", None))[0] == 401
+        assert (await admin(limited, "GET", "sessions", "wrong"))[0] == 401
+        status, body = await admin(limited, "GET", "sessions")
+        assert status == 200
+        text = json.dumps(body)
+        for secret in (owner.config.token, guest.config.token):
+            assert secret and secret not in text
+        assert not re.search(r"[0-9a-f]{32}\$[0-9a-f]{64}", text)  # no password hashes
+        me = next(s for s in body["sessions"] if s["name"] == "Owner")
+        assert me["connected"] and me["lobbies"] == [lobby] and me["messages_received"] >= 2
 
-            status, body = await admin(http, limited, "GET", "names")
-            assert body["names"] == [{"key": "owner", "name": "Owner", "protected": True,
-                                      "session_id": owner.session_id}]
-            assert "hash" not in json.dumps(body)
-            assert (await admin(http, limited, "DELETE", "names/owner"))[0] == 200
-            await owner.set_name("Owner")  # the password is gone: an ordinary name now
+        status, body = await admin(limited, "GET", "names")
+        assert body["names"] == [{"key": "owner", "name": "Owner", "protected": True,
+                                  "session_id": owner.session_id}]
+        assert "hash" not in json.dumps(body)
+        assert (await admin(limited, "DELETE", "names/owner"))[0] == 200
+        await owner.set_name("Owner")  # the password is gone: an ordinary name now
 
-            status, body = await admin(http, limited, "GET", "lobbies")
-            assert [lb["id"] for lb in body["lobbies"]] == [lobby]
-            assert "password" not in json.dumps(body).replace("has_password", "")
-            for path in ("providers", "bots"):
-                assert (await admin(http, limited, "GET", path))[0] == 200
-            assert (await admin(http, limited, "DELETE", "bots/none"))[0] == 404
-            status, body = await admin(http, limited, "POST", "integrity")
-            assert status == 200 and body["repairs"] == []
+        status, body = await admin(limited, "GET", "lobbies")
+        assert [lb["id"] for lb in body["lobbies"]] == [lobby]
+        assert "password" not in json.dumps(body).replace("has_password", "")
+        for path in ("providers", "bots"):
+            assert (await admin(limited, "GET", path))[0] == 200
+        assert (await admin(limited, "DELETE", "bots/none"))[0] == 404
+        status, body = await admin(limited, "POST", "integrity")
+        assert status == 200 and body["repairs"] == []
 
-            assert (await admin(http, limited, "DELETE", f"sessions/{guest.session_id}"))[0] == 200
-            await owner_inbox.wait_for(p.PeerRemoved, peer_id=guest.session_id)
-            assert (await admin(http, limited, "DELETE", f"lobbies/{lobby}"))[0] == 200
-            status, body = await admin(http, limited, "GET", "lobbies")
-            assert body["lobbies"] == []
+        assert (await admin(limited, "DELETE", f"sessions/{guest.session_id}"))[0] == 200
+        await owner_inbox.wait_for(p.PeerRemoved, peer_id=guest.session_id)
+        assert (await admin(limited, "DELETE", f"lobbies/{lobby}"))[0] == 200
+        status, body = await admin(limited, "GET", "lobbies")
+        assert body["lobbies"] == []
     finally:
         await pool.close()
 
 
 async def test_admin_api_is_off_without_a_token(server: TestServer) -> None:
-    async with aiohttp.ClientSession() as http:
-        status, body = await admin(http, server, "GET", "sessions")
-        assert status == 404 and body["error"]["code"] == "not_found"
+    status, body = await admin(server, "GET", "sessions")
+    assert status == 404 and body["error"]["code"] == "not_found"
 
 
 # --- observability ---------------------------------------------------------------------------------
@@ -328,17 +305,13 @@ def test_structured_logs_carry_ids() -> None:
 
 async def test_http_creation_limit(limited: TestServer) -> None:
     """Lobbies (and bots) created over HTTP share one bucket per session: burst 2 here."""
-    async with aiohttp.ClientSession() as http:
-        async with http.post(limited.make_url("/api/sessions")) as r:
-            token = (await r.json())["token"]
-        headers = {"Authorization": f"Bearer {token}"}
-        statuses = []
-        for i in range(4):
-            async with http.post(limited.make_url("/api/lobbies"), json={"name": f"made {i}"},
-                                 headers=headers) as r:
-                statuses.append(r.status)
-                body = await r.json()
-        assert statuses == [201, 201, 429, 429] and body["error"]["code"] == "rate_limited"
+    token = (await api("POST", str(limited.make_url("/api/sessions")), None))[1]["token"]
+    statuses = []
+    for i in range(4):
+        status, body = await api("POST", str(limited.make_url("/api/lobbies")), token,
+                                 {"name": f"made {i}"})
+        statuses.append(status)
+    assert statuses == [201, 201, 429, 429] and body["error"]["code"] == "rate_limited"
 
 
 async def test_frames_keep_their_order_when_a_socket_backs_up(aiohttp_client: Any) -> None:
@@ -365,7 +338,8 @@ async def test_frames_keep_their_order_when_a_socket_backs_up(aiohttp_client: An
     app.router.add_get("/", handler)
     client = await aiohttp_client(app)
     async with client.ws_connect("/") as ws:
-        await asyncio.sleep(0.5)  # not reading: the server's socket backs up
+        # not reading until the server has sent every frame: its socket backs up
+        await wait_until(lambda: "queued" in stats, what="the server to send every frame")
         got = [int(m.data[:5]) async for m in ws if m.type is aiohttp.WSMsgType.TEXT]
     assert got == list(range(n))
     assert 0 < stats["queued"] < n  # both ways were taken: straight through, then queued

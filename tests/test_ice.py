@@ -15,7 +15,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import pytest
 from aiohttp.test_utils import TestServer
 from aioice import turn
@@ -27,6 +26,7 @@ from signaling.hub import HUB
 from signaling.testing import ProviderProcess, ServerProcess, free_port
 
 from .conftest import MEDIA, PROVIDER_KEY, ROOT, Clients, start_server
+from .helpers import api
 
 SECRET = "turn-shared-secret-for-tests"
 
@@ -157,12 +157,9 @@ async def test_with_nothing_configured_a_bot_offers_host_candidates_only(
     human, inbox = await clients.new("Host")
     assert human.ice_servers == []
     lobby = (await human.join(lobby_name="local only")).lobby.id
-    async with aiohttp.ClientSession() as http:
-        async with http.post(f"{url}api/lobbies/{lobby}/bots",
-                             headers={"Authorization": f"Bearer {human.config.token}"},
-                             json={"kind": "player", "config": {"path": str(MEDIA / "short.wav")}}
-                             ) as r:
-            assert r.status == 201
+    status, bot = await api("POST", f"{url}api/lobbies/{lobby}/bots", human.config.token,
+                            {"kind": "player", "config": {"path": str(MEDIA / "short.wav")}})
+    assert status == 201, bot
     offer = await inbox.wait_for(p.Sdp, lambda m: m.description.type == "offer", timeout=60)
     lines = [line for line in offer.description.sdp.splitlines() if line.startswith("a=candidate")]
     assert lines and all(" typ host" in line for line in lines), lines

@@ -114,7 +114,7 @@ async def test_the_next_recognition_knows_what_the_last_final_decided() -> None:
                           language=lambda: heard["language"])
     await asyncio.gather(first, second)
     assert stt.told == ["en", "de"]
-    sched.close()
+    await sched.close()
 
 
 # --- the fixture, offline and live ------------------------------------------------------------
@@ -189,7 +189,8 @@ def test_the_docs_name_every_setting_and_the_policys_numbers() -> None:
     from bots.transcriber import TranscriberConfig
 
     doc = (ROOT / "docs" / "transcriber.md").read_text()
-    rows = dict(re.findall(r"^\| `(\w+)` \| `([^`]*)` \|", doc, re.MULTILINE))
+    settings = doc.split("| setting |", 1)[1].split("\n\n", 1)[0]  # the settings' table
+    rows = dict(re.findall(r"^\| `(\w+)` \| `([^`]*)` \|", settings, re.MULTILINE))
     assert rows == {f.name: str(f.default) for f in dataclasses.fields(TranscriberConfig)}
     languages = doc.split("## Languages", 1)[1]
     for number in (POLICY.stay, POLICY.min_switch_s, POLICY.first_sticks):

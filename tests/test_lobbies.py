@@ -6,9 +6,10 @@ import pytest
 
 from shared import protocol as p
 from shared.protocol import ProtocolError
-from shared.client import ServerError
+from shared.errors import ServerError
 
 from .conftest import Clients
+from .helpers import api
 
 
 async def test_three_clients_see_each_other(clients: Clients) -> None:
@@ -86,20 +87,15 @@ async def test_chat_history_on_join_and_paging(clients: Clients, server) -> None
     for i in range(5):
         await ib.wait_for(p.Chat, text=f"message {i}", name="Writer")
 
-    http = server.make_url
-    import aiohttp
-
-    async with aiohttp.ClientSession() as s:
-        async with s.get(http(f"/api/lobbies/{lobby}/messages?limit=2")) as r:
-            page = await r.json()
-        assert [m["text"] for m in page["messages"]] == ["message 3", "message 4"]
-        before = page["next"]["before"]
-        async with s.get(http(f"/api/lobbies/{lobby}/messages?limit=10&before={before}")) as r:
-            older = await r.json()
-        assert [m["text"] for m in older["messages"]] == ["message 0", "message 1", "message 2"]
-        async with s.get(http(f"/api/lobbies/{lobby}/messages?limit=abc")) as r:
-            assert r.status == 400
-            assert (await r.json())["error"]["code"] == "invalid_payload"
+    messages = str(server.make_url(f"/api/lobbies/{lobby}/messages"))
+    _, page = await api("GET", messages + "?limit=2", None)
+    assert [m["text"] for m in page["messages"]] == ["message 3", "message 4"]
+    before = page["next"]["before"]
+    _, older = await api("GET", messages + f"?limit=10&before={before}", None)
+    assert [m["text"] for m in older["messages"]] == ["message 0", "message 1", "message 2"]
+    status, body = await api("GET", messages + "?limit=abc", None)
+    assert status == 400
+    assert body["error"]["code"] == "invalid_payload"
 
 
 async def test_protected_name(clients: Clients) -> None:
@@ -150,19 +146,14 @@ async def test_lobby_password_and_capacity(clients: Clients) -> None:
     assert err.value.code == "bad_password"
     await guest.join(lobby_id=state.lobby.id, password="pw")
 
-    import aiohttp
-
-    async with aiohttp.ClientSession() as s:
-        async with s.get(host.config.url + "api/lobbies") as r:
-            assert all(lb["id"] != state.lobby.id for lb in (await r.json())["lobbies"])
-        headers = {"Authorization": f"Bearer {host.config.token}"}
-        async with s.post(host.config.url + "api/lobbies", headers=headers,
-                          json={"name": "Tiny", "max_participants": 2}) as r:
-            assert r.status == 201
-            tiny = await r.json()
-        async with s.post(host.config.url + "api/lobbies", headers=headers,
-                          json={"name": "tiny"}) as r:
-            assert r.status == 409 and (await r.json())["error"]["code"] == "lobby_exists"
+    lobbies = host.config.url + "api/lobbies"
+    _, listed = await api("GET", lobbies, None)
+    assert all(lb["id"] != state.lobby.id for lb in listed["lobbies"])
+    status, tiny = await api("POST", lobbies, host.config.token,
+                             {"name": "Tiny", "max_participants": 2})
+    assert status == 201
+    status, body = await api("POST", lobbies, host.config.token, {"name": "tiny"})
+    assert status == 409 and body["error"]["code"] == "lobby_exists"
     await host.join(lobby_id=tiny["id"])
     await guest.join(lobby_id=tiny["id"])
     third, _ = await clients.new("Third")

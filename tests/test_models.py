@@ -16,7 +16,7 @@ import pytest
 from aiohttp.test_utils import TestServer
 
 from bots import models
-from bots.models import MODELS_DIR, ModelError
+from bots.models import ModelError
 from shared import protocol as p
 from signaling.dispatch import DISPATCHER
 from signaling.testing import ROOT
@@ -53,18 +53,42 @@ def test_list_and_verify_agree_on_every_source() -> None:
 
 
 def test_a_bundled_model_that_is_damaged_fails_verify(tmp_path: Path, monkeypatch: Any) -> None:
-    from bots import stt
+    bundled = models.bundled_path()
+    assert bundled is not None
     package = tmp_path / "package"
-    shutil.copytree(stt.bundled_path(), package)
-    monkeypatch.setattr(stt, "bundled_path", lambda: package)
+    shutil.copytree(bundled, package)
+    monkeypatch.setattr(models, "bundled_path", lambda: package)
     store = tmp_path / "models"
     assert models.verify("tiny.en", models_dir=store) == []
     (package / "tokenizer.json").write_text("{}")
     assert models.verify("tiny.en", models_dir=store) == ["tokenizer.json: checksum mismatch"]
 
 
+def test_the_store_and_catalog_are_where_the_environment_says_when_asked(
+        tmp_path: Path, monkeypatch: Any) -> None:
+    """Read at use, not at import: a variable set after ``bots.models`` was imported counts."""
+    catalog = fake_catalog(tmp_path, name="elsewhere")
+    store = tmp_path / "store"
+    (store / "mine").mkdir(parents=True)
+    for name in ("model.bin", "config.json"):  # what the store looks for, not a real model
+        (store / "mine" / name).write_text("{}")
+    monkeypatch.setenv("VOICEBOT_MODELS_DIR", str(store))
+    monkeypatch.setenv("VOICEBOT_MODEL_CATALOG", str(catalog))
+    rows = {r["name"]: r for r in models.listing()}
+    assert rows["elsewhere"]["installed"] is False and "base" not in rows
+    assert rows["mine"]["installed"] and rows["mine"]["path"] == str(store / "mine")
+
+
+def test_the_store_does_not_import_the_engine() -> None:
+    """Imports run one way: bots.stt uses the store, the store knows nothing of the engine."""
+    code = "import sys, bots.models; assert 'bots.stt' not in sys.modules, 'bots.stt imported'"
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+
+
 def fake_catalog(tmp_path: Path, **changes: Any) -> Path:
-    raw = json.loads(models.CATALOG.read_text())
+    raw = json.loads(models.default_catalog_path().read_text())
     base = next(m for m in raw["models"] if m["name"] == "base")
     base.update(changes)
     path = tmp_path / "catalog.json"
@@ -96,18 +120,18 @@ def test_bad_installs_leave_nothing_that_looks_valid(tmp_path: Path) -> None:
 def test_verify_finds_a_corrupted_install_and_import_checks_loading(tmp_path: Path) -> None:
     store = tmp_path / "models"
     store.mkdir()
-    shutil.copytree(MODELS_DIR / "base", store / "base")
+    shutil.copytree(models.default_models_dir() / "base", store / "base")
     assert models.verify("base", models_dir=store) == []
     with open(store / "base" / "model.bin", "r+b") as f:
         f.seek(1000)
         f.write(b"\xff\xfe")
     assert models.verify("base", models_dir=store) == ["model.bin: checksum mismatch"]
     # import: a good directory is copied in with a manifest; a broken one is refused
-    imported = models.import_model(MODELS_DIR / "base", "base-copy", models_dir=store)
+    imported = models.import_model(models.default_models_dir() / "base", "base-copy", models_dir=store)
     assert models.verify("base-copy", models_dir=store) == []
     assert json.loads((imported / models.MANIFEST).read_text())["multilingual"] is True
     broken = tmp_path / "broken"
-    shutil.copytree(MODELS_DIR / "base", broken)
+    shutil.copytree(models.default_models_dir() / "base", broken)
     with open(broken / "model.bin", "r+b") as f:
         f.truncate(4096)
     with pytest.raises(ModelError, match="does not load"):

@@ -2,23 +2,22 @@
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import json
 import sqlite3
 import time
 from pathlib import Path
 
-import aiohttp
 import pytest
 import redis.asyncio
 
 from shared import protocol as p
-from shared.client import ServerError
+from shared.errors import ServerError
 from signaling.hub import HUB
-from signaling.store import LobbyRecord, SessionRecord
+from signaling.records import LobbyRecord, SessionRecord
 
 from .conftest import Clients, free_port, make_settings, start_server
+from .helpers import api, wait_until
 
 
 
@@ -41,9 +40,9 @@ async def test_restart_keeps_sessions_names_lobbies_and_chat(tmp_path: Path, bac
         await bob.wait_connected(10)
         assert alice.config.token == token and alice.stats.sessions_created == 1
         hub = srv.app[HUB]
-        assert hub.sessions[alice.session_id].record.name == "Alice"
-        assert hub.lobbies[lobby].members == {alice.session_id, bob.session_id}
-        assert hub.claims["alice"].session_id == alice.session_id
+        assert hub.picture.sessions[alice.session_id].record.name == "Alice"
+        assert hub.picture.lobbies[lobby].members == {alice.session_id, bob.session_id}
+        assert hub.picture.claims["alice"].session_id == alice.session_id
         await bob_inbox.wait_for(p.LobbyState, lambda m: m.lobby.id == lobby and
                                  all(x.connected for x in m.participants) and
                                  len(m.participants) == 2)
@@ -92,14 +91,12 @@ async def test_stale_sessions_and_empty_lobbies_expire(tmp_path: Path, backend: 
         sid = gone.session_id
         await gone.close()
         hub = srv.app[HUB]
-        for _ in range(50):
-            if sid not in hub.sessions and lobby not in hub.lobbies:
-                break
-            await asyncio.sleep(0.1)
-        assert sid not in hub.sessions and lobby not in hub.lobbies
-        async with aiohttp.ClientSession() as http:
-            async with http.get(srv.make_url("/ws"), params={"token": gone.config.token}) as r:
-                assert r.status == 401
+        await wait_until(lambda: sid not in hub.picture.sessions
+                         and lobby not in hub.picture.lobbies, 5,
+                         "the session and its lobby to expire")
+        status, _ = await api("GET", str(srv.make_url("/ws")) + f"?token={gone.config.token}",
+                              None)
+        assert status == 401
     finally:
         await pool.close()
         await srv.close()
@@ -140,8 +137,8 @@ async def test_integrity_check_repairs_a_corrupt_store(tmp_path: Path, backend: 
     srv = await start_server(tmp_path)
     try:
         hub = srv.app[HUB]
-        assert hub.sessions["s1"].record.name == "Twin"  # the older holder keeps it
-        assert hub.sessions["s2"].record.name is None
+        assert hub.picture.sessions["s1"].record.name == "Twin"  # the older holder keeps it
+        assert hub.picture.sessions["s2"].record.name is None
         assert await hub.check_integrity() == []  # repaired for good
     finally:
         await srv.close()
@@ -163,11 +160,9 @@ async def test_base_path(tmp_path: Path, backend: str) -> None:
     try:
         client, _ = await pool.new("Proxied")
         assert (await client.join(lobby_name="behind nginx")).lobby.name == "behind nginx"
-        async with aiohttp.ClientSession() as http:
-            async with http.get(srv.make_url("/ai-voicebot/api/health")) as r:
-                assert r.status == 200 and (await r.json())["status"] == "ok"
-            async with http.get(srv.make_url("/api/health")) as r:
-                assert r.status == 404
+        status, health = await api("GET", str(srv.make_url("/ai-voicebot/api/health")), None)
+        assert status == 200 and health["status"] == "ok"
+        assert (await api("GET", str(srv.make_url("/api/health")), None))[0] == 404
     finally:
         await pool.close()
         await srv.close()

@@ -16,6 +16,7 @@ import redis
 from shared import protocol as p
 
 from .conftest import Clients, make_settings, start_server
+from .helpers import api, api_text, new_token, raw_login
 
 ADMIN = "poison-admin-token"
 BAD_BYTES = b"caf\xc3\xa9 \xed\xa0\x80 broken"  # valid UTF-8, then a surrogate encoded in it
@@ -60,12 +61,11 @@ def poison(settings: Any, lobby_id: str, speaker: str) -> None:
     r.close()
 
 
-async def read(http: aiohttp.ClientSession, url: str, token: str | None = None) -> Any:
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
-    async with http.get(url, headers=headers) as r:
-        body = await r.read()
-        assert r.status == 200, body
-        return json.loads(body) if r.content_type == "application/json" else body.decode()
+async def read(url: str) -> Any:
+    """A GET of the HTTP API that must answer 200: its JSON body."""
+    status, body = await api("GET", url, None)
+    assert status == 200, body
+    return body
 
 
 async def test_a_poison_record_leaves_the_lobby_usable_and_is_repaired(
@@ -83,11 +83,9 @@ async def test_a_poison_record_leaves_the_lobby_usable_and_is_repaired(
         await alice.chat(lobby, "after")
         async with aiohttp.ClientSession() as http:
             # a new joiner gets the whole readable history, then a reconnect gets it again
-            async with http.post(base + "api/sessions") as r:
-                token = (await r.json())["token"]
+            token = await new_token(http, base)
             for attempt in range(2):
-                ws = await http.ws_connect(base + "ws", headers={"Authorization": f"Bearer {token}"})
-                assert (await ws.receive_json(timeout=5))["type"] == "welcome"
+                ws = await raw_login(http, base, token, via="header")
                 if attempt == 0:
                     await ws.send_json({"type": "set_name", "data": {"name": "Bob"}, "id": "n"})
                     await ws.send_json({"type": "join", "data": {"lobby_id": lobby}, "id": "j"})
@@ -105,33 +103,32 @@ async def test_a_poison_record_leaves_the_lobby_usable_and_is_repaired(
             # paging, one message a page, walks past the bad records
             seen, after = [], 0
             while True:
-                page = await read(http, f"{base}api/lobbies/{lobby}/messages?limit=1&after={after}")
+                page = await read(f"{base}api/lobbies/{lobby}/messages?limit=1&after={after}")
                 seen += [m["text"] for m in page["messages"]]
                 if "next" not in page:
                     break
                 after = page["next"]["after"]
             assert seen == ["before", "after"]
-            newest = await read(http, f"{base}api/lobbies/{lobby}/messages")
+            newest = await read(f"{base}api/lobbies/{lobby}/messages")
             assert [m["text"] for m in newest["messages"]] == ["before", "after"]
             for fmt in ("json", "srt", "vtt", "txt"):
-                await read(http, f"{base}api/lobbies/{lobby}/transcript?format={fmt}")
+                status, text = await api_text(f"{base}api/lobbies/{lobby}/transcript?format={fmt}")
+                assert status == 200, text
             # the integrity check repairs what it can read at all
-            async with http.post(base + "api/admin/integrity",
-                                 headers={"Authorization": f"Bearer {ADMIN}"}) as r:
-                assert r.status == 200
-                repairs = (await r.json())["repairs"]
+            status, body = await api("POST", base + "api/admin/integrity", ADMIN)
+            assert status == 200
+            repairs = body["repairs"]
             assert len([x for x in repairs if "unreadable message" in x]) == 3, repairs
-            repaired = await read(http, f"{base}api/lobbies/{lobby}/messages")
+            repaired = await read(f"{base}api/lobbies/{lobby}/messages")
             texts = [m["text"] for m in repaired["messages"]]
             assert texts[0] == "before" and texts[-1] == "after" and len(texts) == 5, texts
             assert "caf\u00e9 \ufffd" in texts[1] and "nul  inside" in texts
             final = next(m for m in repaired["messages"] if m["kind"] == "transcript")
             assert final["text"] == "poisoned final" and final["language"] in (None, "\ufffd")
-            export = await read(http, f"{base}api/lobbies/{lobby}/transcript?format=json")
+            export = await read(f"{base}api/lobbies/{lobby}/transcript?format=json")
             assert "poisoned final" in json.dumps(export)
-            async with http.post(base + "api/admin/integrity",
-                                 headers={"Authorization": f"Bearer {ADMIN}"}) as r:
-                assert not [x for x in (await r.json())["repairs"] if "message" in x]
+            body = (await api("POST", base + "api/admin/integrity", ADMIN))[1]
+            assert not [x for x in body["repairs"] if "message" in x]
     finally:
         await pool.close()
         await srv.close()

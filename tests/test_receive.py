@@ -19,15 +19,7 @@ from bots.audio import SampleBuffer
 from bots.inbound import InboundAudio, recv_batch
 from bots.loop import CoalescingSelector, loop_factory
 
-
-class Tone(AudioStreamTrack):
-    """aiortc's paced silence, filled with a 440 Hz tone so that decoding shows."""
-
-    async def recv(self) -> Any:
-        frame = await super().recv()
-        t = (frame.pts + np.arange(frame.samples)) / frame.sample_rate
-        frame.planes[0].update((np.sin(2 * np.pi * 440 * t) * 8000).astype(np.int16).tobytes())
-        return frame
+from .helpers import Sine
 
 
 async def connected_pair(max_frames: int, batch: int) -> tuple[RTCPeerConnection,
@@ -35,7 +27,7 @@ async def connected_pair(max_frames: int, batch: int) -> tuple[RTCPeerConnection
                                                               asyncio.Future[InboundAudio]]:
     local = RTCConfiguration(iceServers=[])  # loopback: no STUN server, ever
     sender, receiver = RTCPeerConnection(local), RTCPeerConnection(local)
-    sender.addTrack(Tone())
+    sender.addTrack(Sine())
     inbound: asyncio.Future[InboundAudio] = asyncio.get_running_loop().create_future()
 
     @receiver.on("track")

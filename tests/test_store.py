@@ -9,7 +9,8 @@ import pytest
 
 from signaling.app import create_app
 from signaling.hub import HUB
-from signaling.store import BotRecord, LobbyRecord, SessionRecord, Store
+from signaling.records import BotRecord, LobbyRecord, SessionRecord
+from signaling.store import Store
 
 from .conftest import make_settings
 

@@ -82,7 +82,33 @@ async def test_scheduler_finals_first_interims_coalesced_and_lag_skipped() -> No
     assert (await interim_new).text == "I3"
     assert [n for n, _ in stt.calls] == [1, 4, 3]  # the final ran before the waiting interim
     assert sched.stats.speakers["c"].skipped == 1 and sched.stats.speakers["b"].replaced == 1
-    sched.close()
+    await sched.close()
+
+
+async def test_transcribers_share_one_pool_made_from_the_environment_when_needed(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The process's pool is made by the first transcriber, from the environment as it is
+    then (not at import), shared by the next, and closed by the last one to stop."""
+    monkeypatch.setenv("VOICEBOT_STT_WORKERS", "3")
+    monkeypatch.setenv("VOICEBOT_STT_MAX_LAG", "42")
+    config = TranscriberBot.Config.parse({})
+    first, second = (TranscriberBot(FakeLobby(), config) for _ in range(2))
+    pool = first.scheduler
+    assert second.scheduler is pool and (pool.workers, pool.max_lag) == (3, 42.0)
+    own = Scheduler(workers=1)
+    third = TranscriberBot(FakeLobby(), config, scheduler=own)  # its maker's to close
+    await first.on_stop()
+    await third.on_stop()
+    late = pool.submit(ScriptedSTT(), "a", np.zeros(1), final=True)
+    assert (await late) is not None  # still open: the second transcriber uses it
+    await second.on_stop()
+    assert pool.submit(ScriptedSTT(), "a", np.zeros(1), final=True).cancelled()
+    assert (await own.submit(ScriptedSTT(), "a", np.zeros(1), final=True)) is not None
+    await own.close()
+    monkeypatch.setenv("VOICEBOT_STT_WORKERS", "2")
+    fresh = TranscriberBot(FakeLobby(), config)
+    assert fresh.scheduler is not pool and fresh.scheduler.workers == 2
+    await fresh.on_stop()
 
 
 def test_model_resolution_and_errors(tmp_path: Path) -> None:
@@ -367,13 +393,13 @@ async def test_model_errors_are_clear(server: TestServer, clients: Clients,
                                       provider_process: Any, tmp_path: Path) -> None:
     import shutil
 
-    from bots.models import MODELS_DIR
+    from bots.models import default_models_dir
 
     url = str(server.make_url("/"))
     # a store whose "base" is damaged after install: the bot fails, and says so in the lobby
     store = tmp_path / "models"
     store.mkdir()
-    shutil.copytree(MODELS_DIR / "base", store / "base")
+    shutil.copytree(default_models_dir() / "base", store / "base")
     with open(store / "base" / "model.bin", "r+b") as f:
         f.truncate(1024)
     provider = provider_process(url, VOICEBOT_MODELS_DIR=str(store))

@@ -20,10 +20,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from shared.client import ClientConfig, SignalingClient
+from shared.client import SignalingClient
+from shared.config import ClientConfig
 from signaling.testing import ServerProcess
 
 from .conftest import PROVIDER_KEY, UNLIMITED, Inbox, backend_env
+from .helpers import new_token, raw_join, raw_login
 
 # --- what the docs say ------------------------------------------------------------------------
 
@@ -240,30 +242,16 @@ def world(tmp_path_factory: pytest.TempPathFactory, backend: str) -> Any:
 
 
 async def _session(http: aiohttp.ClientSession, url: str, bot: bool) -> str:
-    headers = {"X-Provider-Key": PROVIDER_KEY} if bot else {}
-    async with http.post(url + "api/sessions", json={"bot": bot}, headers=headers) as r:
-        assert r.status == 201, await r.text()
-        return str((await r.json())["token"])
-
-
-async def _request(ws: aiohttp.ClientWebSocketResponse, frame: dict[str, Any]) -> dict[str, Any]:
-    await ws.send_str(json.dumps(frame))
-    while True:
-        reply = await ws.receive_json(timeout=10)
-        if reply.get("id") == frame["id"]:
-            return reply  # type: ignore[no-any-return]
+    return await new_token(http, url, {"bot": bot},
+                           {"X-Provider-Key": PROVIDER_KEY} if bot else {})
 
 
 async def run_cases(state: World, batch: list[Case], serial: int) -> None:
     bot = any(c.type_ in BOT_TYPES for c in batch)
     async with aiohttp.ClientSession() as http:
         token = await _session(http, state.url, bot)
-        ws = await http.ws_connect(state.url + "ws", headers={"Authorization": f"Bearer {token}"},
-                                   max_msg_size=0)
-        assert (await ws.receive_json(timeout=10))["type"] == "welcome"
-        await _request(ws, {"type": "set_name", "data": {"name": f"Fuzz {serial}"}, "id": "n"})
-        joined = await _request(ws, {"type": "join", "data": {"lobby_id": state.lobby}, "id": "j"})
-        assert joined["type"] == "lobby_state", joined
+        ws = await raw_login(http, state.url, token, via="header", timeout=10, max_msg_size=0)
+        await raw_join(ws, f"Fuzz {serial}", timeout=10, lobby_id=state.lobby)
         for n, case in enumerate(batch):
             data = json.loads(json.dumps(case.data).replace('"$L"', json.dumps(state.lobby))
                               .replace('"$B"', json.dumps(state.bystander)))
