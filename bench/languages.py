@@ -27,7 +27,6 @@ import asyncio
 import json
 import shutil
 import tempfile
-import wave
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +38,7 @@ import numpy as np
 from whisper_normalizer.basic import BasicTextNormalizer
 from whisper_normalizer.english import EnglishTextNormalizer
 
+from bench.audio import RATE, read_wav, speech_spans, write_wav
 from bench.live import KEY, add_bot, live_lobby, providers_ready
 from bench.tables import table
 from bench.transcribe import DATA, pct
@@ -46,7 +46,6 @@ from shared import protocol as p
 from signaling.testing import ProviderProcess, ServerProcess
 
 FIXTURE = "multilingual.wav"
-RATE = 16000
 _english, _basic = EnglishTextNormalizer(), BasicTextNormalizer()
 
 
@@ -56,38 +55,6 @@ class Sentence:
     text: str
     start: float  # seconds into its file
     end: float
-
-
-def read_wav(path: Path) -> np.ndarray:
-    with wave.open(str(path)) as w:
-        assert w.getframerate() == RATE and w.getnchannels() == 1 and w.getsampwidth() == 2
-        return np.frombuffer(w.readframes(w.getnframes()), "<i2").astype(np.float32) / 32768
-
-
-def write_wav(path: Path, samples: np.ndarray) -> Path:
-    with wave.open(str(path), "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(RATE)
-        w.writeframes((np.clip(samples, -1, 1) * 32767).astype("<i2").tobytes())
-    return path
-
-
-def speech_spans(samples: np.ndarray, min_gap_s: float = 0.6,
-                 frame_s: float = 0.02) -> list[tuple[float, float]]:
-    """(start, end) seconds of the stretches of sound in ``samples`` that at least
-    ``min_gap_s`` of silence separates: the sentences of a fixture made with pauses."""
-    frame = int(frame_s * RATE)
-    frames = samples[:len(samples) // frame * frame].reshape(-1, frame)
-    loud = np.sqrt((frames ** 2).mean(axis=1)) > 1e-3
-    spans: list[tuple[float, float]] = []
-    for i in np.flatnonzero(loud):
-        at = i * frame_s
-        if spans and at - spans[-1][1] < min_gap_s:
-            spans[-1] = (spans[-1][0], at + frame_s)
-        else:
-            spans.append((at, at + frame_s))
-    return spans
 
 
 def fixture_spec() -> dict[str, Any]:

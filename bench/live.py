@@ -6,6 +6,7 @@ arrive, bots added and removed over the HTTP API, and the providers awaited.
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -46,6 +47,13 @@ class Observer:
     def interim_delays(self) -> list[float]:
         starts = {t.segment_id: t.start for _, t in self.finals}
         return [at - starts[seg] for seg, at in self.first_interim.items() if seg in starts]
+
+    def sent_at(self, name: str) -> float | None:
+        """When player ``name``'s first frame went out (Unix time), as its status says."""
+        for s in self.statuses:
+            if s.name == name and (m := re.search(r" since ([0-9.]+)$", s.detail)):
+                return float(m.group(1))
+        return None
 
     def status_of(self, name: str) -> p.BotStatus | None:
         """The latest status of the bot called ``name`` or of kind ``name``."""

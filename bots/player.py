@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,24 +47,33 @@ class PlayerConfig(BotConfig):
 
 
 class _Ending(MediaStreamTrack):
-    """Passes frames through and sets ``done`` when the source ends."""
+    """Passes frames through; notes when the first one went out (``started``, at
+    ``started_at``, Unix time) and sets ``done`` when the source ends."""
 
     kind = "audio"
 
     def __init__(self, source: MediaStreamTrack) -> None:
         super().__init__()
         self.source = source
+        self.started = asyncio.Event()
+        self.started_at = 0.0
         self.done = asyncio.Event()
 
     async def recv(self) -> av.AudioFrame:
         try:
             # aiortc types recv() as any media (a Frame or a Packet); audio tracks give
             # AudioFrames
-            return cast(av.AudioFrame, await self.source.recv())
+            frame = cast(av.AudioFrame, await self.source.recv())
         except MediaStreamError:
             self.done.set()
             self.stop()
             raise
+        if not self.started.is_set():
+            # the player paces frames in real time from here: the file's second s goes out
+            # at started_at + s, which is how a listener knows where its speech really is
+            self.started_at = time.time()
+            self.started.set()
+        return frame
 
 
 class PlayerBot(Bot[PlayerConfig]):
@@ -91,7 +101,8 @@ class PlayerBot(Bot[PlayerConfig]):
         track = _Ending(self.player.audio)
         self.lobby.add_track(track)
         name = Path(cfg.path).name
-        self.lobby.set_status("live", f"playing {name}")
+        await track.started.wait()
+        self.lobby.set_status("live", f"playing {name} since {track.started_at:.3f}")
         if cfg.announce:
             await self.lobby.post_chat(f"playing {name}")
         await track.done.wait()

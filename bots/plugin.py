@@ -23,6 +23,9 @@ from shared.validation import Payload
 log = logging.getLogger(__name__)
 
 ENTRY_POINT_GROUP = "ai_voicebot.bots"
+# the top-level names of this distribution: a plugin that ships its own under one of them
+# shadows ours (docs/plugins.md, import names)
+OURS = ("bots", "shared", "signaling")
 
 
 class InvalidConfig(ValueError):
@@ -204,8 +207,11 @@ def discover(group: str = ENTRY_POINT_GROUP) -> dict[str, type[Bot[Any]]]:
                 raise TypeError(f"{ep.value}.kind is {cls.kind!r}, but it is declared as {ep.name!r}")
             cls.Config.schema()  # a config the server can't describe is a broken plugin
         except Exception as exc:  # noqa: BLE001 - a plugin is third-party code: anything goes
-            log.error("bot plugin %r (%s) failed to load: %s: %s", ep.name, ep.value,
-                      type(exc).__name__, exc)
+            top = (exc.name or "").split(".")[0] if isinstance(exc, ImportError) else ""
+            hint = (f" (is another package called {top!r} shadowing ai-voicebot's? see "
+                    "docs/plugins.md, import names)") if top in OURS else ""
+            log.error("bot plugin %r (%s) failed to load: %s: %s%s", ep.name, ep.value,
+                      type(exc).__name__, exc, hint)
             continue
         if ep.name in found:
             log.error("bot plugin %r declared twice; keeping %s", ep.name, found[ep.name])

@@ -24,6 +24,13 @@ def test_transcribe_bench_smoke() -> None:
     for heading in ("offline WER", "10 s floor, beam 5 (finals)", "live WER", "TTFS p50",
                     "speakers", "models side by side", "against the targets"):
         assert heading in out
+    # the live latencies are measured from where the player's speech really is: its one
+    # sentence was found as a turn, and the final came after its true end
+    live = out.split("live WER  finals/utts  turns/spans")[1].splitlines()[1].split()
+    assert live[2] == "1/1", live
+    honest = next(line for line in out.splitlines() if line.startswith("TTFS (the final ending"))
+    assert 0 < float(honest.split()[-3]) < 5, honest
+    assert "TTFS, Pipecat's (the turn's last final)" in out
     # the models table: a row for each model compared, or a note saying why there is none
     models = out.split("models side by side")[1].split("== against the targets")[0]
     for model in ("tiny.en", "base"):
@@ -35,6 +42,18 @@ def test_transcribe_bench_smoke() -> None:
         # model, WER fixtures, WER hard, RTF, live WER, finals/utts, TTFS p50, TTFS p95, CPU
         assert float(row[3]) > 0, row  # an offline RTF was measured
         assert int(row[5].split("/")[0]) >= 1 and float(row[6]) > 0, row  # a final came live
+
+
+@pytest.mark.timeout(400)
+def test_turns_bench_smoke() -> None:
+    out = run_bench("bench.turns")
+    rows = [line.split() for line in out.split("min_silence_ms")[1].splitlines()[1:] if line]
+    # every silence setting, and a longer wait never splits more sentences
+    assert [int(r[0]) for r in rows] == [200, 300, 400, 500, 700, 900], out
+    splits = [int(r[1].rstrip("%")) for r in rows]
+    assert splits == sorted(splits, reverse=True) and splits[0] > splits[-1], out
+    waits = [float(r[3]) for r in rows]
+    assert waits == sorted(waits) and 0.2 <= waits[0] < 0.35, out
 
 
 @pytest.mark.timeout(400)

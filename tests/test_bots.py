@@ -100,11 +100,18 @@ def test_a_broken_plugin_is_logged_and_skipped(tmp_path: Any, monkeypatch: Any,
     dist.mkdir()
     (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: broken-plugin\nVersion: 1.0\n")
     (dist / "entry_points.txt").write_text(
-        "[ai_voicebot.bots]\nbroken = no_such_module:Bot\nwrong = json:JSONDecoder\n")
+        "[ai_voicebot.bots]\nbroken = no_such_module:Bot\nwrong = json:JSONDecoder\n"
+        "shadowed = shadowed_plugin:Bot\n")
+    # what a plugin meets when another package called `shared` hides ours: a name we ship is
+    # missing from it
+    (tmp_path / "shadowed_plugin.py").write_text("from shared.no_such_module import Bot\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     found = discover()
     assert "broken" not in found and "wrong" not in found and "echo" in found
     assert "bot plugin 'broken'" in caplog.text and "bot plugin 'wrong'" in caplog.text
+    lines = {line.split("'")[1]: line for line in caplog.text.splitlines() if "bot plugin" in line}
+    assert "shadowing ai-voicebot's" in lines["shadowed"]
+    assert "shadowing" not in lines["broken"]  # a module of its own: no such hint
 
 
 async def test_countdown_example_runs() -> None:
@@ -137,8 +144,12 @@ async def test_provider_player_bot_reaches_a_peer(server: TestServer, clients: C
         x.bot and x.connected for x in m.participants))
     bot_participant = next(x for x in state.participants if x.bot)
     assert bot_participant.name == "Player" and bot_participant.session_id == bot["session_id"]
-    await inbox.wait_for(p.BotStatus, lambda m: m.status == "live" and "playing" in m.detail,
-                         timeout=30)
+    added = time.time()
+    playing = await inbox.wait_for(p.BotStatus, lambda m: m.status == "live" and
+                                   "playing" in m.detail, timeout=30)
+    # it says when its first frame went out: after it was added and its delay, before now
+    sent_at = float(playing.detail.rsplit(" since ", 1)[1])
+    assert added + 0.2 <= sent_at <= time.time(), (added, playing.detail)
     # the speech arrives: clearly louder than silence for a good part of a second
     await wait_until(lambda: sum(e > 0.02 for e in listener.energy.get("Player", [])) > 25,
                      20, "speech energy from the player")

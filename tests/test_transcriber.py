@@ -282,7 +282,7 @@ async def test_a_finals_start_and_end_are_where_its_speech_is() -> None:
     """Against speech whose bounds the test knows (where the file's silence ends and begins
     again, to the 20 ms), a final's ``start`` and ``end`` are within 50 ms: the speech itself,
     not the padding Whisper gets around it, on the clock of the audio's arrival."""
-    from bench.languages import read_wav, speech_spans
+    from bench.audio import read_wav, speech_spans
 
     lobby = FakeLobby()
     bot = TranscriberBot(lobby, TranscriberBot.Config.parse({}))
