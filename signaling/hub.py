@@ -92,8 +92,7 @@ class Hub:
 
     def _drop(self, drops: list[Drop]) -> None:
         for drop in drops:
-            drain = 0.2 if drop.code == CLOSE_REPLACED else 1.0  # the new socket is waiting
-            self._tasks.spawn(drop.conn.close(drop.code, drop.reason, drain=drain))
+            self._tasks.spawn(drop.conn.close(drop.code, drop.reason, drain=drop.drain))
 
     # --- start-up -----------------------------------------------------------------------------
 

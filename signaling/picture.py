@@ -68,6 +68,7 @@ class Drop:
     conn: Connection
     code: int
     reason: str
+    drain: float = 1.0  # seconds to send what is queued first
 
 
 @dataclass(frozen=True)
@@ -309,7 +310,7 @@ class Picture:
             return []
         # the session connected to another node: the socket here is stale
         old, s.conn = s.conn, None
-        return [Drop(old, CLOSE_REPLACED, "session connected elsewhere")]
+        return [Drop(old, CLOSE_REPLACED, "session connected elsewhere", drain=0.2)]  # the new one waits
 
     def load(self, snap: Snapshot) -> tuple[list[Drop], list[tuple[str, str]]]:
         """Brings the picture in line with what is stored (at start-up, and after changes may
