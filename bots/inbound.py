@@ -11,6 +11,12 @@ That takes the place of the queue between aiortc's receiver and its decoder thre
 attribute). It is only done while the thread has not started; otherwise, or if aiortc's
 receiver no longer has that queue, frames are pumped from aiortc's own track as before. The
 thread itself still starts, and waits, idle, until the receiver stops.
+
+The receiver's jitter buffer is replaced too, while it is empty: aiortc's holds every audio
+packet until four more have come (80 ms), a cushion for playing sound out evenly. A bot does
+not play out; it lets a packet go when the next one has come (the buffer's least: only then
+is a frame known to be complete). Packets out of order still wait for the missing one, as
+before.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ from typing import Any, cast
 import av
 from aiortc import MediaStreamTrack, RTCRtpReceiver
 from aiortc.codecs import get_decoder
+from aiortc.jitterbuffer import JitterBuffer
 from aiortc.mediastreams import MediaStreamError
 
 from shared.tasks import cancel_and_wait
@@ -32,6 +39,7 @@ log = logging.getLogger(__name__)
 
 _QUEUE = "_RTCRtpReceiver__decoder_queue"
 _THREAD = "_RTCRtpReceiver__decoder_thread"
+_JITTER = "_RTCRtpReceiver__jitter_buffer"
 
 
 def check_batch(batch: int, max_frames: int) -> None:
@@ -192,4 +200,7 @@ def _decode_inline(receiver: RTCRtpReceiver, sink: InboundAudio) -> bool:
         log.info("aiortc's receiver has changed or already started: decoding in its thread")
         return False
     setattr(receiver, _QUEUE, _LoopDecoder(sink))
+    buffer = getattr(receiver, _JITTER, None)
+    if isinstance(buffer, JitterBuffer) and getattr(buffer, "_origin", 0) is None:
+        setattr(receiver, _JITTER, JitterBuffer(capacity=buffer.capacity, prefetch=1))
     return True

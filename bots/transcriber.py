@@ -29,7 +29,7 @@ from shared.protocol import ErrorCode, ProtocolError
 from shared.tasks import TaskSet
 
 from .audio import SpeechResampler
-from .inbound import recv_batch
+from .inbound import InboundAudio, recv_batch
 from .language import LanguagePolicy
 from .models import listing
 from .plugin import Bot, BotConfig, LobbyAccess, Peer, setting
@@ -293,6 +293,10 @@ class SpeakerStream:
                 for utt in utterances:
                     self._utterance(utt)
                 self._maybe_interim()
+                if isinstance(self.track, InboundAudio):
+                    # in a pause, audio as it comes (the provider's poll still gathers 40 ms):
+                    # the speculative final starts, and the end is decided, up to 80 ms sooner
+                    self.track.batch = 1 if self.segmenter.pausing else self.bot.receive_batch
         except MediaStreamError:  # the peer's track ended (a reload, a lost connection)
             self._clear_interims()
         finally:
@@ -326,6 +330,8 @@ class SpeakerStream:
         cfg, seg = self.bot.config, self.segmenter
         if not cfg.interim_interval or not seg.in_speech or self._interim_future is not None:
             return
+        if seg.pausing and self._shown.get(seg.utterance_index):
+            return  # the final may be about to start: a newer interim would hold it up
         audio = seg.current_audio()
         now = time.monotonic()
         if len(audio) < cfg.interim_after * 16000 or now - self._last_interim_at < cfg.interim_interval:

@@ -188,6 +188,11 @@ class Segmenter:
         return self.speech_start is not None
 
     @property
+    def pausing(self) -> bool:
+        """In an utterance, and silent since a chunk or more: its end is being decided."""
+        return self.speech_start is not None and self._silence_since is not None
+
+    @property
     def utterance_index(self) -> int:
         """Index of the current (or next) utterance of this speaker."""
         return self._count

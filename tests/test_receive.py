@@ -10,6 +10,7 @@ import threading
 import time
 from typing import Any
 
+import av
 import numpy as np
 import pytest
 from aiortc import RTCConfiguration, RTCPeerConnection
@@ -22,12 +23,30 @@ from bots.loop import CoalescingSelector, loop_factory
 from .helpers import Sine
 
 
-async def connected_pair(max_frames: int, batch: int) -> tuple[RTCPeerConnection,
-                                                              RTCPeerConnection,
-                                                              asyncio.Future[InboundAudio]]:
+class ToneThenQuiet(Sine):
+    """``tone`` frames of the test tone, ``quiet`` of silence, and the end: no more packets."""
+
+    def __init__(self, tone: int, quiet: int) -> None:
+        super().__init__()
+        self.tone, self.quiet, self.sent = tone, quiet, 0
+
+    async def recv(self) -> av.AudioFrame:
+        if self.sent == self.tone + self.quiet:
+            self.stop()
+            raise MediaStreamError
+        self.sent += 1
+        frame = await super().recv()
+        if self.sent > self.tone:
+            frame.planes[0].update(bytes(frame.planes[0].buffer_size))
+        return frame
+
+
+async def connected_pair(max_frames: int, batch: int, source: Any = None
+                         ) -> tuple[RTCPeerConnection, RTCPeerConnection,
+                                    asyncio.Future[InboundAudio]]:
     local = RTCConfiguration(iceServers=[])  # loopback: no STUN server, ever
     sender, receiver = RTCPeerConnection(local), RTCPeerConnection(local)
-    sender.addTrack(Sine())
+    sender.addTrack(source or Sine())
     inbound: asyncio.Future[InboundAudio] = asyncio.get_running_loop().create_future()
 
     @receiver.on("track")
@@ -71,6 +90,30 @@ async def test_inbound_audio_decodes_on_the_loop_in_batches() -> None:
         for _ in range(100):
             await asyncio.wait_for(track.recv(), 5)
     assert decoder_threads() == threads_before
+
+
+async def test_a_packet_leaves_the_jitter_buffer_when_the_next_arrives() -> None:
+    """aiortc's receiver holds each audio packet until four more came (80 ms): the end of
+    someone's speech would reach a bot that much later. The bot's lets it go with the next
+    one. Of 8 quiet frames after the tone, Opus's delay makes the first loud, and the buffer
+    holds the last when the sender stops: 5 or 6 come through, where aiortc's buffer let 2."""
+    sender, receiver, pending = await connected_pair(max_frames=200, batch=1,
+                                                     source=ToneThenQuiet(tone=40, quiet=8))
+    try:
+        track = await asyncio.wait_for(pending, 10)
+        loud = []
+        while True:
+            try:  # the sender sends in real time, then stops: a second without a frame is the end
+                frame = await asyncio.wait_for(track.recv(), 1.0)
+            except asyncio.TimeoutError:
+                break
+            loud.append(float(np.abs(frame.to_ndarray()).max()) > 1000)
+        assert True in loud, loud
+        after_tone = len(loud) - 1 - max(i for i, x in enumerate(loud) if x)
+        assert after_tone >= 4, loud[-12:]
+    finally:
+        await sender.close()
+        await receiver.close()
 
 
 async def test_a_slow_reader_loses_the_oldest_frames_not_memory() -> None:

@@ -54,6 +54,16 @@ def test_segmenter_offers_a_tentative_end_before_the_final() -> None:
     final = next(u for u in events if u.final)
     assert (last_tentative.start, last_tentative.end) == (final.start, final.end)
     assert events.index(last_tentative) < events.index(final)
+    # ``pausing`` (the transcriber then reads its audio as it comes): from the first silent
+    # chunk in an utterance to its end, when a tentative end is offered, and never in silence
+    seg, seen = Segmenter(), []
+    for i in range(0, len(audio), 320):
+        got = seg.feed(audio[i:i + 320])
+        seen.append((seg.in_speech, seg.pausing, [u.final for u in got]))
+    assert not any(pausing for speech, pausing, _ in seen if not speech)
+    assert all(pausing for _, pausing, got in seen if got == [False])
+    assert any(speech and not pausing for speech, pausing, _ in seen)
+    assert not seen[-1][0] and not seen[-1][1]
 
 
 def test_segmenter_cuts_long_speech() -> None:
