@@ -65,7 +65,8 @@ class TranscriberConfig(BotConfig):
                                         "speech less well)", minimum=0, maximum=30)
     interim_interval: float = setting(1.0, "seconds between interim results; 0 turns them off",
                                       minimum=0, maximum=10)
-    interim_after: float = setting(0.5, "seconds of speech before the first interim",
+    interim_after: float = setting(0.2, "seconds of speech (from where it starts) before "
+                                   "the first interim",
                                    minimum=0, maximum=10)
     min_silence_ms: int = setting(300, "a pause this long ends an utterance",
                                   minimum=100, maximum=5000)
@@ -330,13 +331,17 @@ class SpeakerStream:
         cfg, seg = self.bot.config, self.segmenter
         if not cfg.interim_interval or not seg.in_speech or self._interim_future is not None:
             return
-        if seg.pausing and self._shown.get(seg.utterance_index):
-            return  # the final may be about to start: a newer interim would hold it up
-        audio = seg.current_audio()
-        now = time.monotonic()
-        if len(audio) < cfg.interim_after * 16000 or now - self._last_interim_at < cfg.interim_interval:
-            return
+        if seg.pausing:
+            return  # the final may be about to start: an interim would hold it up
         assert self.bot.stt_interim is not None and seg.voice_start is not None
+        now = time.monotonic()
+        # until an utterance shows something, a try that came back empty is tried again soon
+        shown = bool(self._shown.get(seg.utterance_index))
+        interval = cfg.interim_interval if shown else cfg.interim_interval / 4
+        if seg.scored - seg.voice_start < cfg.interim_after * 16000 or \
+                now - self._last_interim_at < interval:
+            return
+        audio = seg.current_audio()
         self._last_interim_at = now
         index, start, end = seg.utterance_index, seg.voice_start, seg.scored
         future = self.bot.scheduler.submit(self.bot.stt_interim, self.key, audio, final=False,

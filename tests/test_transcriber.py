@@ -15,7 +15,8 @@ from faster_whisper.audio import decode_audio
 
 from bots.scheduler import Scheduler
 from bots.models import listing
-from bots.stt import ModelError, WhisperSTT, drop_restart, load_whisper, resolve_model
+from bots.stt import (STT, ModelError, Recognition, WhisperSTT, drop_restart, load_whisper,
+                      resolve_model)
 from bots.testing import FakeLobby, ScriptedSTT
 from bots.transcriber import TranscriberBot
 from bots.vad import Segmenter
@@ -217,6 +218,39 @@ async def test_transcriber_in_a_fake_lobby() -> None:
     assert wer(reference("speaker_a.wav"), " ".join(t.text for t in finals)) <= WER_BOUND
     assert finals[0].end > finals[0].start
     await lobby.stop()
+
+
+class FirstReadsNothing(STT):
+    """An interim engine that reads nothing the first time (too little speech yet), then
+    words; it notes how much audio each call had."""
+
+    def __init__(self) -> None:
+        self.calls: list[float] = []
+
+    def recognize(self, audio: np.ndarray, *, final: bool,
+                  language: str | None = None) -> Recognition:
+        self.calls.append(len(audio) / 16000)
+        return Recognition(text="hello" if len(self.calls) > 1 else "", language="en",
+                           no_speech_prob=0.0, avg_logprob=0.0, audio_s=len(audio) / 16000,
+                           inference_s=0.0)
+
+
+async def test_a_first_interim_that_reads_nothing_is_tried_again_soon() -> None:
+    """The first interim is tried after interim_after (0.2 s) of speech; one that read
+    nothing is tried again after a quarter of interim_interval, not a whole one."""
+    lobby = FakeLobby()
+    bot = TranscriberBot(lobby, TranscriberBot.Config.parse({}))
+    await lobby.start(bot)
+    bot.stt_interim = engine = FirstReadsNothing()
+    await lobby.add_peer("Alice", FileTrack(DATA / "speaker_a.wav", pace=0.02))  # type: ignore[arg-type]
+    await wait_until(lambda: len(engine.calls) >= 2, 30, "a second interim")
+    await lobby.stop()
+    first, second = engine.calls[:2]
+    # the audio of an interim starts 0.192 s before the speech; frames come 5 at a time
+    assert first <= 0.2 + 0.192 + 0.1 + 0.04, engine.calls
+    assert 0.2 <= second - first < 0.7, engine.calls  # interim_interval would be 1.0
+    shown = [t for t in lobby.transcripts if isinstance(t, p.Transcript) and not t.final]
+    assert shown and shown[0].text == "hello"
 
 
 class CatchUpTrack(FileTrack):
