@@ -142,7 +142,8 @@ class LobbyAccess(abc.ABC):
     def set_status(self, status: str, detail: str = "",
                    metrics: dict[str, float] | None = None) -> None:
         """Reports ``loading``, ``live``, ``lagging`` or ``failed`` (see protocol.BOT_STATUSES),
-        with optional figures the server exports (``{"lag": seconds}``)."""
+        with optional figures the server exports (``{"lag": seconds}``). The same status and
+        detail again reports new figures only: the lobby is not told."""
 
 
 C = TypeVar("C", bound=BotConfig)

@@ -35,6 +35,7 @@ class FakeLobby(LobbyAccess):
         self.transcripts: list[p.Message] = []
         self.tracks: list[MediaStreamTrack] = []
         self.statuses: list[tuple[str, str]] = []
+        self.figures: list[dict[str, float]] = []  # the metrics of each status, in order
         self.bot: Bot[Any] | None = None
         self._peers: dict[str, Peer] = {}
         self._ids = itertools.count(1)
@@ -58,6 +59,7 @@ class FakeLobby(LobbyAccess):
         if status not in p.BOT_STATUSES:
             raise ValueError(f"unknown status {status!r}")
         self.statuses.append((status, detail))
+        self.figures.append(dict(metrics or {}))
 
     # --- what the test does ---------------------------------------------------------------------
 

@@ -127,6 +127,7 @@ class TranscriberBot(Bot[TranscriberConfig]):
     description = "Live captions: transcribes every speaker with Whisper, interim and final."
     Config = TranscriberConfig
     receive_batch = 5  # 100 ms: well within the time to a final, and less CPU per speaker
+    report_every = 10  # seconds between reports of its figures (lag, compute)
 
     # the process's worker pool, shared by every lobby's transcriber (they share the CPU too),
     # and how many transcribers use it: the first makes it, the last to stop closes it
@@ -145,6 +146,8 @@ class TranscriberBot(Bot[TranscriberConfig]):
         self.stt_fallback: STT | None = None
         self.language_policy = LanguagePolicy()  # which language, with language "auto"
         self.streams: dict[str, SpeakerStream] = {}
+        self.busy_s = 0.0  # seconds its recognitions took, all speakers, since it started
+        self.status = ("loading", "")  # what it last reported
         # the lag monitor, and transcripts on their way: cancelled and awaited on stop
         self.tasks = TaskSet(log, "a transcriber's task")
 
@@ -167,7 +170,7 @@ class TranscriberBot(Bot[TranscriberConfig]):
 
     async def on_joined(self) -> None:
         cfg = self.config
-        self.lobby.set_status("loading", f"loading {cfg.model}")
+        self._set_status("loading", f"loading {cfg.model}")
         model = await asyncio.to_thread(load_whisper, cfg.model, compute_type=cfg.compute_type,
                                         threads=cfg.threads)
         final_window = "full" if cfg.final_window == "full" else "dynamic"
@@ -179,7 +182,7 @@ class TranscriberBot(Bot[TranscriberConfig]):
                                       task=cfg.task, beam_size=1, window="dynamic",
                                       policy=self.language_policy)
         self.stt_fallback = self.stt_interim if cfg.final_window == "auto" else None
-        self.lobby.set_status("live", f"{cfg.model}, listening")
+        self._set_status("live", f"{cfg.model}, listening")
         self.tasks.spawn(self._watch_lag())
 
     async def on_track(self, peer: Peer, track: MediaStreamTrack) -> None:
@@ -207,28 +210,53 @@ class TranscriberBot(Bot[TranscriberConfig]):
         await self.tasks.close()
         await self._leave_pool()
 
+    def _set_status(self, status: str, detail: str,
+                    figures: dict[str, float] | None = None) -> None:
+        self.status = (status, detail)
+        self.lobby.set_status(status, detail, figures)
+
+    def recognize(self, stt: STT, key: str, audio: np.ndarray, *, final: bool,
+                  **options: Any) -> asyncio.Future[Recognition | None]:
+        """A recognition on the shared pool, its time counted as this bot's."""
+        future = self.scheduler.submit(stt, key, audio, final=final, **options)
+        future.add_done_callback(self._count)
+        return future
+
+    def _count(self, future: asyncio.Future[Recognition | None]) -> None:
+        if not future.cancelled() and future.exception() is None:
+            result = future.result()
+            if result is not None:
+                self.busy_s += result.inference_s
+
     async def _watch_lag(self) -> None:
         lagging = False
         reported_skips = 0
         ticks = 0
+        busy_then, then = self.busy_s, time.monotonic()
         while True:
             await asyncio.sleep(1.0)
             ticks += 1
-            if ticks % 10 == 0:
-                for stream in self.streams.values():
-                    log.info("%s: %s", stream.key, stream.describe())
             worst = max((s.lag() for s in self.streams.values()), default=0.0)
             skipped = sum(s.skipped for s in self.streams.values())
             figures = {"lag": round(worst, 2), "skipped": skipped}
+            if ticks % self.report_every == 0:
+                for stream in self.streams.values():
+                    log.info("%s: %s", stream.key, stream.describe())
+                # seconds of recognition a second, lately: against the pool's workers
+                # (VOICEBOT_STT_WORKERS), the headroom left
+                now = time.monotonic()
+                figures["compute"] = round((self.busy_s - busy_then) / (now - then), 3)
+                busy_then, then = self.busy_s, now
+                self._set_status(*self.status, figures)  # the same status: new figures
             if worst > self.config.lag_warning_s or (skipped > reported_skips and not lagging):
                 lagging = True
                 reported_skips = skipped
-                self.lobby.set_status("lagging", f"{worst:.1f} s behind; "
-                                                 f"{skipped} utterance(s) skipped to stay live",
-                                      figures)
+                self._set_status("lagging", f"{worst:.1f} s behind; "
+                                            f"{skipped} utterance(s) skipped to stay live",
+                                 figures)
             elif lagging and worst < self.config.lag_warning_s / 2:
                 lagging = False
-                self.lobby.set_status("live", f"{self.config.model}, caught up", figures)
+                self._set_status("live", f"{self.config.model}, caught up", figures)
 
 
 class SpeakerStream:
@@ -344,8 +372,8 @@ class SpeakerStream:
         audio = seg.current_audio()
         self._last_interim_at = now
         index, start, end = seg.utterance_index, seg.voice_start, seg.scored
-        future = self.bot.scheduler.submit(self.bot.stt_interim, self.key, audio, final=False,
-                                           language=self._language)
+        future = self.bot.recognize(self.bot.stt_interim, self.key, audio, final=False,
+                                    language=self._language)
         self._interim_future = future
         future.add_done_callback(lambda f: self._interim_done(f, index, start, end))
 
@@ -379,10 +407,9 @@ class SpeakerStream:
 
     def _submit_final(self, utt: Utterance) -> asyncio.Future[Recognition | None]:
         assert self.bot.stt_final is not None
-        future = self.bot.scheduler.submit(self.bot.stt_final, self.key, utt.audio, final=True,
-                                           audio_end=self._times(utt.start, utt.end)[2],
-                                           fallback=self.bot.stt_fallback,
-                                           language=self._language)
+        future = self.bot.recognize(self.bot.stt_final, self.key, utt.audio, final=True,
+                                    audio_end=self._times(utt.start, utt.end)[2],
+                                    fallback=self.bot.stt_fallback, language=self._language)
         return future
 
     def _learn_language(self, future: asyncio.Future[Recognition | None]) -> None:

@@ -105,7 +105,7 @@ async def _metrics(request: web.Request) -> web.Response:
     metrics.bots.clear()
     for status in {b.status for b in dispatcher.bots.values()}:
         metrics.bots.labels(status).set(sum(b.status == status for b in dispatcher.bots.values()))
-    metrics.bot_connections.keep(set(dispatcher.bots))
+    metrics.keep(set(dispatcher.bots))
     return web.Response(body=metrics.render(), headers={"Content-Type": metrics.content_type})
 
 

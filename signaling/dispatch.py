@@ -292,6 +292,8 @@ class Dispatcher:
             return
         if msg.metrics:
             self.hub.bus.emit(events.BotReported(bot.id, msg.status, dict(msg.metrics)))
+        if (msg.status, msg.detail) == (bot.status, bot.detail) and msg.status != "failed":
+            return  # new figures only: nothing for the lobby to see, or to store
         bot.error = msg.error if msg.status == "failed" else None
         refused = bot.error == ErrorCode.INVALID_CONFIG.value and not bot.reported.is_set()
         bot.reported.set()

@@ -133,7 +133,11 @@ class Metrics:
             registry=r, buckets=(0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0))
         self.lag = Gauge("voicebot_transcription_lag_seconds", "how far a transcriber is behind "
                          "live, as it last reported", ["bot_id"], registry=r)
+        self.compute = Gauge("voicebot_transcription_compute_ratio", "seconds of recognition a "
+                             "second, over a transcriber's last report interval (against "
+                             "its provider's VOICEBOT_STT_WORKERS)", ["bot_id"], registry=r)
         self.bot_connections = BotConnections(r)
+        self._figured: set[str] = set()  # bots with a lag or compute series
 
     def caption_stored(self, event: CaptionStored) -> None:
         if event.end:
@@ -141,9 +145,22 @@ class Metrics:
 
     def bot_reported(self, event: BotReported) -> None:
         self.bot_connections.update(event.bot_id, event.metrics)
-        lag = event.metrics.get("lag")
-        if isinstance(lag, (int, float)) and not isinstance(lag, bool):
-            self.lag.labels(event.bot_id).set(float(lag))
+        for name, gauge in (("lag", self.lag), ("compute", self.compute)):
+            value = event.metrics.get(name)
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                gauge.labels(event.bot_id).set(float(value))
+                self._figured.add(event.bot_id)
+
+    def keep(self, bot_ids: set[str]) -> None:
+        """Drops the series of bots that are gone."""
+        for bot_id in self._figured - bot_ids:
+            for gauge in (self.lag, self.compute):
+                try:
+                    gauge.remove(bot_id)
+                except KeyError:  # it reported one of the two only
+                    pass
+        self._figured &= bot_ids
+        self.bot_connections.keep(bot_ids)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

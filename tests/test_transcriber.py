@@ -253,6 +253,23 @@ async def test_a_first_interim_that_reads_nothing_is_tried_again_soon() -> None:
     assert shown and shown[0].text == "hello"
 
 
+async def test_a_transcriber_reports_its_compute() -> None:
+    """Every ``report_every`` seconds: its status again, with how many seconds of recognition
+    it used a second (its share of the worker pool)."""
+    lobby = FakeLobby()
+    bot = TranscriberBot(lobby, TranscriberBot.Config.parse({}))
+    bot.report_every = 1
+    await lobby.start(bot)
+    await lobby.add_peer("Alice", FileTrack(DATA / "speaker_a.wav", pace=0.02))  # type: ignore[arg-type]
+    await wait_until(lambda: any(f.get("compute", 0) > 0 for f in lobby.figures), 30,
+                     "a report of compute")
+    await lobby.stop()
+    reports = [(s, f) for s, f in zip(lobby.statuses, lobby.figures) if "compute" in f]
+    assert all(status == ("live", "tiny.en, listening") for status, _ in reports)
+    assert all(0 <= f["compute"] < 2 and "lag" in f for _, f in reports)
+    assert bot.busy_s > 0
+
+
 class CatchUpTrack(FileTrack):
     """The file as if live for ``live_s``, then ``burst_s`` of silence at once: what a bot's
     sender does when its file ends and it catches up on the silence it owes."""
@@ -400,6 +417,16 @@ async def test_end_to_end_live_captions(server: TestServer, clients: Clients,
     assert vtt.startswith("WEBVTT") and "<v Alice>" in vtt
     status, body = await api("GET", url + f"api/lobbies/{lobby}/transcript?format=doc", None)
     assert status == 400
+
+    # its figures every 10 s, exported; repeating its status, they are not the lobby's to see
+    lives = [m for m in inbox.of(p.BotStatus) if m.kind == "transcriber" and m.status == "live"]
+    series = f'voicebot_transcription_compute_ratio{{bot_id="{lives[0].bot_id}"}}'
+    deadline = time.monotonic() + 30
+    while series not in (await api_text(url + "metrics"))[1]:
+        assert time.monotonic() < deadline, "no compute figure"
+        await asyncio.sleep(0.5)
+    lives = [m for m in inbox.of(p.BotStatus) if m.kind == "transcriber" and m.status == "live"]
+    assert len(lives) == 1, lives
 
 
 
