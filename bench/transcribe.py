@@ -57,6 +57,7 @@ from bench.audio import read_wav, speech_spans
 from bench.live import KEY, Observer, add_bot, live_lobby, providers_ready, remove_bot, wait_for
 from bench.procstats import cpu_seconds
 from bench.tables import table
+from bench.servers import UNLIMITED
 from signaling.testing import ROOT, ProviderProcess, ServerProcess
 
 DATA = ROOT / "tests" / "data"
@@ -420,7 +421,8 @@ async def main_async(args: argparse.Namespace) -> int:
                      *[[label, f"{w:.3f}", f"{t:.3f}"] for label, w, t in off["engines"]]]),
               flush=True)
 
-    server = ServerProcess(workdir / "data", VOICEBOT_PROVIDER_KEY=KEY)
+    # the sweep adds a bot per talker at each step: no creation limit stands in the way
+    server = ServerProcess(workdir / "data", VOICEBOT_PROVIDER_KEY=KEY, **UNLIMITED)
     server.start()
     transcriber = ProviderProcess(server.url, KEY, capacity=4, name="transcribers",
                                   plugins=("transcriber",), log_level=args.log_level)
