@@ -17,6 +17,7 @@ import bisect
 import collections
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -216,9 +217,13 @@ class TranscriberBot(Bot[TranscriberConfig]):
         self.lobby.set_status(status, detail, figures)
 
     def recognize(self, stt: STT, key: str, audio: np.ndarray, *, final: bool,
-                  **options: Any) -> asyncio.Future[Recognition | None]:
-        """A recognition on the shared pool, its time counted as this bot's."""
-        future = self.scheduler.submit(stt, key, audio, final=final, **options)
+                  audio_end: float | None = None, fallback: STT | None = None,
+                  language: Callable[[], str | None] | None = None
+                  ) -> asyncio.Future[Recognition | None]:
+        """``Scheduler.submit`` on the shared pool, the recognition's time counted as this
+        bot's."""
+        future = self.scheduler.submit(stt, key, audio, final=final, audio_end=audio_end,
+                                       fallback=fallback, language=language)
         future.add_done_callback(self._count)
         return future
 
