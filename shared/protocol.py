@@ -32,6 +32,7 @@ MAX_CHAT_LEN = 2000
 MAX_SDP_LEN = 32_000
 MAX_CANDIDATE_LEN = 1_000
 MAX_TRANSCRIPT_LEN = 4_000
+MAX_REPLACES = 8  # segment ids one final may replace
 
 # a field's length limits go with its type (shared.validation checks them before validate())
 Id = Annotated[str, Length(1, MAX_ID_LEN)]  # a lobby's, session's, bot's, message's id
@@ -301,7 +302,9 @@ class Error(Message, type=MessageType.ERROR):
 @dataclass(frozen=True)
 class Transcript(Message, type=MessageType.TRANSCRIPT):
     """Speech of one speaker. Interims (``final`` false) are replaced in place by segment id,
-    an empty interim clears it; finals are stored with the lobby's chat and replayed."""
+    an empty interim clears it; finals are stored with the lobby's chat and replayed. A final
+    may name in ``replaces`` earlier finals of the same speaker from the same bot that it
+    supersedes (a sentence that went on after a pause): readers show it in their place."""
 
     lobby_id: Id
     segment_id: Annotated[str, Length(1, 2 * MAX_ID_LEN)]
@@ -316,9 +319,16 @@ class Transcript(Message, type=MessageType.TRANSCRIPT):
     task: str = "transcribe"  # or "translate": the text is English, translated from language
     message_id: int | None = None  # set by the server on stored finals
     bot_id: str | None = None  # the bot session that transcribed it (set by the server)
+    replaces: list[Annotated[str, Length(1, 2 * MAX_ID_LEN)]] = field(default_factory=list)
 
     def validate(self) -> None:
         check_len("text", self.text, MAX_TRANSCRIPT_LEN, 1 if self.final else 0)
+        if self.replaces and not self.final:
+            raise invalid("only a final may replace other segments")
+        if len(self.replaces) > MAX_REPLACES:
+            raise invalid(f"a final may replace at most {MAX_REPLACES} segments")
+        if self.segment_id in self.replaces:
+            raise invalid("a final cannot replace its own segment")
         if self.task not in ("transcribe", "translate"):
             raise invalid("task must be transcribe or translate")
         if self.end < self.start:

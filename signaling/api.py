@@ -16,7 +16,7 @@ from shared.validation import MAX_SAFE_INT, is_text, loads
 
 from .dispatch import DISPATCHER
 from . import export
-from .history import readable
+from .history import current, readable
 from .hub import HUB, Hub, LiveSession, Lobby
 from .limits import LIMITS
 from .store import StoreError
@@ -286,7 +286,7 @@ async def lobby_transcript(request: web.Request) -> web.StreamResponse:
         if len(page) < 500:
             break
         after = page[-1].id
-    finals = [m for _, m in readable(records) if isinstance(m, p.Transcript)]
+    finals = [m for m in current(m for _, m in readable(records)) if isinstance(m, p.Transcript)]
     body, content_type = export.render(fmt, lobby.record.name, finals)
     filename = f"transcript-{lobby.id}.{fmt}"
     return web.Response(text=body, content_type=content_type, charset="utf-8",

@@ -28,13 +28,14 @@ log = logging.getLogger(__name__)
 Message = p.Chat | p.Transcript
 
 TRANSCRIPT_FIELDS = ("segment_id", "speaker_id", "speaker_name", "start", "end", "model",
-                     "language", "task")
+                     "language", "task", "replaces")
 
 
 def transcript_meta(msg: p.Transcript) -> dict[str, Any]:
     """What a final transcript keeps in its chat record's ``meta`` (``stored_message`` reads
-    it back)."""
-    return {name: getattr(msg, name) for name in TRANSCRIPT_FIELDS}
+    it back). An empty ``replaces`` is left out: Redis's Lua would store ``[]`` as ``{}``."""
+    return {name: getattr(msg, name) for name in TRANSCRIPT_FIELDS
+            if name != "replaces" or msg.replaces}
 
 
 def stored_message(rec: ChatRecord) -> Message:
@@ -69,6 +70,16 @@ def readable(records: Iterable[ChatRecord]) -> list[tuple[ChatRecord, Message]]:
             log.warning("skipping unreadable stored message %d (%s); the integrity check "
                         "repairs it", rec.id, exc.message, extra={"lobby_id": rec.lobby_id})
     return out
+
+
+def current(messages: Iterable[Message]) -> list[Message]:
+    """The messages without the finals a later one replaced (``Transcript.replaces``: only a
+    final of the same speaker from the same bot replaces one; docs/protocol.md)."""
+    messages = list(messages)
+    replaced = {(m.bot_id, m.speaker_id, old) for m in messages if isinstance(m, p.Transcript)
+                for old in m.replaces}
+    return [m for m in messages if not (isinstance(m, p.Transcript) and
+                                        (m.bot_id, m.speaker_id, m.segment_id) in replaced)]
 
 
 _SURROGATE = re.compile("[\ud800-\udfff]")

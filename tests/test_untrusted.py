@@ -56,7 +56,8 @@ class Field:
     path: tuple[str, ...]  # where in data
     max_len: int
     min_len: int = 0
-    rule: str = ""  # "name", "lobby_name", "description_type": a check after the length
+    rule: str = ""  # "name", "lobby_name", "description_type": a check after the length;
+    # "other_than:X": X is refused (a final may not replace its own segment)
 
 
 # per type: the template's data, the string fields to draw, the reply when all is well
@@ -79,10 +80,12 @@ TYPES: dict[str, tuple[dict[str, Any], list[Field], str]] = {
     "ping": ({}, [], "pong"),
     # a bot session's
     "transcript": ({"lobby_id": "$L", "segment_id": "seg", "speaker_id": "$B", "text": "hello",
-                    "final": True, "language": "en", "start": 1.0, "end": 2.0},
+                    "final": True, "language": "en", "start": 1.0, "end": 2.0,
+                    "replaces": ["seg0"]},
                    [Field(("text",), 4000, 1), Field(("language",), 16),
                     Field(("model",), 64), Field(("speaker_name",), 64),
-                    Field(("segment_id",), 128, 1)], "ack"),
+                    Field(("segment_id",), 128, 1, "other_than:seg0"),
+                    Field(("replaces", "0"), 128, 1, "other_than:seg")], "ack"),
     "bot_status": ({"bot_id": "nobot", "status": "live"},
                    [Field(("detail",), 1000), Field(("bot_id",), 64, 1)], "ack"),
     "provider_hello": ({"name": "fz", "capacity": 0, "kinds": [{"kind": "fz"}]},
@@ -111,6 +114,8 @@ def expected_reply(type_: str, data: Any, fld: Field | None, value: Any, depth: 
         return "error", "name_invalid"
     if fld.rule == "description_type" and value not in ("offer", "answer", "pranswer",
                                                          "rollback"):
+        return "error", "invalid_payload"
+    if fld.rule.startswith("other_than:") and value == fld.rule.split(":", 1)[1]:
         return "error", "invalid_payload"
     if fld.rule == "unknown_lobby":
         return "error", "lobby_not_found"

@@ -31,6 +31,13 @@ export const initialState = {
 
 function byMessageId(a, b) { return a.message_id - b.message_id; }
 
+// a final that replaces an earlier one (the sentence went on after a pause) takes its place:
+// only a final of the same speaker from the same bot (docs/protocol.md, "transcript")
+function replaces(later, earlier) {
+  return Boolean(later.replaces && later.replaces.includes(earlier.segment_id)
+    && later.bot_id === earlier.bot_id && later.speaker_id === earlier.speaker_id);
+}
+
 // interims of speakers who are gone (left, or disconnected) come off at once
 function liveCaptions(captions, participants) {
   const here = new Set(participants.filter((p) => p.connected).map((p) => p.session_id));
@@ -72,12 +79,14 @@ export function reducer(state, action) {
       const m = action.message;
       if (!state.lobby || m.lobby_id !== state.lobby.id) return state;
       if (state.messages.some((x) => x.message_id === m.message_id)) return state;
+      if (m.segment_id && state.messages.some((x) => replaces(x, m))) return state;
       const captions = { ...state.captions };
       if (m.segment_id) delete captions[m.segment_id];
       const announcement = m.segment_id && action.live ? `${m.speaker_name}: ${m.text}`
                                                        : state.announcement;
-      return { ...state, messages: [...state.messages, m].sort(byMessageId), captions,
-               announcement };
+      const kept = m.replaces && m.replaces.length
+        ? state.messages.filter((x) => !replaces(m, x)) : state.messages;
+      return { ...state, messages: [...kept, m].sort(byMessageId), captions, announcement };
     }
     case "interim": {
       const t = action.transcript;
