@@ -17,6 +17,7 @@ import aiohttp
 from shared import protocol as p
 from shared.client import SignalingClient
 from shared.config import ClientConfig
+from signaling.history import current
 
 KEY = "bench-provider-key"  # the servers' and providers' shared key in these benchmarks
 
@@ -40,6 +41,10 @@ class Observer:
             self.finals.append((now, msg))
         elif msg.text:
             self.first_interim.setdefault(msg.segment_id, now)
+
+    def shown(self) -> list[p.Transcript]:
+        """The finals a reader shows: without those a later final replaced."""
+        return [t for t in current(t for _, t in self.finals) if isinstance(t, p.Transcript)]
 
     def ttfs(self) -> list[float]:
         return [at - t.end for at, t in self.finals]

@@ -25,7 +25,13 @@ machine's clock, which the observing client shares). Per turn (a stretch of spee
 - Pipecat's TTFS (its stt-benchmark's "time to final segment"): the arrival of the turn's last
   final minus the turn's true end (the same unless the turn was split into several finals);
 - first interim: the arrival of the turn's first interim minus the turn's true start;
-- split: a turn captioned as more than one final.
+- split: a turn captioned as more than one final, as a reader shows them (a final that a later
+  one replaced is not shown: docs/protocol.md, "Replacing finals");
+- revised: a turn of which a final was shown and then replaced by a longer one (posted at a
+  pause inside it, the sentence went on).
+
+A TTFS counts the first final to reach the turn's end: one posted early and later replaced by
+one that ends there too was on the screen from then.
 
 "bot clock" is the older measure, arrival minus the final's own ``end`` (what the server's
 ``voicebot_transcript_ttfs_seconds`` observes), shown alongside. CPU: the transcriber provider
@@ -165,17 +171,23 @@ def latencies(observer: Observer, truths: dict[str, Truth]) -> dict[str, Any]:
         turn = truth.turn_of(t.start, t.end) if truth is not None else None
         if turn is not None:
             turns.setdefault((t.speaker_name, *turn), []).append((at, t))
+    shown = {id(t) for t in observer.shown()}
     ttfs, pipecat, first = [], [], []
     for (_, start, end), finals in turns.items():
-        closing = min(finals, key=lambda f: abs(f[1].end - end))
-        ttfs.append(closing[0] - end)
+        # the first final to reach the turn's end (one posted early may be replaced later by
+        # one ending there too: the reader saw the first)
+        nearest = min(abs(t.end - end) for _, t in finals)
+        closing = min(at for at, t in finals if abs(t.end - end) <= nearest + 0.1)
+        ttfs.append(closing - end)
         pipecat.append(max(at for at, _ in finals) - end)
         interims = [observer.first_interim[t.segment_id] for _, t in finals
                     if t.segment_id in observer.first_interim]
         if interims:
             first.append(min(interims) - start)
     return {"ttfs": ttfs, "pipecat": pipecat, "first_interim": first, "turns": len(turns),
-            "split": sum(len(f) > 1 for f in turns.values()), "bot_clock": observer.ttfs()}
+            "split": sum(sum(id(t) in shown for _, t in f) > 1 for f in turns.values()),
+            "revised": sum(any(id(t) not in shown for _, t in f) for f in turns.values()),
+            "bot_clock": observer.ttfs()}
 
 
 def spread(values: list[float], *qs: int) -> list[str]:
@@ -249,9 +261,10 @@ def transcribe_files(model: Any, clips: list[Clip],
 
 
 # the engines of section (c): (label, window, floor in s, beam); the transcriber's finals use
-# the third, its interims (and finals while other finals wait) the fourth
+# the fourth, its interims (and finals while other finals wait) the fifth
 ENGINES = (("full window, greedy", "full", 0.0, 1), ("full window, beam 5", "full", 0.0, 5),
-           ("10 s floor, beam 5 (finals)", "dynamic", 10.0, 5),
+           ("10 s floor, beam 5 (finals until 2026-12)", "dynamic", 10.0, 5),
+           ("fitted, beam 5 (finals)", "dynamic", 0.0, 5),
            ("fitted, greedy (interims)", "dynamic", 0.0, 1))
 
 
@@ -341,7 +354,7 @@ async def live(url: str, clips: list[Clip], transcriber_pid: int, model: str = "
         await remove_bot(http, url, client.config.token, lobby, transcriber)
     await client.close()
     refs = [u for c in clips for u in c.utterances]
-    hyps = [t.text for _, t in sorted(observer.finals, key=lambda f: f[1].start)]
+    hyps = [t.text for t in sorted(observer.shown(), key=lambda t: t.start)]
     return {"wer": wer(refs, hyps), "finals": len(hyps), "utterances": len(refs),
             **latencies(observer, truths), "spans": sum(len(t.spans) for t in truths.values()),
             "cpu_per_stream": cpu / max(audio_s, 1e-9), "audio_s": audio_s}
@@ -379,9 +392,9 @@ async def sweep(url: str, clips: list[Clip], speakers: int, seconds: float) -> d
     truths = {name: truth for name, path in paths.items()
               if (truth := truth_of(observer, name, path, loop=True)) is not None}
     per_speaker: dict[str, int] = {}
-    for _, t in observer.finals:
+    for t in observer.shown():
         per_speaker[t.speaker_name] = per_speaker.get(t.speaker_name, 0) + 1
-    return {"speakers": speakers, "finals": len(observer.finals), **latencies(observer, truths),
+    return {"speakers": speakers, "finals": len(observer.shown()), **latencies(observer, truths),
             "max_lag": max(lag, default=0.0), "skipped": skipped,
             "min_finals_per_speaker": min(per_speaker.values(), default=0)
             if len(per_speaker) == speakers else 0}
@@ -440,10 +453,11 @@ async def main_async(args: argparse.Namespace) -> int:
             spoken = [concat(live_clips, workdir / "live.wav")] if len(live_clips) > 1 \
                 else live_clips
             on_air = await live(server.url, spoken, transcriber.proc.pid)
-            print(table([["live WER", "finals/utts", "turns/spans", "split", "CPU/stream"],
+            print(table([["live WER", "finals/utts", "turns/spans", "split", "revised",
+                          "CPU/stream"],
                          [f"{on_air['wer']:.3f}", f"{on_air['finals']}/{on_air['utterances']}",
                           f"{on_air['turns']}/{on_air['spans']}", str(on_air["split"]),
-                          f"{on_air['cpu_per_stream']:.3f}"]]))
+                          str(on_air["revised"]), f"{on_air['cpu_per_stream']:.3f}"]]))
             print(table([["from the true bounds of speech", "p50", "p95", "p99"],
                          ["TTFS (the final ending the turn)", *spread(on_air["ttfs"], 50, 95, 99)],
                          ["TTFS, Pipecat's (the turn's last final)",

@@ -17,6 +17,11 @@ ends) comes from the construction.
     complete after 200 ms of silence (as Pipecat asks it) at each pause inside a sentence and
     at each sentence's end, and the rule it would enable: cut after 200 ms when it says
     complete, else after a long pause.
+(c) The transcriber's rule (``bots/speaker.py``): a final goes out at the pause, and speech
+    that resumes within ``join_ms`` continues it (the next final replaces it, whole). Each
+    voice's sentences are spoken one after another, 1.5 s apart and then 0.6-1.5 s apart:
+    per ``join_ms``, the sentences shown as more than one final (split) and the finals that
+    hold more than one sentence (merged).
 """
 
 from __future__ import annotations
@@ -56,6 +61,10 @@ PAUSED = [
 PAUSES_MS = (300, 400, 500, 600, 700)
 VOICES = ("voice_cmu_us_slt_arctic_hts", "voice_kal_diphone", "espeak-ng:en-us")
 SETTINGS_MS = (200, 300, 400, 500, 700, 900)
+JOIN_MS = (0, 400, 600, 800, 1000, 1200)
+# between sentences, for (c): far apart, then as close as people go on talking
+GAPS_MS = {"1.5 s": (1500,), "0.6-1.5 s": (600, 800, 1000, 1200, 1500)}
+MAX_PART_S = 14.0  # a part longer than this is not continued (bots/speaker.py: 29 s less 15)
 
 SMART_TURN_WHEEL = "pipecat-ai==1.14.0"
 SMART_TURN_MEMBER = "pipecat/audio/turn/smart_turn/data/smart-turn-v3.2-cpu.onnx"
@@ -139,6 +148,46 @@ def segmenter_rows(all_sentences: list[Sentence]) -> list[list[str]]:
     return rows
 
 
+def joined_rows(all_sentences: list[Sentence], gaps: tuple[int, ...]) -> list[list[str]]:
+    from bots.vad import Segmenter
+
+    rows = [["join_ms", "split", "merged", "finals per sentence"]]
+    talks = []  # per voice: its sentences one after another, and where each one's speech is
+    for voice in dict.fromkeys(s.voice for s in all_sentences):
+        pieces, truth, at = [], [], 0.0
+        for i, s in enumerate(x for x in all_sentences if x.voice == voice):
+            speech = s.audio[int(0.5 * RATE):int(s.end * RATE)]
+            gap = np.zeros(int(gaps[i % len(gaps)] / 1000 * RATE), np.float32)
+            pieces += [gap, speech]
+            at += len(gap) / RATE
+            truth.append((at, at + len(speech) / RATE))
+            at += len(speech) / RATE
+        audio = np.concatenate([*pieces, np.zeros(RATE, np.float32)])
+        seg, spans = Segmenter(), []
+        for i in range(0, len(audio), 320):
+            spans += [(u.speech_start / RATE, u.speech_end / RATE)
+                      for u in seg.feed(audio[i:i + 320]) if u.final]
+        talks.append((truth, spans))
+    for join_ms in JOIN_MS:
+        split = merged = finals = count = 0
+        for truth, spans in talks:
+            parts: list[list[float]] = []
+            for start, end in spans:
+                if parts and start - parts[-1][1] <= join_ms / 1000 and \
+                        parts[-1][1] - parts[-1][0] <= MAX_PART_S:
+                    parts[-1][1] = end
+                else:
+                    parts.append([start, end])
+            def overlaps(a: tuple[float, float] | list[float], b: tuple[float, float]) -> bool:
+                return a[0] < b[1] and b[0] < a[1]
+            split += sum(sum(overlaps(p, t) for p in parts) > 1 for t in truth)
+            merged += sum(sum(overlaps(p, t) for t in truth) > 1 for p in parts)
+            finals, count = finals + len(parts), count + len(truth)
+        rows.append([str(join_ms), f"{split / count:.0%}", f"{merged / max(finals, 1):.0%}",
+                     f"{finals / count:.2f}"])
+    return rows
+
+
 def fetch_smart_turn(workdir: Path) -> Path:
     """The model file out of the pinned wheel (no pipecat import), checked."""
     subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "-d",
@@ -218,6 +267,10 @@ def main(argv: list[str] | None = None) -> int:
         print("\n== (a) the segmenter: sentences cut into several finals, and the wait from "
               "the true end of speech to the final's cut")
         print(table(segmenter_rows(said)), flush=True)
+        for label, gaps in GAPS_MS.items():
+            print("\n== (c) finals that speech resuming within join_ms continues "
+                  f"(min_silence_ms 300; {label} between sentences)")
+            print(table(joined_rows(said, gaps)), flush=True)
         if args.smoke:
             return 0
         print(f"\n== (b) Smart Turn v3.2, asked after {ASK_AFTER_S * 1000:.0f} ms of silence")

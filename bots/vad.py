@@ -128,7 +128,7 @@ class VadConfig:
     min_silence_ms: int = 300
     min_speech_ms: int = 250
     pre_roll_ms: int = 192
-    post_roll_ms: int = 96
+    post_roll_ms: int = 32
     max_utterance_s: float = 15.0
 
     def __post_init__(self) -> None:
@@ -191,6 +191,11 @@ class Segmenter:
     def pausing(self) -> bool:
         """In an utterance, and silent since a chunk or more: its end is being decided."""
         return self.speech_start is not None and self._silence_since is not None
+
+    @property
+    def pause_start(self) -> int | None:
+        """Where the current pause began (a sample index), while ``pausing``."""
+        return self._silence_since if self.speech_start is not None else None
 
     @property
     def utterance_index(self) -> int:

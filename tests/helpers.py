@@ -216,3 +216,11 @@ async def exchange_audio(offerer: SignalingClient, offerer_inbox: Inbox,
     finally:
         for pc in pcs.values():
             await pc.close()
+
+
+def shown(transcripts: list[Any]) -> list[Any]:
+    """The finals among ``transcripts`` as a reader shows them: without those that a later
+    final replaced (``Transcript.replaces``)."""
+    from signaling.history import current
+
+    return current(t for t in transcripts if isinstance(t, p.Transcript) and t.final)

@@ -21,7 +21,7 @@ def run_bench(module: str, *args: str, timeout: float = 300) -> str:
 @pytest.mark.timeout(400)
 def test_transcribe_bench_smoke() -> None:
     out = run_bench("bench.transcribe")
-    for heading in ("offline WER", "10 s floor, beam 5 (finals)", "live WER", "TTFS p50",
+    for heading in ("offline WER", "fitted, beam 5 (finals)", "live WER", "TTFS p50",
                     "speakers", "models side by side", "against the targets"):
         assert heading in out
     # the live latencies are measured from where the player's speech really is: its one
@@ -47,13 +47,21 @@ def test_transcribe_bench_smoke() -> None:
 @pytest.mark.timeout(400)
 def test_turns_bench_smoke() -> None:
     out = run_bench("bench.turns")
-    rows = [line.split() for line in out.split("min_silence_ms")[1].splitlines()[1:] if line]
+    table = out.split("min_silence_ms")[1].split("\n\n")[0]
+    rows = [line.split() for line in table.splitlines()[1:] if line]
     # every silence setting, and a longer wait never splits more sentences
     assert [int(r[0]) for r in rows] == [200, 300, 400, 500, 700, 900], out
     splits = [int(r[1].rstrip("%")) for r in rows]
     assert splits == sorted(splits, reverse=True) and splits[0] > splits[-1], out
     waits = [float(r[3]) for r in rows]
     assert waits == sorted(waits) and 0.2 <= waits[0] < 0.35, out
+    # the transcriber's rule, sentences far apart: continuing finals mends the splits, and
+    # joins no two sentences
+    table = out.split("1.5 s between sentences)")[1].split("\n\n")[0]
+    rows = [line.split() for line in table.splitlines()[2:] if line]
+    assert [int(r[0]) for r in rows] == [0, 400, 600, 800, 1000, 1200], out
+    assert int(rows[0][1].rstrip("%")) > int(rows[3][1].rstrip("%")), out
+    assert all(r[2] == "0%" for r in rows), out
 
 
 @pytest.mark.timeout(400)

@@ -30,6 +30,7 @@ from shared import protocol as p
 from signaling.testing import ROOT
 
 from .conftest import Clients
+from .helpers import shown
 from .speech import DATA
 
 POLICY = LanguagePolicy()
@@ -191,9 +192,9 @@ async def test_a_speaker_switching_languages_is_captioned_in_each(
                              m.detail.startswith("finished"), timeout=240)
     spoken = sentences()
 
-    def finals() -> list[p.Transcript]:
-        return sorted((t for t in inbox.of(p.Transcript, final=True) if t.speaker_name == "Polly"),
-                      key=lambda t: t.start)
+    def finals() -> list[p.Transcript]:  # as a reader shows them
+        return sorted(shown([t for t in inbox.of(p.Transcript, final=True)
+                             if t.speaker_name == "Polly"]), key=lambda t: t.start)
 
     # the last sentence's final, however long the queue behind it
     deadline = asyncio.get_running_loop().time() + 120

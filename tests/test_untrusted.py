@@ -194,7 +194,10 @@ def cases(draw: st.DrawFn) -> Case:
     target = data
     for key in fld.path[:-1]:
         target = target[int(key)] if isinstance(target, list) else target[key]
-    target[fld.path[-1]] = value
+    if isinstance(target, list):
+        target[int(fld.path[-1])] = value
+    else:
+        target[fld.path[-1]] = value
     if fld.rule == "unknown_lobby":
         del data["lobby_name"]  # join by id instead: exactly one of the two
     return Case(type_, data, fld, value, depth)
