@@ -68,6 +68,9 @@ class STT(abc.ABC):
     """A speech recognizer for 16 kHz mono float32 audio."""
 
     name: str = "stt"
+    # whether ``recognize_batch`` reads several utterances for less than they cost one by one
+    # (the scheduler then hands it the finals that wait together)
+    batches: bool = False
 
     @abc.abstractmethod
     def recognize(self, audio: np.ndarray, *, final: bool,
@@ -77,6 +80,13 @@ class STT(abc.ABC):
         ``language`` is the speaker's language as believed so far: a multilingual engine that
         detects languages keeps to it unless the utterance is clearly in another
         (bots/language.py)."""
+
+    def recognize_batch(self, audios: list[np.ndarray], *, final: bool,
+                        languages: list[str | None]) -> list[Recognition]:
+        """Several utterances at once, each as ``recognize`` would read it; one by one unless
+        the engine ``batches``."""
+        return [self.recognize(audio, final=final, language=language)
+                for audio, language in zip(audios, languages, strict=True)]
 
 
 # --- models --------------------------------------------------------------------------------------
@@ -191,6 +201,8 @@ class WhisperSTT(STT):
         if not self.multilingual and language not in (None, "auto", "en"):
             raise ModelError(f"{name} is English-only; it cannot transcribe {language!r}")
         self.detect = auto and self.multilingual
+        # one language for all: one prompt for a batch (detection decides per utterance)
+        self.batches = not self.detect
         self.language = "en" if auto else str(language)
         self.task = task
         self._tokenizers: dict[tuple[str, str], object] = {}
@@ -214,13 +226,19 @@ class WhisperSTT(STT):
         seconds = max(self.min_window_s, 2 * int(np.ceil((audio_s + self.pad_s) / 2)))
         return min(self._max_frames, int(seconds * 100))
 
-    def _encode(self, audio: np.ndarray, frames: int) -> Any:
+    def _features(self, audio: np.ndarray, frames: int) -> np.ndarray:
         features = self._extractor(audio, padding=max(0, frames * 160 - len(audio)))
         features = features[:, :frames]
         if features.shape[1] < frames:
             features = np.pad(features, ((0, 0), (0, frames - features.shape[1])))
-        encoder_input = ctranslate2.StorageView.from_array(
-            np.ascontiguousarray(features[None], dtype=np.float32))
+        return features
+
+    def _encode(self, audio: np.ndarray, frames: int) -> Any:
+        return self._encode_many([audio], frames)
+
+    def _encode_many(self, audios: list[np.ndarray], frames: int) -> Any:
+        encoder_input = ctranslate2.StorageView.from_array(np.ascontiguousarray(
+            np.stack([self._features(audio, frames) for audio in audios]), dtype=np.float32))
         return self.model.model.encode(encoder_input, to_cpu=False)
 
     def _detect(self, encoded: Any) -> dict[str, float]:
@@ -267,17 +285,39 @@ class WhisperSTT(STT):
         return replace(best, inference_s=time.perf_counter() - started,
                        language_prob=probs.get(best.language, 0.0))
 
+    def recognize_batch(self, audios: list[np.ndarray], *, final: bool,
+                        languages: list[str | None]) -> list[Recognition]:
+        if not self.batches or len(audios) < 2:
+            return super().recognize_batch(audios, final=final, languages=languages)
+        # one encoder pass and one beam search for all: each in the window the longest needs
+        # (a shorter utterance in a longer window reads the same: drop_restart cuts a reread)
+        started = time.perf_counter()
+        lengths = [len(audio) / SPEECH_RATE for audio in audios]
+        encoded = self._encode_many(audios, max(self._frames(s) for s in lengths))
+        results = self._decode_many(encoded, self.language, lengths, self.task)
+        share = (time.perf_counter() - started) / len(audios)  # the time, split evenly
+        return [replace(r, inference_s=share) for r in results]
+
     def _decode(self, encoded: Any, lang: str, audio_s: float, task: str) -> Recognition:
+        return self._decode_many(encoded, lang, [audio_s], task)[0]
+
+    def _decode_many(self, encoded: Any, lang: str, lengths: list[float],
+                     task: str) -> list[Recognition]:
         whisper = self.model.model
         tokenizer = self._tokenizer(lang, task)
         prompt = [*tokenizer.sot_sequence, tokenizer.no_timestamps]
         # bounded decoding: ~4 tokens per second of speech is plenty; more is a loop
-        max_new = int(8 + 6 * audio_s)
-        result = whisper.generate(
-            encoded, [prompt], beam_size=self.beam_size, patience=1,
-            max_length=len(prompt) + max_new, return_scores=True,
+        bounds = [int(8 + 6 * audio_s) for audio_s in lengths]
+        results = whisper.generate(
+            encoded, [prompt] * len(lengths), beam_size=self.beam_size, patience=1,
+            max_length=len(prompt) + max(bounds), return_scores=True,
             return_no_speech_prob=True, suppress_blank=True, suppress_tokens=self.suppress,
-            repetition_penalty=1.0, no_repeat_ngram_size=self.no_repeat_ngram_size)[0]
+            repetition_penalty=1.0, no_repeat_ngram_size=self.no_repeat_ngram_size)
+        return [self._reading(result, tokenizer, lang, audio_s, max_new)
+                for result, audio_s, max_new in zip(results, lengths, bounds, strict=True)]
+
+    def _reading(self, result: Any, tokenizer: Any, lang: str, audio_s: float,
+                 max_new: int) -> Recognition:
         tokens = [t for t in result.sequences_ids[0] if t < tokenizer.eot]
         text = drop_restart(tokenizer.decode(tokens).strip())
         avg_logprob = result.scores[0] if result.scores else 0.0

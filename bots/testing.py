@@ -100,16 +100,25 @@ class ScriptedSTT(STT):
     """A fake engine: answers with ``script(audio, final)`` after ``delay`` seconds of "work".
 
     ``gate``, when given, holds every call until it is set, to test what happens under load.
+    With ``batches``, it takes batches (``STT.batches``) and notes the size of each.
     """
 
     name = "scripted"
 
     def __init__(self, script: Callable[[np.ndarray, bool], str] | None = None,
-                 delay: float = 0.0, gate: threading.Event | None = None) -> None:
+                 delay: float = 0.0, gate: threading.Event | None = None,
+                 batches: bool = False) -> None:
         self.script = script or (lambda audio, final: f"{len(audio)} samples")
         self.delay = delay
         self.gate = gate
+        self.batches = batches
         self.calls: list[tuple[int, bool]] = []
+        self.batch_sizes: list[int] = []
+
+    def recognize_batch(self, audios: list[np.ndarray], *, final: bool,
+                        languages: list[str | None]) -> list[Recognition]:
+        self.batch_sizes.append(len(audios))
+        return super().recognize_batch(audios, final=final, languages=languages)
 
     def recognize(self, audio: np.ndarray, *, final: bool,
                   language: str | None = None) -> Recognition:

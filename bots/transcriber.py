@@ -69,7 +69,8 @@ class TranscriberConfig(BotConfig):
                            "it: the next final holds both and replaces it (0: never)",
                            minimum=0, maximum=5000)
     max_utterance_s: float = setting(15.0, "longer utterances are cut", minimum=2, maximum=30)
-    lag_warning_s: float = setting(3.0, "report 'lagging' when a speaker is this far behind",
+    lag_warning_s: float = setting(3.0, "report 'lagging' when a speaker's finals are this far "
+                                   "behind",
                                    minimum=0.5, maximum=60)
 
     def validate(self) -> None:
@@ -244,6 +245,9 @@ class TranscriberBot(Bot[TranscriberConfig]):
             if ticks % self.report_every == 0:
                 for stream in self.streams.values():
                     log.info("%s: %s", stream.key, stream.describe())
+                pool = self.scheduler.stats
+                log.info("the pool: %d recognitions (%d finals in batches), %.1f s busy",
+                         pool.jobs, pool.batched, pool.busy_s)
                 # seconds of recognition a second, lately: against the pool's workers
                 # (VOICEBOT_STT_WORKERS), the headroom left
                 now = time.monotonic()

@@ -96,6 +96,51 @@ async def test_scheduler_finals_first_interims_coalesced_and_lag_skipped() -> No
     await sched.close()
 
 
+async def test_finals_that_wait_together_run_as_one_batch() -> None:
+    """Finals queued behind a busy worker run as one batch (at most ``batch``) when the engine
+    takes batches, each answered with its own reading; a stale one is still skipped, and an
+    engine that does not take batches gets them one by one."""
+    gate = threading.Event()
+    stt = ScriptedSTT(script=lambda audio, final: f"F{len(audio)}", gate=gate, batches=True)
+    sched = Scheduler(workers=1, max_lag=0.5, batch=3)
+    blocker = sched.submit(stt, "a", np.zeros(1), final=True)
+    stale = sched.submit(stt, "b", np.zeros(2), final=True, audio_end=time.monotonic() - 5)
+    waiting = [sched.submit(stt, speaker, np.zeros(n), final=True)
+               for speaker, n in (("c", 3), ("d", 4), ("e", 5), ("f", 6))]
+    gate.set()
+    assert (await blocker).text == "F1" and await stale is None
+    assert [(await f).text for f in waiting] == ["F3", "F4", "F5", "F6"]  # type: ignore[union-attr]
+    assert stt.batch_sizes == [3]  # c, d and e together; then f alone
+    assert [n for n, _ in stt.calls] == [1, 3, 4, 5, 6]
+    await sched.close()
+
+    single = ScriptedSTT(gate=threading.Event())
+    sched = Scheduler(workers=1, batch=3)
+    futures = [sched.submit(single, s, np.zeros(1), final=True) for s in "abc"]
+    assert single.gate is not None
+    single.gate.set()
+    await asyncio.gather(*futures)
+    assert single.batch_sizes == [] and len(single.calls) == 3
+    await sched.close()
+
+
+def test_whisper_reads_a_batch_as_it_reads_each() -> None:
+    """Three utterances of different lengths in one encoder pass and one beam search read as
+    they do one at a time; each is given its share of the time."""
+    stt = WhisperSTT(load_whisper("tiny.en"), name="tiny.en", beam_size=5)
+    assert stt.batches
+    audio = decode_audio(str(DATA / "speaker_a.wav"), 16000)
+    utterances = [u.audio for u in feed(Segmenter(), np.concatenate(
+        [audio, np.zeros(16000, np.float32)])) if u.final]
+    utterances.append(decode_audio(str(DATA / "short.wav"), 16000))
+    assert len(utterances) == 3
+    alone = [stt.recognize(a, final=True) for a in utterances]
+    together = stt.recognize_batch(utterances, final=True, languages=[None] * 3)
+    for one, batched in zip(alone, together, strict=True):
+        assert wer(one.text, batched.text) <= 0.1, (one.text, batched.text)
+    assert len({r.inference_s for r in together}) == 1 and together[0].inference_s > 0
+
+
 async def test_transcribers_share_one_pool_made_from_the_environment_when_needed(
         monkeypatch: pytest.MonkeyPatch) -> None:
     """The process's pool is made by the first transcriber, from the environment as it is
