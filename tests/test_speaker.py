@@ -97,3 +97,26 @@ async def test_a_final_does_not_wait_for_the_silence_that_ends_the_utterance(
     assert whole.replaces == [first.segment_id] and abs(whole.start - first.start) < 0.02
     assert int(whole.text.split()[0]) > int(first.text.split()[0]) + 16000  # and the rest
     assert any(final for _, final in engine.calls)
+
+
+async def test_frames_are_read_one_by_one_where_a_moment_counts() -> None:
+    """Five frames at a time while an utterance shows its interim (less CPU); one at a time
+    in silence, until the first interim shows, and in a pause (speech found, the first
+    interim tried, the final started, up to 80 ms sooner)."""
+    from bots.plugin import Peer
+    from bots.speaker import SpeakerStream
+
+    lobby = FakeLobby()
+    bot = TranscriberBot(lobby, TranscriberBot.Config.parse({}))
+    stream = SpeakerStream(bot, Peer("peer-1", "Alice", False), RealtimeTrack(DATA / "short.wav"))
+    seg = stream.segmenter
+    assert stream._batch() == 1  # noqa: SLF001 - silence
+    audio = read_wav(DATA / "short.wav")
+    (start, end), = speech_spans(audio)
+    seg.feed(audio[:int((start + 0.5) * 16000)])
+    assert seg.in_speech and not seg.pausing
+    assert stream._batch() == 1  # noqa: SLF001 - nothing shown yet
+    stream._shown[stream._segment(seg.utterance_index)] = "Good"  # noqa: SLF001
+    assert stream._batch() == bot.receive_batch == 5  # noqa: SLF001
+    seg.feed(audio[int((start + 0.5) * 16000):int((end + 0.1) * 16000)])
+    assert seg.pausing and stream._batch() == 1  # noqa: SLF001
