@@ -120,3 +120,4 @@ async def test_frames_are_read_one_by_one_where_a_moment_counts() -> None:
     assert stream._batch() == bot.receive_batch == 5  # noqa: SLF001
     seg.feed(audio[int((start + 0.5) * 16000):int((end + 0.1) * 16000)])
     assert seg.pausing and stream._batch() == 1  # noqa: SLF001
+    await bot.on_stop()  # leaves the process's worker pool as it found it
