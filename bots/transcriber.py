@@ -132,6 +132,9 @@ class TranscriberBot(Bot[TranscriberConfig]):
     # and how many transcribers use it: the first makes it, the last to stop closes it
     _pool: ClassVar[Scheduler | None] = None
     _pool_users: ClassVar[int] = 0
+    # the process's fixed-language engines, by model and settings (models are loaded once
+    # per process too, and an engine is its settings and tokenizers: small)
+    _engines: ClassVar[dict[tuple[Any, ...], WhisperSTT]] = {}
 
     def __init__(self, lobby: LobbyAccess, config: TranscriberConfig,
                  scheduler: Scheduler | None = None) -> None:
@@ -149,6 +152,20 @@ class TranscriberBot(Bot[TranscriberConfig]):
         self.status = ("loading", "")  # what it last reported
         # the lag monitor, and transcripts on their way: cancelled and awaited on stop
         self.tasks = TaskSet(log, "a transcriber's task")
+
+    def _engine(self, model: Any, *, beam_size: int, window: str,
+                min_window_s: float) -> WhisperSTT:
+        """A recognizer with these settings. One that reads batches (a fixed language) is the
+        process's, shared with every transcriber that asks for the same: the pool batches
+        only finals waiting for the same engine, so lobbies' finals can share a batch."""
+        cfg = self.config
+        stt = WhisperSTT(model, name=cfg.model, language=cfg.language, task=cfg.task,
+                         beam_size=beam_size, window=window, min_window_s=min_window_s,
+                         policy=self.language_policy)
+        if not stt.batches:  # it detects languages: the policy it holds is this bot's
+            return stt
+        key = (id(model), cfg.model, cfg.language, cfg.task, beam_size, window, min_window_s)
+        return TranscriberBot._engines.setdefault(key, stt)
 
     @staticmethod
     def _join_pool() -> Scheduler:
@@ -173,13 +190,9 @@ class TranscriberBot(Bot[TranscriberConfig]):
         model = await asyncio.to_thread(load_whisper, cfg.model, compute_type=cfg.compute_type,
                                         threads=cfg.threads)
         final_window = "full" if cfg.final_window == "full" else "dynamic"
-        self.stt_final = WhisperSTT(model, name=cfg.model, language=cfg.language, task=cfg.task,
-                                    beam_size=cfg.beam_size, window=final_window,
-                                    min_window_s=cfg.final_min_window_s,
-                                    policy=self.language_policy)
-        self.stt_interim = WhisperSTT(model, name=cfg.model, language=cfg.language,
-                                      task=cfg.task, beam_size=1, window="dynamic",
-                                      policy=self.language_policy)
+        self.stt_final = self._engine(model, beam_size=cfg.beam_size, window=final_window,
+                                      min_window_s=cfg.final_min_window_s)
+        self.stt_interim = self._engine(model, beam_size=1, window="dynamic", min_window_s=0.0)
         self.stt_fallback = self.stt_interim if cfg.final_window == "auto" else None
         self._set_status("live", f"{cfg.model}, listening")
         self.tasks.spawn(self._watch_lag())

@@ -124,6 +124,22 @@ async def test_finals_that_wait_together_run_as_one_batch() -> None:
     await sched.close()
 
 
+async def test_lobbies_with_the_same_settings_share_their_engines() -> None:
+    """Transcribers of one process that read a fixed language with the same settings share
+    their engines, so the pool can batch finals from several lobbies; other settings get
+    their own."""
+    bots = [TranscriberBot(FakeLobby(f"lobby-{i}"), TranscriberBot.Config.parse(config))
+            for i, config in enumerate(({}, {}, {"beam_size": 3}))]
+    for bot in bots:
+        await bot.on_joined()
+    first, second, other = bots
+    assert first.stt_final is second.stt_final and first.stt_interim is second.stt_interim
+    assert other.stt_final is not first.stt_final and other.stt_interim is first.stt_interim
+    assert first.stt_final is not None and first.stt_final.batches
+    for bot in bots:
+        await bot.on_stop()
+
+
 def test_whisper_reads_a_batch_as_it_reads_each() -> None:
     """Three utterances of different lengths in one encoder pass and one beam search read as
     they do one at a time; each is given its share of the time."""
