@@ -152,12 +152,12 @@ class Scheduler:
         if job is not None:
             jobs = [job]
             if job.stt.batches:  # the finals waiting for the same engine, oldest first
-                for other in [j for j in self._finals if j.stt is job.stt][:self.batch - 1]:
+                # (a stale one stays where it is: the next _final skips it)
+                same = [j for j in self._finals if j.stt is job.stt and
+                        now - j.audio_end <= self.max_lag][:self.batch - 1]
+                for other in same:
                     self._finals.remove(other)
-                    if now - other.audio_end > self.max_lag:
-                        self._finals.appendleft(other)  # skipped by the next _final
-                        break
-                    jobs.append(other)
+                jobs += same
             fallback = job.fallback
             if fallback is not None and self._finals and \
                     all(j.fallback is fallback for j in jobs):  # others wait: be quick

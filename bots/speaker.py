@@ -185,9 +185,9 @@ class SpeakerStream:
         was posted (the utterance went on after an early final)."""
         return self._segments.get(index) or f"{self.peer.session_id}-{self.nonce}-{index}"
 
-    def _continues(self, index: int, start: int, voice_start: int) -> Part | None:
-        """The part utterance ``index`` (its audio from stream sample ``start``, its speech
-        from ``voice_start``) continues, if any: decided once per utterance."""
+    def _continues(self, index: int, voice_start: int) -> Part | None:
+        """The part utterance ``index`` (its speech from stream sample ``voice_start``)
+        continues, if any: decided once per utterance."""
         last = self._last
         if last is None:
             return None
@@ -204,7 +204,7 @@ class SpeakerStream:
 
     def _with_base(self, index: int, start: int, voice_start: int,
                    audio: np.ndarray) -> tuple[np.ndarray, Part | None]:
-        base = self._continues(index, start, voice_start)
+        base = self._continues(index, voice_start)
         if base is None:
             return audio, None
         return np.concatenate([base.prefix(start), audio]), base
