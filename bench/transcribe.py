@@ -423,7 +423,7 @@ async def main_async(args: argparse.Namespace) -> int:
     held_out = held_out_clips(workdir, 2 if args.smoke else len(HELD_OUT))
     live_clips = clips if args.smoke else [*clips, concat(held_out, workdir / "held_out.wav")]
     off: dict[str, Any] = {}
-    if not args.sweep_only and not args.live_only:
+    if not args.sweep_only and not args.live_only and not args.models_only:
         print("== (a) offline faster-whisper on the live files (whole files)")
         off = offline(live_clips, held_out)
         print(table([["offline WER (beam 5, its default)", "offline WER greedy", "offline RTF"],
@@ -447,7 +447,7 @@ async def main_async(args: argparse.Namespace) -> int:
              "max lag", "skipped", "min finals/speaker"]]
     try:
         await providers_ready(server.url, {"transcriber", "player"})
-        if not args.sweep_only:
+        if not args.sweep_only and not args.models_only:
             print("\n== (b) live: players → WebRTC → transcriber → lobby")
             # one file, one player: the same speech without a player's start-up per clip
             spoken = [concat(live_clips, workdir / "live.wav")] if len(live_clips) > 1 \
@@ -528,11 +528,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sweep-only", action="store_true", help="only the concurrency sweep")
     parser.add_argument("--live-only", action="store_true",
                         help="only the live part (b): where the time to a final goes")
+    parser.add_argument("--models-only", action="store_true",
+                        help="only the models side by side (e)")
     parser.add_argument("--log-level", default="WARNING", help="the transcriber's log level")
     parser.add_argument("--models", nargs="*", default=["tiny.en", "base"],
                         help="models to compare side by side (none: skip that part)")
     args = parser.parse_args(argv)
-    args.speakers = [] if args.live_only else args.speakers or ([1] if args.smoke else [1, 2, 4, 6])
+    args.speakers = [] if args.live_only or args.models_only else \
+        args.speakers or ([1] if args.smoke else [1, 2, 4, 6])
     args.models = [] if args.live_only else args.models
     args.seconds = args.seconds or (6.0 if args.smoke else 25.0)
     return asyncio.run(main_async(args))
