@@ -1,13 +1,14 @@
 """``transcriber``: live captions for every speaker, posted to the lobby as transcripts.
 
-Per speaker: WebRTC frames → 16 kHz mono (PyAV) → Silero VAD segmentation → the shared
-scheduler → Whisper. While someone speaks, an interim result about every second (when there is
-spare capacity); when they pause, the final. A pause starts a speculative final at once, so the
-final is usually ready when the silence has confirmed the end of the utterance.
+Per speaker (``bots/speaker.py``): WebRTC frames → 16 kHz mono (PyAV) → Silero VAD
+segmentation → the shared scheduler → Whisper. While someone speaks, an interim result about
+every second (when there is spare capacity); when they pause, the final, as soon as it is
+ready; a sentence that goes on after the pause is captioned again, whole, in its place.
 
-The model is loaded once per provider process and shared by every lobby and speaker, and so is
-the scheduler's worker pool (``VOICEBOT_STT_WORKERS`` threads, 1 by default): the first
-transcriber of the process makes it, the last one to stop closes it.
+The model is loaded once per provider process and shared by every lobby and speaker, and so
+are the engines of the same settings and the scheduler's worker pool (``VOICEBOT_STT_WORKERS``
+threads, 1 by default): the first transcriber of the process makes it, the last one to stop
+closes it.
 """
 
 from __future__ import annotations
