@@ -14,7 +14,7 @@ from bots.testing import FakeLobby, ScriptedSTT
 from bots.transcriber import TranscriberBot
 from shared import protocol as p
 
-from .helpers import wait_until
+from .helpers import shown, wait_until
 from .speech import DATA, reference, wer, write_wav
 from .test_transcriber import WER_BOUND, RealtimeTrack
 
@@ -32,13 +32,6 @@ def paused(tmp_path: Path, pause_s: float) -> Path:
 
 def finals(lobby: FakeLobby) -> list[p.Transcript]:
     return [t for t in lobby.transcripts if isinstance(t, p.Transcript) and t.final]
-
-
-def shown(lobby: FakeLobby) -> list[p.Transcript]:
-    """The finals a reader shows: each without those a later one replaces."""
-    out = finals(lobby)
-    gone = {old for t in out for old in t.replaces}
-    return [t for t in out if t.segment_id not in gone]
 
 
 async def captions(path: Path, count: int, **config: object) -> FakeLobby:
@@ -59,7 +52,7 @@ async def test_a_sentence_that_goes_on_after_a_pause_is_captioned_whole(tmp_path
     of the whole replaces it; with ``join_ms`` 0 the two stay apart."""
     clip = paused(tmp_path, 0.5)
     lobby = await captions(clip, 2)
-    posted, kept = finals(lobby), shown(lobby)
+    posted, kept = finals(lobby), shown(lobby.transcripts)
     assert len(posted) == 2 and posted[1].replaces == [posted[0].segment_id], posted
     assert len(kept) == 1 and abs(kept[0].start - posted[0].start) < 0.02
     assert wer(reference("speaker_a.wav"), kept[0].text) <= WER_BOUND, kept[0].text
