@@ -41,6 +41,7 @@ process's CPU seconds per second of speech it heard.
 from __future__ import annotations
 
 import argparse
+import json
 import asyncio
 import math
 import re
@@ -329,12 +330,13 @@ def installed_models(names: list[str]) -> list[str]:
 
 
 async def live(url: str, clips: list[Clip], transcriber_pid: int, model: str = "tiny.en",
-               lobby_name: str = "live") -> dict[str, Any]:
+               lobby_name: str = "live", settings: dict[str, Any] | None = None
+               ) -> dict[str, Any]:
     client, observer, lobby = await live_lobby(url, lobby_name)  # a new one: no history
     assert client.config.token is not None
     async with aiohttp.ClientSession() as http:
         transcriber = await add_bot(http, url, client.config.token, lobby, "transcriber",
-                                    model=model)
+                                    **{**(settings or {}), "model": model})
         await observer.until_live()
         cpu0, audio_s = cpu_seconds(transcriber_pid), 0.0
         truths: dict[str, Truth] = {}
@@ -360,12 +362,14 @@ async def live(url: str, clips: list[Clip], transcriber_pid: int, model: str = "
             "cpu_per_stream": cpu / max(audio_s, 1e-9), "audio_s": audio_s}
 
 
-async def sweep(url: str, clips: list[Clip], speakers: int, seconds: float) -> dict[str, Any]:
+async def sweep(url: str, clips: list[Clip], speakers: int, seconds: float,
+                settings: dict[str, Any] | None = None) -> dict[str, Any]:
     """``speakers`` players talking at once, continuously (looping), for ``seconds``."""
     client, observer, lobby = await live_lobby(url, f"sweep {speakers}")
     assert client.config.token is not None
     async with aiohttp.ClientSession() as http:
-        bots = [await add_bot(http, url, client.config.token, lobby, "transcriber")]
+        bots = [await add_bot(http, url, client.config.token, lobby, "transcriber",
+                              **(settings or {}))]
         await observer.until_live()
         names = [f"Talker {speakers}-{i + 1}" for i in range(speakers)]  # unique per step
         paths = {name: clips[i % len(clips)].path for i, name in enumerate(names)}
@@ -402,14 +406,15 @@ async def sweep(url: str, clips: list[Clip], speakers: int, seconds: float) -> d
 
 async def compare_models(url: str, names: list[str], fixtures: list[Clip],
                          hard: list[Clip], live_clips: list[Clip],
-                         transcriber_pid: int) -> list[list[str]]:
+                         transcriber_pid: int,
+                         settings: dict[str, Any] | None = None) -> list[list[str]]:
     """(e): per model, offline WER and RTF, then live on ``live_clips`` with it alone."""
     rows = [["model", "WER fixtures", "WER hard", "RTF", "live WER", "finals/utts",
              "TTFS p50", "TTFS p95", "CPU/stream"]]
     for name in names:
         off = offline_model(name, fixtures, hard)
         on_air = await live(url, live_clips, transcriber_pid, model=name,
-                            lobby_name=f"model {name}")
+                            lobby_name=f"model {name}", settings=settings)
         rows.append([name, f"{off['wer_fixtures']:.3f}",
                      f"{off['wer_hard']:.3f}" if "wer_hard" in off else "-", f"{off['rtf']:.3f}",
                      f"{on_air['wer']:.3f}", f"{on_air['finals']}/{on_air['utterances']}",
@@ -452,7 +457,7 @@ async def main_async(args: argparse.Namespace) -> int:
             # one file, one player: the same speech without a player's start-up per clip
             spoken = [concat(live_clips, workdir / "live.wav")] if len(live_clips) > 1 \
                 else live_clips
-            on_air = await live(server.url, spoken, transcriber.proc.pid)
+            on_air = await live(server.url, spoken, transcriber.proc.pid, settings=args.set)
             print(table([["live WER", "finals/utts", "turns/spans", "split", "revised",
                           "CPU/stream"],
                          [f"{on_air['wer']:.3f}", f"{on_air['finals']}/{on_air['utterances']}",
@@ -470,7 +475,7 @@ async def main_async(args: argparse.Namespace) -> int:
             print(f"\n== (d) concurrency sweep: continuous speakers, {args.seconds:.0f} s each",
                   flush=True)
         for k in args.speakers:
-            r = await sweep(server.url, [*clips, *held_out], k, args.seconds)
+            r = await sweep(server.url, [*clips, *held_out], k, args.seconds, args.set)
             rows.append([str(k), str(r["finals"]), *spread(r["ttfs"], 50, 95, 99),
                          *spread(r["first_interim"], 95), f"{r['max_lag']:.1f}",
                          str(r["skipped"]), str(r["min_finals_per_speaker"])])
@@ -485,7 +490,7 @@ async def main_async(args: argparse.Namespace) -> int:
                   flush=True)
             names = installed_models(args.models)
             model_rows = await compare_models(server.url, names, clips, hard, compared_live,
-                                              transcriber.proc.pid)
+                                              transcriber.proc.pid, args.set)
             print(table(model_rows), flush=True)
     finally:
         players.stop()
@@ -518,6 +523,18 @@ async def main_async(args: argparse.Namespace) -> int:
     return 0
 
 
+def setting_value(item: str) -> tuple[str, Any]:
+    """``name=value`` from the command line: the value as JSON if it is (a number, true),
+    else as a string."""
+    name, sep, value = item.partition("=")
+    if not sep:
+        raise argparse.ArgumentTypeError(f"--set takes SETTING=VALUE, not {item!r}")
+    try:
+        return name, json.loads(value)
+    except ValueError:
+        return name, value
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -531,12 +548,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--models-only", action="store_true",
                         help="only the models side by side (e)")
     parser.add_argument("--log-level", default="WARNING", help="the transcriber's log level")
+    parser.add_argument("--set", nargs="*", default=[], metavar="SETTING=VALUE",
+                        help="transcriber settings for every transcriber added (docs/"
+                             "transcriber.md), e.g. threads=1")
     parser.add_argument("--models", nargs="*", default=["tiny.en", "base"],
                         help="models to compare side by side (none: skip that part)")
     args = parser.parse_args(argv)
     args.speakers = [] if args.live_only or args.models_only else \
         args.speakers or ([1] if args.smoke else [1, 2, 4, 6])
     args.models = [] if args.live_only else args.models
+    args.set = dict(setting_value(item) for item in args.set)
     args.seconds = args.seconds or (6.0 if args.smoke else 25.0)
     return asyncio.run(main_async(args))
 

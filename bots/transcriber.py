@@ -44,7 +44,7 @@ COMPUTE_TYPES = ("int8", "int8_float32", "int8_float16", "int8_bfloat16", "int16
 class TranscriberConfig(BotConfig):
     model: str = setting("tiny.en", "an installed model (`voicebot models list`)")
     compute_type: str = setting("int8", "CTranslate2 compute type: int8, int8_float32, float32")
-    threads: int = setting(0, "CPU threads per inference (0: one per core, at most 4)",
+    threads: int = setting(0, "CPU threads per recognition (0: half the cores, at most 4)",
                            minimum=0, maximum=64)
     beam_size: int = setting(5, "beam size of finals (interims are greedy: 1)",
                              minimum=1, maximum=10)

@@ -222,6 +222,27 @@ def test_coalescing_loop_delivers_io_in_batches_and_keeps_timers() -> None:
     assert timers_took < 1.5  # ten 5 ms sleeps; held to the interval they would take >= 2 s
 
 
+def test_coalescing_loop_wakes_at_once_for_work_handed_back_by_a_thread() -> None:
+    """A recognition's result (a caption) does not wait for the next poll: the poll interval
+    here is 0.5 s, the thread's work 10 ms."""
+
+    async def main() -> list[float]:
+        loop = asyncio.get_running_loop()
+        took = []
+        for _ in range(3):
+            started = time.monotonic()
+            await loop.run_in_executor(None, time.sleep, 0.01)
+            took.append(time.monotonic() - started)
+        return took
+
+    loop = loop_factory(0.5)
+    try:
+        took = loop.run_until_complete(main())
+    finally:
+        loop.close()
+    assert max(took) < 0.25, took  # each would wait out the 0.5 s poll otherwise
+
+
 def test_loop_factory_zero_is_the_ordinary_loop() -> None:
     loop = loop_factory(0)
     try:
