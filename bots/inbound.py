@@ -14,9 +14,9 @@ thread itself still starts, and waits, idle, until the receiver stops.
 
 The receiver's jitter buffer is replaced too, while it is empty: aiortc's holds every audio
 packet until four more have come (80 ms), a cushion for playing sound out evenly. A bot does
-not play out; it lets a packet go when the next one has come (the buffer's least: only then
-is a frame known to be complete). Packets out of order still wait for the missing one, as
-before.
+not play out, and an audio packet is a whole frame: ``AudioJitterBuffer`` lets each packet go
+the moment it arrives in order. Packets out of order still wait for the missing one, as
+before, and then all go together.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from typing import Any, cast
 import av
 from aiortc import MediaStreamTrack, RTCRtpReceiver
 from aiortc.codecs import get_decoder
-from aiortc.jitterbuffer import JitterBuffer
+from aiortc.jitterbuffer import JitterBuffer, JitterFrame
 from aiortc.mediastreams import MediaStreamError
 
 from shared.tasks import cancel_and_wait
@@ -40,6 +40,7 @@ log = logging.getLogger(__name__)
 _QUEUE = "_RTCRtpReceiver__decoder_queue"
 _THREAD = "_RTCRtpReceiver__decoder_thread"
 _JITTER = "_RTCRtpReceiver__jitter_buffer"
+_TIMESTAMPS = "_RTCRtpReceiver__timestamp_mapper"
 
 
 def check_batch(batch: int, max_frames: int) -> None:
@@ -172,6 +173,28 @@ async def recv_batch(track: MediaStreamTrack) -> list[av.AudioFrame]:
     return [cast(av.AudioFrame, await track.recv())]
 
 
+class AudioJitterBuffer(JitterBuffer):
+    """aiortc's jitter buffer (its ordering, its limits), but a packet is a frame: it is
+    complete when it arrives, not when a packet of the next frame does. That holds for audio
+    (Opus, G.711: one frame per packet), not video."""
+
+    def _remove_frame(self, sequence_number: int) -> JitterFrame | None:
+        assert self._origin is not None  # add() has set it
+        packet = self._packets[self._origin % self.capacity]
+        if packet is None:
+            return None  # the next one in order has not come
+        self.remove(1)
+        return JitterFrame(data=packet._data, timestamp=packet.timestamp)  # type: ignore[attr-defined]
+
+    def ready(self) -> list[JitterFrame]:
+        """The frames that can go now besides the one ``add`` returned: those a late packet
+        was holding up (``add`` gives one frame at a time)."""
+        frames = []
+        while self._origin is not None and (frame := self._remove_frame(self._origin)):
+            frames.append(frame)
+        return frames
+
+
 class _LoopDecoder:
     """Stands in for the receiver's queue to its decoder thread.
 
@@ -179,13 +202,22 @@ class _LoopDecoder:
     stops); ``get`` is called by the idle decoder thread, and returns once the receiver stops.
     """
 
-    def __init__(self, sink: InboundAudio) -> None:
+    def __init__(self, sink: InboundAudio, buffer: AudioJitterBuffer | None,
+                 timestamps: Any = None) -> None:
         self._sink = sink
+        self._buffer = buffer
+        self._timestamps = timestamps  # the receiver's mapping of RTP timestamps, for those
         self._stopped = threading.Event()
 
     def put(self, task: tuple[Any, Any] | None, *args: Any, **kwargs: Any) -> None:
         try:
             self._sink.push(task)
+            if task is not None and self._buffer is not None:
+                codec = task[0]
+                for frame in self._buffer.ready():  # as the receiver does with each frame
+                    if self._timestamps is not None:
+                        frame.timestamp = self._timestamps.map(frame.timestamp)
+                    self._sink.push((codec, frame))
         finally:
             if task is None:
                 self._stopped.set()  # whatever happened, the receiver's join() returns
@@ -199,8 +231,10 @@ def _decode_inline(receiver: RTCRtpReceiver, sink: InboundAudio) -> bool:
             isinstance(getattr(receiver, _QUEUE), _LoopDecoder):
         log.info("aiortc's receiver has changed or already started: decoding in its thread")
         return False
-    setattr(receiver, _QUEUE, _LoopDecoder(sink))
     buffer = getattr(receiver, _JITTER, None)
+    ours = None
     if isinstance(buffer, JitterBuffer) and getattr(buffer, "_origin", 0) is None:
-        setattr(receiver, _JITTER, JitterBuffer(capacity=buffer.capacity, prefetch=1))
+        ours = AudioJitterBuffer(capacity=buffer.capacity)
+        setattr(receiver, _JITTER, ours)
+    setattr(receiver, _QUEUE, _LoopDecoder(sink, ours, getattr(receiver, _TIMESTAMPS, None)))
     return True

@@ -15,10 +15,11 @@ import numpy as np
 import pytest
 from aiortc import RTCConfiguration, RTCPeerConnection
 from aiortc.mediastreams import AudioStreamTrack, MediaStreamError
+from aiortc.rtp import RtpPacket
 
 from bots.audio import SampleBuffer
-from bots.inbound import InboundAudio, recv_batch
-from bots.loop import CoalescingSelector, loop_factory
+from bots.inbound import AudioJitterBuffer, InboundAudio, recv_batch
+from bots.loop import CoalescingSelector, hurry, loop_factory
 
 from .helpers import Sine
 
@@ -92,11 +93,32 @@ async def test_inbound_audio_decodes_on_the_loop_in_batches() -> None:
     assert decoder_threads() == threads_before
 
 
-async def test_a_packet_leaves_the_jitter_buffer_when_the_next_arrives() -> None:
+def test_an_audio_packet_leaves_the_jitter_buffer_as_it_arrives_in_order() -> None:
+    buffer = AudioJitterBuffer(capacity=16)
+
+    def packet(seq: int) -> RtpPacket:
+        p = RtpPacket(payload_type=111, sequence_number=seq, timestamp=seq * 960)
+        p._data = bytes([seq])  # type: ignore[attr-defined]  # what the receiver depayloaded
+        return p
+
+    def add(seq: int) -> list[int]:
+        _, frame = buffer.add(packet(seq))
+        frames = ([frame] if frame is not None else []) + buffer.ready()
+        return [f.data[0] for f in frames]
+
+    assert add(10) == [10] and add(11) == [11]  # each at once
+    assert add(13) == []  # 12 is missing: 13 waits for it
+    assert add(12) == [12, 13]  # then both go
+    assert add(12) == []  # a late duplicate is dropped
+    assert add(14) == [14]
+
+
+async def test_a_packet_leaves_the_jitter_buffer_when_it_arrives() -> None:
     """aiortc's receiver holds each audio packet until four more came (80 ms): the end of
-    someone's speech would reach a bot that much later. The bot's lets it go with the next
-    one. Of 8 quiet frames after the tone, Opus's delay makes the first loud, and the buffer
-    holds the last when the sender stops: 5 or 6 come through, where aiortc's buffer let 2."""
+    someone's speech would reach a bot that much later. The bot's lets it go as it comes. Of
+    8 quiet frames after the tone, Opus's delay makes the first loud and the sender never
+    sends the last: the other 6 come through before it stops, where aiortc's buffer let 2
+    through and one that let a packet go when the next came, 5."""
     sender, receiver, pending = await connected_pair(max_frames=200, batch=1,
                                                      source=ToneThenQuiet(tone=40, quiet=8))
     try:
@@ -110,7 +132,7 @@ async def test_a_packet_leaves_the_jitter_buffer_when_the_next_arrives() -> None
             loud.append(float(np.abs(frame.to_ndarray()).max()) > 1000)
         assert any(loud), loud
         after_tone = len(loud) - 1 - max(i for i, x in enumerate(loud) if x)
-        assert after_tone >= 4, loud[-12:]
+        assert after_tone >= 6, loud[-12:]
     finally:
         await sender.close()
         await receiver.close()
@@ -241,6 +263,42 @@ def test_coalescing_loop_wakes_at_once_for_work_handed_back_by_a_thread() -> Non
     finally:
         loop.close()
     assert max(took) < 0.25, took  # each would wait out the 0.5 s poll otherwise
+
+
+def test_a_hurried_loop_polls_sooner_until_its_owner_is_done() -> None:
+    """A stream deciding whether its speaker paused hurries the loop: a packet then waits for
+    the hurried interval, not the 0.5 s poll interval here."""
+
+    async def read_one(a: socket.socket, b: socket.socket) -> float:
+        loop = asyncio.get_running_loop()
+        got = loop.create_future()
+        loop.add_reader(a.fileno(), lambda: got.done() or got.set_result(a.recv(16)))
+        await asyncio.sleep(0)  # a poll has just been: the next one is a whole interval away
+        sent = time.monotonic()
+        threading.Thread(target=b.send, args=(b"x",)).start()
+        await got
+        loop.remove_reader(a.fileno())
+        return time.monotonic() - sent
+
+    async def main() -> tuple[float, float]:
+        a, b = socket.socketpair()
+        a.setblocking(False)
+        owner = object()
+        try:
+            hurry(owner, True)
+            hurried = await read_one(a, b)
+            hurry(owner, False)
+            return hurried, await read_one(a, b)
+        finally:
+            a.close()
+            b.close()
+
+    loop = loop_factory(0.5)
+    try:
+        hurried, calm = loop.run_until_complete(main())
+    finally:
+        loop.close()
+    assert hurried < 0.25 and calm > 0.3, (hurried, calm)
 
 
 def test_loop_factory_zero_is_the_ordinary_loop() -> None:
