@@ -233,6 +233,30 @@ def held_out_clips(workdir: Path, count: int) -> list[Clip]:
     return clips
 
 
+def noisy_held_out(workdir: Path, snr_db: float = 20) -> Clip:
+    """The held-out sentences in one voice (kal_diphone, english_hard.wav's) under pink noise
+    ``snr_db`` below the speech, as tests/data/make_fixtures.sh makes english_hard.wav: the
+    same kind of audio, seven times the words, so that a point of WER is a few words."""
+    parts = []
+    for i, text in enumerate(HELD_OUT):
+        txt, raw, out = workdir / f"n{i}.txt", workdir / f"n{i}.raw.wav", workdir / f"n{i}.wav"
+        txt.write_text(text)
+        subprocess.run(["text2wave", "-eval", "(voice_kal_diphone)", str(txt), "-o", str(raw)],
+                       check=True, capture_output=True)
+        subprocess.run(["sox", "-R", str(raw), "-r", "16000", "-c", "1", "-b", "16", str(out),
+                        "pad", "0.4", "0.8"], check=True, capture_output=True)
+        parts.append(str(out))
+    clean, noise, mixed = workdir / "n-clean.wav", workdir / "n-noise.wav", workdir / "noisy.wav"
+    subprocess.run(["sox", "-V1", "-R", *parts, str(clean)], check=True)
+    subprocess.run(["sox", "-R", str(clean), str(noise), "synth", "pinknoise"], check=True)
+    speech, hiss = (float(np.sqrt(np.mean(read_wav(p) ** 2))) for p in (clean, noise))
+    gain = speech / hiss / 10 ** (snr_db / 20)
+    # both at 0.7, as the fixture: kal_diphone peaks near full scale
+    subprocess.run(["sox", "-R", "-m", "-v", "0.7", str(clean), "-v", f"{gain * 0.7:.6f}",
+                    str(noise), "-b", "16", str(mixed)], check=True, capture_output=True)
+    return Clip(mixed, list(HELD_OUT))
+
+
 def duration(path: Path) -> float:
     with wave.open(str(path)) as w:
         return w.getnframes() / w.getframerate()
@@ -308,9 +332,12 @@ def offline_model(name: str, fixtures: list[Clip], hard: list[Clip]) -> dict[str
     for label, clips in (("fixtures", fixtures), ("hard", hard)):
         if not clips:
             continue
+        refs = [u for c in clips for u in c.utterances]
         hyps, b, a = transcribe_files(model, clips)
-        out[f"wer_{label}"] = wer([u for c in clips for u in c.utterances], hyps)
+        out[f"wer_{label}"] = wer(refs, hyps)
         busy, audio_s = busy + b, audio_s + a
+        if label == "hard":  # the beam the live finals use, too
+            out["wer_hard_beam5"] = wer(refs, transcribe_files(model, clips, beam_size=5)[0])
     out["rtf"] = busy / audio_s
     return out
 
@@ -409,14 +436,16 @@ async def compare_models(url: str, names: list[str], fixtures: list[Clip],
                          transcriber_pid: int,
                          settings: dict[str, Any] | None = None) -> list[list[str]]:
     """(e): per model, offline WER and RTF, then live on ``live_clips`` with it alone."""
-    rows = [["model", "WER fixtures", "WER hard", "RTF", "live WER", "finals/utts",
-             "TTFS p50", "TTFS p95", "CPU/stream"]]
+    rows = [["model", "WER fixtures", "WER hard", "hard, beam 5", "RTF", "live WER",
+             "finals/utts", "TTFS p50", "TTFS p95", "CPU/stream"]]
     for name in names:
         off = offline_model(name, fixtures, hard)
         on_air = await live(url, live_clips, transcriber_pid, model=name,
                             lobby_name=f"model {name}", settings=settings)
         rows.append([name, f"{off['wer_fixtures']:.3f}",
-                     f"{off['wer_hard']:.3f}" if "wer_hard" in off else "-", f"{off['rtf']:.3f}",
+                     f"{off['wer_hard']:.3f}" if "wer_hard" in off else "-",
+                     f"{off['wer_hard_beam5']:.3f}" if "wer_hard" in off else "-",
+                     f"{off['rtf']:.3f}",
                      f"{on_air['wer']:.3f}", f"{on_air['finals']}/{on_air['utterances']}",
                      *spread(on_air["ttfs"], 50, 95), f"{on_air['cpu_per_stream']:.3f}"])
     return rows
@@ -482,10 +511,12 @@ async def main_async(args: argparse.Namespace) -> int:
         if args.speakers:
             print(table(rows))
         if args.models and not args.sweep_only:
-            hard = [] if args.smoke else [fixture(HARD)]
+            hard = [] if args.smoke else \
+                [noisy_held_out(workdir)] if args.noisy else [fixture(HARD)]
             compared_live = clips if args.smoke else hard
             print(f"\n== (e) models side by side: offline WER on the English fixtures"
-                  f"{'' if args.smoke else ' and on ' + HARD}, RTF over them; live WER and "
+                  f"{'' if args.smoke else ' and on ' + hard[0].path.name} (whole files; "
+                  f"greedy, and beam 5), RTF over them; live WER and "
                   f"TTFS on {', '.join(c.path.name for c in compared_live)}, each model alone",
                   flush=True)
             names = installed_models(args.models)
@@ -548,6 +579,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--models-only", action="store_true",
                         help="only the models side by side (e)")
     parser.add_argument("--log-level", default="WARNING", help="the transcriber's log level")
+    parser.add_argument("--noisy", action="store_true",
+                        help="(e) on the held-out sentences in english_hard.wav's voice and "
+                             "noise instead of on english_hard.wav (7x the words)")
     parser.add_argument("--set", nargs="*", default=[], metavar="SETTING=VALUE",
                         help="transcriber settings for every transcriber added (docs/"
                              "transcriber.md), e.g. threads=1")

@@ -190,7 +190,8 @@ class AudioJitterBuffer(JitterBuffer):
         """The frames that can go now besides the one ``add`` returned: those a late packet
         was holding up (``add`` gives one frame at a time)."""
         frames = []
-        while self._origin is not None and (frame := self._remove_frame(self._origin)):
+        while self._origin is not None and \
+                (frame := self._remove_frame(self._origin)) is not None:
             frames.append(frame)
         return frames
 
