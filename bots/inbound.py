@@ -15,8 +15,8 @@ thread itself still starts, and waits, idle, until the receiver stops.
 The receiver's jitter buffer is replaced too, while it is empty: aiortc's holds every audio
 packet until four more have come (80 ms), a cushion for playing sound out evenly. A bot does
 not play out, and an audio packet is a whole frame: ``AudioJitterBuffer`` lets each packet go
-the moment it arrives in order. Packets out of order still wait for the missing one, as
-before, and then all go together.
+the moment it arrives in order. Packets out of order wait for the missing one, then all go
+together; one missing for 60 ms is taken as lost.
 """
 
 from __future__ import annotations
@@ -176,15 +176,26 @@ async def recv_batch(track: MediaStreamTrack) -> list[av.AudioFrame]:
 class AudioJitterBuffer(JitterBuffer):
     """aiortc's jitter buffer (its ordering, its limits), but a packet is a frame: it is
     complete when it arrives, not when a packet of the next frame does. That holds for audio
-    (Opus, G.711: one frame per packet), not video."""
+    (Opus, G.711: one frame per packet), not video.
+
+    A missing packet is waited for until ``lost_after`` later ones have come (60 ms), then
+    given up: the decoder carries on from the next. aiortc's waits until the buffer is full
+    (16 packets, 320 ms), and everything said meanwhile reaches the bot that much later."""
+
+    lost_after = 3
 
     def _remove_frame(self, sequence_number: int) -> JitterFrame | None:
         assert self._origin is not None  # add() has set it
-        packet = self._packets[self._origin % self.capacity]
-        if packet is None:
-            return None  # the next one in order has not come
-        self.remove(1)
-        return JitterFrame(data=packet._data, timestamp=packet.timestamp)  # type: ignore[attr-defined]
+        for _ in range(self.capacity):
+            packet = self._packets[self._origin % self.capacity]
+            if packet is not None:
+                self.remove(1)
+                return JitterFrame(data=packet._data,  # type: ignore[attr-defined]
+                                   timestamp=packet.timestamp)
+            if sum(p is not None for p in self._packets) < self.lost_after:
+                return None  # the next one in order may still come
+            self.remove(1)  # lost
+        return None
 
     def ready(self) -> list[JitterFrame]:
         """The frames that can go now besides the one ``add`` returned: those a late packet

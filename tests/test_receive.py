@@ -111,6 +111,11 @@ def test_an_audio_packet_leaves_the_jitter_buffer_as_it_arrives_in_order() -> No
     assert add(12) == [12, 13]  # then both go
     assert add(12) == []  # a late duplicate is dropped
     assert add(14) == [14]
+    # 15 never comes: the packets after it wait 60 ms (three packets) for it, then go
+    assert add(16) == [] and add(17) == []
+    assert add(18) == [16, 17, 18]
+    assert add(15) == []  # too late: the stream has moved on
+    assert add(19) == [19]
 
 
 async def test_a_packet_leaves_the_jitter_buffer_when_it_arrives() -> None:
@@ -133,6 +138,36 @@ async def test_a_packet_leaves_the_jitter_buffer_when_it_arrives() -> None:
         assert any(loud), loud
         after_tone = len(loud) - 1 - max(i for i, x in enumerate(loud) if x)
         assert after_tone >= 6, loud[-12:]
+    finally:
+        await sender.close()
+        await receiver.close()
+
+
+async def test_a_lost_packet_holds_up_the_stream_for_60_ms_not_320() -> None:
+    """The network loses a packet (the receiver never sees the 20th): the frames after it
+    reach the bot 60 ms late, and then on time. aiortc's buffer would wait until 16 more had
+    come (320 ms)."""
+    sender, receiver, pending = await connected_pair(max_frames=200, batch=1)
+    rtp_receiver = receiver.getReceivers()[0]
+    handle = rtp_receiver._handle_rtp_packet
+    seen = 0
+
+    async def lossy(packet: RtpPacket, arrival_time_ms: int) -> None:
+        nonlocal seen
+        seen += 1
+        if seen != 20:
+            await handle(packet, arrival_time_ms)
+
+    rtp_receiver._handle_rtp_packet = lossy  # type: ignore[method-assign]
+    try:
+        track = await asyncio.wait_for(pending, 10)
+        arrived = []
+        for _ in range(60):
+            await asyncio.wait_for(track.recv(), 5)
+            arrived.append(time.monotonic())
+        gaps = np.diff(arrived)
+        assert seen >= 61  # the lost packet was among those these frames came after
+        assert gaps.max() < 0.25, gaps.round(3)  # 0.06-0.08 s; aiortc's buffer: 0.32 s
     finally:
         await sender.close()
         await receiver.close()
