@@ -15,8 +15,8 @@ thread itself still starts, and waits, idle, until the receiver stops.
 The receiver's jitter buffer is replaced too, while it is empty: aiortc's holds every audio
 packet until four more have come (80 ms), a cushion for playing sound out evenly. A bot does
 not play out, and an audio packet is a whole frame: ``AudioJitterBuffer`` lets each packet go
-the moment it arrives in order. Packets out of order wait for the missing one, then all go
-together; one missing for 60 ms is taken as lost.
+the moment it arrives in order. The packets behind a missing one wait for it, then all go
+together; once three have come (60 ms of 20 ms packets) it is taken as lost.
 """
 
 from __future__ import annotations

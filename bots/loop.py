@@ -11,10 +11,10 @@ paused?) can ``hurry`` the loop: while anyone does, it polls every ``HURRIED_INT
 instead, which still gathers the packets of many streams but delays a packet 5 ms on
 average, not 20.
 
-Work handed back from a thread (``call_soon_threadsafe``: a recognition that ran in a worker,
-``asyncio.to_thread``) does not wait for the next poll either. It is rare next to packets, and
-what it carries (a caption) is what a user waits for: waiting for the poll cost a caption 20 ms
-on average, up to 40.
+Work a thread hands back through ``promptly`` (the transcriber's recognitions) does not wait
+for the next poll either: what it carries (a caption) is what a user waits for, and waiting for
+the poll cost a caption 20 ms on average, up to 40. Other threads' results (aiortc encodes each
+frame a bot sends in one) still wait for it, as packets do.
 """
 
 from __future__ import annotations
@@ -24,12 +24,12 @@ import selectors
 import threading
 import time
 from collections.abc import Callable
-from contextvars import Context
-from typing import Any, TypeVarTuple
+from typing import Any, TypeVar, TypeVarTuple
 
 POLL_INTERVAL = 0.04  # a bot provider's default: 2 packets a stream per wake-up
 HURRIED_INTERVAL = 0.01
 
+_T = TypeVar("_T")
 _Ts = TypeVarTuple("_Ts")
 
 
@@ -71,25 +71,33 @@ class CoalescingSelector(selectors.DefaultSelector):
 
 
 class CoalescingEventLoop(asyncio.SelectorEventLoop):
-    """A selector event loop on a ``CoalescingSelector`` that threads' callbacks wake."""
+    """A selector event loop on a ``CoalescingSelector``."""
 
     def __init__(self, poll_interval: float) -> None:
         self.selector = CoalescingSelector(poll_interval)
         super().__init__(self.selector)
 
-    def call_soon_threadsafe(self, callback: Callable[[*_Ts], object],
-                             *args: *_Ts, context: Context | None = None
-                             ) -> asyncio.Handle:
-        handle = super().call_soon_threadsafe(callback, *args, context=context)
-        self.selector.wake()
-        return handle
+
+def promptly(loop: asyncio.AbstractEventLoop, fn: Callable[[*_Ts], _T], *args: *_Ts) -> _T:
+    """``fn(*args)``, called in a worker thread, with ``loop`` woken when it returns, so that
+    the result is handled without waiting for the poll: ``await loop.run_in_executor(pool,
+    promptly, loop, fn, *args)``. (The wake may come a moment before the result is handed
+    back; the loop then waits for that in its select, not for the poll.)"""
+    try:
+        return fn(*args)
+    finally:
+        if isinstance(loop, CoalescingEventLoop):
+            loop.selector.wake()
 
 
 def hurry(owner: object, on: bool) -> None:
     """While ``on`` for any owner, the running loop (a ``CoalescingEventLoop``; any other
     polls at once anyway) polls for I/O every ``HURRIED_INTERVAL``. An owner that stops must
     say ``False``."""
-    loop = asyncio.get_running_loop()
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:  # a coroutine closed outside its loop (garbage): nothing to hurry
+        return
     if isinstance(loop, CoalescingEventLoop):
         if on:
             loop.selector.hurried_by.add(owner)

@@ -29,6 +29,7 @@ import numpy as np
 
 from shared.tasks import TaskSet
 
+from .loop import promptly
 from .stt import STT, Recognition
 
 log = logging.getLogger(__name__)
@@ -191,9 +192,10 @@ class Scheduler:
         # asked now, not when the job was queued: the speaker's previous final, whose result
         # was delivered before this job started, may have changed it
         languages = [j.language() if callable(j.language) else j.language for j in jobs]
-        try:
-            results = await asyncio.get_running_loop().run_in_executor(
-                self._executor, lambda: self._read(jobs, languages))
+        loop = asyncio.get_running_loop()
+        try:  # a result wakes the provider's loop: it does not wait for the I/O poll
+            results = await loop.run_in_executor(self._executor, promptly, loop, self._read,
+                                                 jobs, languages)
         except Exception as exc:  # noqa: BLE001 - handed to whoever awaits the job
             for job in jobs:
                 if not job.future.done():

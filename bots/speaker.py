@@ -153,11 +153,9 @@ class SpeakerStream:
                 for utt in utterances:
                     self._utterance(utt)
                 self._maybe_interim()
-                batch = self._batch()
                 if isinstance(self.track, InboundAudio):
-                    self.track.batch = batch
-                # a pause's end or a first interim is being decided: the next packets matter
-                hurry(self, batch == 1 and self.segmenter.in_speech)
+                    self.track.batch = self._batch()
+                hurry(self, self._deciding())
         except MediaStreamError:  # the peer's track ended (a reload, a lost connection)
             self._clear_interims()
         finally:
@@ -174,6 +172,14 @@ class SpeakerStream:
                 not self._shown.get(self._segment(seg.utterance_index)):
             return 1
         return self.bot.receive_batch
+
+    def _deciding(self) -> bool:
+        """Whether the next packets decide something a user waits for: the end of an
+        utterance (in a pause), or an utterance's first interim."""
+        seg = self.segmenter
+        return seg.in_speech and (seg.pausing or (
+            self.bot.config.interim_interval > 0
+            and not self._shown.get(self._segment(seg.utterance_index))))
 
     def _clear_interims(self) -> None:
         """The speaker's audio ended mid-utterance: take its interim off everyone's screen

@@ -75,8 +75,10 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 POLL_MS = round(POLL_INTERVAL * 1000)
-POLL_HELP = ("the provider's loop looks for network input at most every this many ms (0: at "
-             "once); fewer wake-ups cost less CPU per audio stream, and add at most this delay")
+POLL_HELP = ("the provider's loop looks for network input every this many ms (0: at once; "
+             "10 while a transcriber decides a pause or a first interim, and a recognition's "
+             "result at once); fewer wake-ups cost less CPU per audio stream, and add at most "
+             "this delay")
 
 
 def _local_url(settings: Settings) -> str:
