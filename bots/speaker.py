@@ -164,9 +164,10 @@ class SpeakerStream:
 
     def _batch(self) -> int:
         """How many frames to read at a time: five while an utterance shows, else each as it
-        comes (in speech, with the provider's poll hurried to 10 ms). In silence and until the
-        first interim shows, speech is found and its first interim tried up to 80 ms sooner; in
-        a pause, the speculative final starts and the end is decided up to 80 ms sooner."""
+        comes (and while ``_deciding``, the provider polls every 10 ms). In silence and until
+        the first interim shows, speech is found and its first interim tried up to 80 ms
+        sooner; in a pause, the speculative final starts and the end is decided up to 80 ms
+        sooner."""
         seg = self.segmenter
         if seg.pausing or not seg.in_speech or \
                 not self._shown.get(self._segment(seg.utterance_index)):
