@@ -67,6 +67,26 @@ def test_segmenter_offers_a_tentative_end_before_the_final() -> None:
     assert not seen[-1][0] and not seen[-1][1]
 
 
+def test_segmenter_says_a_speaker_went_quiet_before_it_can_call_the_pause() -> None:
+    """``fading`` (the transcriber then reads frames as they come and polls sooner): it is on
+    for 40 ms or more before every tentative end, and off for most of the speech."""
+    for name in ("short.wav", "speaker_a.wav", "speaker_b.wav"):
+        audio = np.concatenate([decode_audio(str(DATA / name), 16000),
+                                np.zeros(16000, np.float32)])
+        seg = Segmenter()
+        quiet_for, before_ends, speech, fading = 0, [], 0, 0
+        for i in range(0, len(audio), 320):
+            got = seg.feed(audio[i:i + 320])
+            if any(not u.final for u in got):
+                before_ends.append(quiet_for)
+            assert seg.in_speech or not seg.fading
+            if seg.in_speech and not seg.pausing:
+                speech, fading = speech + 1, fading + seg.fading
+            quiet_for = quiet_for + 1 if seg.fading or seg.pausing else 0
+        assert before_ends and min(before_ends) >= 2, (name, before_ends)
+        assert fading < 0.35 * speech, (name, fading, speech)
+
+
 def test_segmenter_cuts_long_speech() -> None:
     from bots.vad import VadConfig
 
