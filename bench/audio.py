@@ -1,4 +1,5 @@
-"""16 kHz mono WAV files as the benchmarks read and write them, and where their speech is."""
+"""16 kHz mono WAV files as the benchmarks read and write them, where their speech is, and how
+they sound after the codec a bot's peer sends them through."""
 
 from __future__ import annotations
 
@@ -23,6 +24,33 @@ def write_wav(path: Path, samples: np.ndarray) -> Path:
         w.setframerate(RATE)
         w.writeframes((np.clip(samples, -1, 1) * 32767).astype("<i2").tobytes())
     return path
+
+
+def through_opus(samples: np.ndarray) -> np.ndarray:
+    """``samples`` as a bot receives them from a peer that sends them with aiortc: 48 kHz
+    stereo, Opus at aiortc's settings (96 kbit/s, ``voip``), decoded, and back to 16 kHz mono
+    (a few ms later: the codec's look-ahead). What Whisper reads live, for an offline baseline
+    on the same audio."""
+    import av  # PyAV: aiortc's own codec library
+
+    encoder = av.CodecContext.create("libopus", "w")
+    encoder.sample_rate, encoder.layout, encoder.format = 48000, "stereo", "s16"
+    encoder.bit_rate, encoder.options = 96000, {"application": "voip"}
+    decoder = av.CodecContext.create("opus", "r")
+    decoder.sample_rate, decoder.layout = 48000, "stereo"
+    up = av.AudioResampler(format="s16", layout="stereo", rate=48000)
+    down = av.AudioResampler(format="flt", layout="mono", rate=RATE)
+    pcm = (np.clip(samples, -1, 1) * 32767).astype(np.int16)
+    out: list[np.ndarray] = []
+    frame = RATE // 50  # 20 ms, as aiortc sends
+    for at in range(0, len(pcm) // frame * frame, frame):
+        chunk = av.AudioFrame.from_ndarray(pcm[None, at:at + frame], format="s16", layout="mono")
+        chunk.sample_rate, chunk.pts = RATE, at
+        for loud in up.resample(chunk):
+            for packet in encoder.encode(loud):
+                for decoded in decoder.decode(packet):
+                    out.extend(f.to_ndarray().reshape(-1) for f in down.resample(decoded))
+    return np.concatenate(out).astype(np.float32) if out else np.zeros(0, np.float32)
 
 
 def speech_spans(samples: np.ndarray, min_gap_s: float = 0.6,

@@ -14,7 +14,8 @@
 (d) Concurrency sweep: 1..N players talking continuously at once.
 (e) Models side by side (tiny.en and base by default; one not installed is skipped, with a
     note): offline WER and RTF on the English fixtures and on ``english_hard.wav`` (a voice and
-    words tiny.en finds hard), then each model live, alone, on ``english_hard.wav``: WER, TTFS.
+    words tiny.en finds hard; also as a bot receives it, through Opus), then each model live,
+    alone, on ``english_hard.wav``: WER, TTFS.
 
 Every latency starts where the speech really is, as the player that speaks it knows: a player
 says when its first frame went out (its status: ``playing NAME since T``) and sends the file in
@@ -60,7 +61,7 @@ import jiwer
 import numpy as np
 from whisper_normalizer.english import EnglishTextNormalizer
 
-from bench.audio import read_wav, speech_spans
+from bench.audio import read_wav, speech_spans, through_opus, write_wav
 from bench.live import KEY, Observer, add_bot, live_lobby, providers_ready, remove_bot, wait_for
 from bench.procstats import cpu_seconds
 from bench.tables import table
@@ -336,8 +337,14 @@ def offline_model(name: str, fixtures: list[Clip], hard: list[Clip]) -> dict[str
         hyps, b, a = transcribe_files(model, clips)
         out[f"wer_{label}"] = wer(refs, hyps)
         busy, audio_s = busy + b, audio_s + a
-        if label == "hard":  # the beam the live finals use, too
+        if label == "hard":  # the beam the live finals use, too; and on the audio as received
             out["wer_hard_beam5"] = wer(refs, transcribe_files(model, clips, beam_size=5)[0])
+            with tempfile.TemporaryDirectory(prefix="bench-opus-") as tmp:
+                received = [Clip(write_wav(Path(tmp) / c.path.name,
+                                           through_opus(read_wav(c.path))), c.utterances)
+                            for c in clips]
+                out["wer_hard_opus"] = wer(refs, transcribe_files(model, received,
+                                                                  beam_size=5)[0])
     out["rtf"] = busy / audio_s
     return out
 
@@ -436,7 +443,8 @@ async def compare_models(url: str, names: list[str], fixtures: list[Clip],
                          transcriber_pid: int,
                          settings: dict[str, Any] | None = None) -> list[list[str]]:
     """(e): per model, offline WER and RTF, then live on ``live_clips`` with it alone."""
-    rows = [["model", "WER fixtures", "WER hard", "hard, beam 5", "RTF", "live WER",
+    rows = [["model", "WER fixtures", "WER hard", "hard, beam 5", "via Opus, beam 5", "RTF",
+             "live WER",
              "finals/utts", "TTFS p50", "TTFS p95", "CPU/stream"]]
     for name in names:
         off = offline_model(name, fixtures, hard)
@@ -445,6 +453,7 @@ async def compare_models(url: str, names: list[str], fixtures: list[Clip],
         rows.append([name, f"{off['wer_fixtures']:.3f}",
                      f"{off['wer_hard']:.3f}" if "wer_hard" in off else "-",
                      f"{off['wer_hard_beam5']:.3f}" if "wer_hard" in off else "-",
+                     f"{off['wer_hard_opus']:.3f}" if "wer_hard" in off else "-",
                      f"{off['rtf']:.3f}",
                      f"{on_air['wer']:.3f}", f"{on_air['finals']}/{on_air['utterances']}",
                      *spread(on_air["ttfs"], 50, 95), f"{on_air['cpu_per_stream']:.3f}"])
@@ -546,11 +555,12 @@ async def main_async(args: argparse.Namespace) -> int:
     if args.speakers:
         print(f"{last[0]} continuous speakers: finals p95 {last[3]} s (target <= 1.5 at 12), "
               f"max lag {last[6]} s, {last[7]} skipped")
-    by_model = {r[0]: r for r in model_rows[1:]}
+    # by the column's name: the table gains columns
+    by_model = {r[0]: dict(zip(model_rows[0], r, strict=True)) for r in model_rows[1:]}
     if {"tiny.en", "base"} <= set(by_model):
         tiny, base = by_model["tiny.en"], by_model["base"]
-        print(f"base vs tiny.en live WER: {base[4]} vs {tiny[4]} (target: base lower); "
-              f"TTFS p50 {base[6]} vs {tiny[6]} s")
+        print(f"base vs tiny.en live WER: {base['live WER']} vs {tiny['live WER']} (target: "
+              f"base lower); TTFS p50 {base['TTFS p50']} vs {tiny['TTFS p50']} s")
     return 0
 
 

@@ -196,7 +196,7 @@ class Segmenter:
         self._count = 0
         # the loudness of the speaker's recent 10 ms frames of speech, and of the latest frame
         self._levels: collections.deque[float] = collections.deque(maxlen=LEVEL_FRAMES)
-        self._latest_level = 0.0
+        self._quiet = False  # the latest 10 ms fed was under FADE_SHARE of that level
 
     @property
     def in_speech(self) -> bool:
@@ -211,9 +211,7 @@ class Segmenter:
     def fading(self) -> bool:
         """In an utterance, and the latest 10 ms is quiet for this speaker (``FADE_SHARE`` of
         their level): the speech may be ending, before the detector can tell."""
-        if self.speech_start is None or not self._levels:
-            return False
-        return self._latest_level < FADE_SHARE * float(np.median(self._levels))
+        return self.speech_start is not None and self._quiet
 
     @property
     def pause_start(self) -> int | None:
@@ -238,7 +236,8 @@ class Segmenter:
         if self.speech_start is not None and len(samples) >= EDGE_FRAME:
             loud = _loudness(samples)
             self._levels.extend(loud[loud > 1e-3].tolist())
-            self._latest_level = float(loud[-1])
+            self._quiet = bool(self._levels) and \
+                float(loud[-1]) < FADE_SHARE * float(np.median(self._levels))
         n = len(self._pending) // CHUNK
         if n == 0:
             return []
@@ -301,6 +300,7 @@ class Segmenter:
         done = self._utterance(end, final=True, forced=forced, speech_end=speech_end)
         self.speech_start, self.voice_start = None, None
         self._silence_since, self._offered = None, False
+        self._quiet = False
         if done:
             self._count += 1
         return done
