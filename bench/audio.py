@@ -43,13 +43,17 @@ def through_opus(samples: np.ndarray) -> np.ndarray:
     pcm = (np.clip(samples, -1, 1) * 32767).astype(np.int16)
     out: list[np.ndarray] = []
     frame = RATE // 50  # 20 ms, as aiortc sends
-    for at in range(0, len(pcm) // frame * frame, frame):
+    pcm = np.pad(pcm, (0, -len(pcm) % frame))  # the last frame, filled up with silence
+    for at in range(0, len(pcm), frame):
         chunk = av.AudioFrame.from_ndarray(pcm[None, at:at + frame], format="s16", layout="mono")
         chunk.sample_rate, chunk.pts = RATE, at
         for loud in up.resample(chunk):
             for packet in encoder.encode(loud):
                 for decoded in decoder.decode(packet):
                     out.extend(f.to_ndarray().reshape(-1) for f in down.resample(decoded))
+    for packet in encoder.encode(None):  # what the encoder still holds
+        for decoded in decoder.decode(packet):
+            out.extend(f.to_ndarray().reshape(-1) for f in down.resample(decoded))
     return np.concatenate(out).astype(np.float32) if out else np.zeros(0, np.float32)
 
 

@@ -525,7 +525,7 @@ async def main_async(args: argparse.Namespace) -> int:
             compared_live = clips if args.smoke else hard
             print(f"\n== (e) models side by side: offline WER on the English fixtures"
                   f"{'' if args.smoke else ' and on ' + hard[0].path.name} (whole files; "
-                  f"greedy, and beam 5), RTF over them; live WER and "
+                  f"greedy, beam 5, and beam 5 via Opus), RTF over them; live WER and "
                   f"TTFS on {', '.join(c.path.name for c in compared_live)}, each model alone",
                   flush=True)
             names = installed_models(args.models)

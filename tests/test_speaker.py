@@ -112,12 +112,12 @@ async def test_frames_are_read_one_by_one_where_a_moment_counts() -> None:
     assert seg.in_speech and not seg.pausing
     assert stream._batch() == 1  # noqa: SLF001 - nothing shown yet
     stream._shown[stream._segment(seg.utterance_index)] = "Good"  # noqa: SLF001
-    batches = []  # (the batch asked for, pausing) after each 20 ms frame, to the pause
-    while not seg.pausing:
+    batches = []  # the batch asked for after each 20 ms frame, to the pause
+    while not seg.pausing and at < len(audio):
         seg.feed(audio[at:at + 320])
         at += 320
         batches.append(stream._batch())  # noqa: SLF001
     assert batches.count(bot.receive_batch) > len(batches) // 2, batches  # mostly loud
     assert batches[-3:] == [1, 1, 1], batches  # quiet before the pause could be called
-    assert at / 16000 < end + 0.2
+    assert seg.pausing and at / 16000 < end + 0.2
     await bot.on_stop()  # leaves the process's worker pool as it found it

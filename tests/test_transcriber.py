@@ -69,22 +69,29 @@ def test_segmenter_offers_a_tentative_end_before_the_final() -> None:
 
 def test_segmenter_says_a_speaker_went_quiet_before_it_can_call_the_pause() -> None:
     """``fading`` (the transcriber then reads frames as they come and polls sooner): it is on
-    for 40 ms or more before every tentative end, and off for most of the speech."""
+    for 40 ms or more before every tentative end, off for most of the speech, and off as each
+    utterance starts (not left over from the last one's pause)."""
+    utterances: dict[str, int] = {}
     for name in ("short.wav", "speaker_a.wav", "speaker_b.wav"):
         audio = np.concatenate([decode_audio(str(DATA / name), 16000),
                                 np.zeros(16000, np.float32)])
         seg = Segmenter()
-        quiet_for, before_ends, speech, fading = 0, [], 0, 0
+        quiet_for, before_ends, speech, fading, starts = 0, [], 0, 0, 0
         for i in range(0, len(audio), 320):
+            was_in_speech = seg.in_speech
             got = seg.feed(audio[i:i + 320])
             if any(not u.final for u in got):
                 before_ends.append(quiet_for)
-            assert seg.in_speech or not seg.fading
+            if seg.in_speech and not was_in_speech:
+                assert not seg.fading, (name, i)
+                starts += 1
             if seg.in_speech and not seg.pausing:
                 speech, fading = speech + 1, fading + seg.fading
             quiet_for = quiet_for + 1 if seg.fading or seg.pausing else 0
         assert before_ends and min(before_ends) >= 2, (name, before_ends)
         assert fading < 0.35 * speech, (name, fading, speech)
+        utterances[name] = starts
+    assert max(utterances.values()) >= 2, utterances  # a start after another's pause was seen
 
 
 def test_segmenter_cuts_long_speech() -> None:
