@@ -11,7 +11,7 @@ As soon as a pause has lasted ``post_roll_ms``, the segmenter offers the utteran
 confirms the end. The confirmed utterance has the same bounds unless speech resumed.
 
 While an utterance goes on, the segmenter also says whether its speaker has just gone quiet
-(``fading``: the latest 10 ms under a fifth of their speech's level). That is no pause yet —
+(``fading``: the latest 10 ms under a fifth of their utterances' level). That is no pause yet —
 a word's own quiet stretches do it too — but it comes some 50 ms before the detector can say
 so, which is when a reader waiting on the end should stop gathering frames.
 
@@ -35,10 +35,12 @@ CHUNK = 512  # samples Silero scores at a time at 16 kHz (32 ms)
 CONTEXT = 64  # samples of the previous chunk it sees as context
 EDGE_FRAME = 160  # 10 ms: the grain of a transcript's start and end
 QUIET_RMS = 1e-3  # a 10 ms frame this quiet is silence whatever the speaker's level (-60 dBFS)
-# ``fading``: the latest 10 ms under this share of the speaker's level (the median of the
-# ``LEVEL_FRAMES`` 10 ms frames of speech they said last, pauses left out: 3 s). On the held-out sentences, clean and in noise, reading frames one
-# at a time from then on found 110 of 110 pauses within 3 ms (mean) of reading every frame
-# singly, with a quarter more reads than five at a time (which found them 43 ms later)
+# ``fading``: the latest 10 ms under this share of the speaker's level, the median of the last
+# ``LEVEL_FRAMES`` (3 s) 10 ms frames of their utterances over ``QUIET_RMS``. On the held-out
+# sentences, clean and in noise, reading frames one at a time from then on found 110 of 110
+# pauses within 3 ms (mean) of reading every frame singly, with a quarter more reads than five
+# at a time (which found them 43 ms later). A pause's frames count: left out, the speaker is
+# "quiet" more often, for more CPU and a later p95 live (bench/README.md, session 12)
 FADE_SHARE = 0.2
 LEVEL_FRAMES = 300
 
@@ -238,8 +240,7 @@ class Segmenter:
         if self.speech_start is not None and len(samples) >= EDGE_FRAME:
             # frames that end where the samples do: the last one is the latest 10 ms
             loud = _loudness(samples[len(samples) % EDGE_FRAME:])
-            if self._silence_since is None:  # a pause's frames are not the speaker's level
-                self._levels.extend(loud[loud > QUIET_RMS].tolist())
+            self._levels.extend(loud[loud > QUIET_RMS].tolist())
             self._quiet = bool(self._levels) and \
                 float(loud[-1]) < FADE_SHARE * float(np.median(self._levels))
         n = len(self._pending) // CHUNK
