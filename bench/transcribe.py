@@ -444,8 +444,7 @@ async def compare_models(url: str, names: list[str], fixtures: list[Clip],
                          settings: dict[str, Any] | None = None) -> list[list[str]]:
     """(e): per model, offline WER and RTF, then live on ``live_clips`` with it alone."""
     rows = [["model", "WER fixtures", "WER hard", "hard, beam 5", "via Opus, beam 5", "RTF",
-             "live WER",
-             "finals/utts", "TTFS p50", "TTFS p95", "CPU/stream"]]
+             "live WER", "finals/utts", "TTFS p50", "TTFS p95", "CPU/stream"]]
     for name in names:
         off = offline_model(name, fixtures, hard)
         on_air = await live(url, live_clips, transcriber_pid, model=name,

@@ -197,8 +197,8 @@ class Segmenter:
         self._silence_since: int | None = None
         self._offered = False  # a tentative end was offered for the current pause
         self._count = 0
-        # the loudness of the speaker's recent 10 ms frames of speech (their level), and
-        # whether the latest 10 ms fed was under FADE_SHARE of it
+        # the loudness of the 10 ms frames of the speaker's recent utterances (their level),
+        # and whether the latest 10 ms fed was under FADE_SHARE of it
         self._levels: collections.deque[float] = collections.deque(maxlen=LEVEL_FRAMES)
         self._quiet = False
 
