@@ -40,20 +40,22 @@ def through_opus(samples: np.ndarray) -> np.ndarray:
     decoder.sample_rate, decoder.layout = 48000, "stereo"
     up = av.AudioResampler(format="s16", layout="stereo", rate=48000)
     down = av.AudioResampler(format="flt", layout="mono", rate=RATE)
-    pcm = (np.clip(samples, -1, 1) * 32767).astype(np.int16)
     out: list[np.ndarray] = []
+
+    def receive(packets: list[av.Packet]) -> None:
+        for packet in packets:
+            for decoded in decoder.decode(packet):
+                out.extend(f.to_ndarray().reshape(-1) for f in down.resample(decoded))
+
     frame = RATE // 50  # 20 ms, as aiortc sends
+    pcm = (np.clip(samples, -1, 1) * 32767).astype(np.int16)
     pcm = np.pad(pcm, (0, -len(pcm) % frame))  # the last frame, filled up with silence
     for at in range(0, len(pcm), frame):
         chunk = av.AudioFrame.from_ndarray(pcm[None, at:at + frame], format="s16", layout="mono")
         chunk.sample_rate, chunk.pts = RATE, at
         for loud in up.resample(chunk):
-            for packet in encoder.encode(loud):
-                for decoded in decoder.decode(packet):
-                    out.extend(f.to_ndarray().reshape(-1) for f in down.resample(decoded))
-    for packet in encoder.encode(None):  # what the encoder still holds
-        for decoded in decoder.decode(packet):
-            out.extend(f.to_ndarray().reshape(-1) for f in down.resample(decoded))
+            receive(encoder.encode(loud))
+    receive(encoder.encode(None))  # what the encoder still holds
     return np.concatenate(out).astype(np.float32) if out else np.zeros(0, np.float32)
 
 

@@ -450,9 +450,8 @@ async def compare_models(url: str, names: list[str], fixtures: list[Clip],
         on_air = await live(url, live_clips, transcriber_pid, model=name,
                             lobby_name=f"model {name}", settings=settings)
         rows.append([name, f"{off['wer_fixtures']:.3f}",
-                     f"{off['wer_hard']:.3f}" if "wer_hard" in off else "-",
-                     f"{off['wer_hard_beam5']:.3f}" if "wer_hard" in off else "-",
-                     f"{off['wer_hard_opus']:.3f}" if "wer_hard" in off else "-",
+                     *(f"{off[key]:.3f}" if key in off else "-"
+                       for key in ("wer_hard", "wer_hard_beam5", "wer_hard_opus")),
                      f"{off['rtf']:.3f}",
                      f"{on_air['wer']:.3f}", f"{on_air['finals']}/{on_air['utterances']}",
                      *spread(on_air["ttfs"], 50, 95), f"{on_air['cpu_per_stream']:.3f}"])

@@ -170,8 +170,7 @@ class SpeakerStream:
         (``Segmenter.fading``), the pause is found, and the speculative final started, up to
         80 ms sooner (43 ms on average: bench/README.md, session 12)."""
         seg = self.segmenter
-        if seg.pausing or seg.fading or not seg.in_speech or \
-                not self._shown.get(self._segment(seg.utterance_index)):
+        if seg.pausing or seg.fading or not seg.in_speech or not self._showing():
             return 1
         return self.bot.receive_batch
 
@@ -181,8 +180,11 @@ class SpeakerStream:
         interim."""
         seg = self.segmenter
         return seg.in_speech and (seg.pausing or seg.fading or (
-            self.bot.config.interim_interval > 0
-            and not self._shown.get(self._segment(seg.utterance_index))))
+            self.bot.config.interim_interval > 0 and not self._showing()))
+
+    def _showing(self) -> bool:
+        """Whether the current utterance shows an interim."""
+        return bool(self._shown.get(self._segment(self.segmenter.utterance_index)))
 
     def _clear_interims(self) -> None:
         """The speaker's audio ended mid-utterance: take its interim off everyone's screen
