@@ -20,7 +20,8 @@
 Every latency starts where the speech really is, as the player that speaks it knows: a player
 says when its first frame went out (its status: ``playing NAME since T``) and sends the file in
 real time, so a stretch of speech found in the file at seconds s..e is spoken at T+s..T+e (this
-machine's clock, which the observing client shares). Per turn (a stretch of speech):
+machine's clock, which the observing client shares). Speech is what is audible, over -50 dBFS
+(``bench.audio.AUDIBLE_RMS``). Per turn (a stretch of speech):
 
 - TTFS: the arrival of the final that ends the turn minus the turn's true end;
 - Pipecat's TTFS (its stt-benchmark's "time to final segment"): the arrival of the turn's last
@@ -29,7 +30,9 @@ machine's clock, which the observing client shares). Per turn (a stretch of spee
 - split: a turn captioned as more than one final, as a reader shows them (a final that a later
   one replaced is not shown: docs/protocol.md, "Replacing finals");
 - revised: a turn of which a final was shown and then replaced by a longer one (posted at a
-  pause inside it, the sentence went on).
+  pause inside it, the sentence went on);
+- end error: the `end` of the final that ends the turn minus the turn's true end (where the
+  bot dated the end of the speech: docs/protocol.md, "transcript").
 
 A TTFS counts the first final to reach the turn's end: one posted early and later replaced by
 one that ends there too was on the screen from then.
@@ -61,7 +64,7 @@ import jiwer
 import numpy as np
 from whisper_normalizer.english import EnglishTextNormalizer
 
-from bench.audio import read_wav, speech_spans, through_opus, write_wav
+from bench.audio import AUDIBLE_RMS, read_wav, speech_spans, through_opus, write_wav
 from bench.live import KEY, Observer, add_bot, live_lobby, providers_ready, remove_bot, wait_for
 from bench.procstats import cpu_seconds
 from bench.tables import table
@@ -162,7 +165,8 @@ def truth_of(observer: Observer, name: str, path: Path, loop: bool = False) -> T
     sent_at = observer.sent_at(name)
     if sent_at is None:
         return None
-    return Truth(sent_at, speech_spans(read_wav(path)), duration(path) if loop else None)
+    return Truth(sent_at, speech_spans(read_wav(path), floor=AUDIBLE_RMS),
+                 duration(path) if loop else None)
 
 
 def latencies(observer: Observer, truths: dict[str, Truth]) -> dict[str, Any]:
@@ -174,19 +178,22 @@ def latencies(observer: Observer, truths: dict[str, Truth]) -> dict[str, Any]:
         if turn is not None:
             turns.setdefault((t.speaker_name, *turn), []).append((at, t))
     shown = {id(t) for t in observer.shown()}
-    ttfs, pipecat, first = [], [], []
+    ttfs, pipecat, first, placed = [], [], [], []
     for (_, start, end), finals in turns.items():
         # the first final to reach the turn's end (one posted early may be replaced later by
         # one ending there too: the reader saw the first)
         nearest = min(abs(t.end - end) for _, t in finals)
-        closing = min(at for at, t in finals if abs(t.end - end) <= nearest + 0.1)
+        closing, closer = min(((at, t) for at, t in finals if abs(t.end - end) <= nearest + 0.1),
+                              key=lambda f: f[0])
         ttfs.append(closing - end)
+        placed.append(closer.end - end)
         pipecat.append(max(at for at, _ in finals) - end)
         interims = [observer.first_interim[t.segment_id] for _, t in finals
                     if t.segment_id in observer.first_interim]
         if interims:
             first.append(min(interims) - start)
     return {"ttfs": ttfs, "pipecat": pipecat, "first_interim": first, "turns": len(turns),
+            "end_error": placed,
             "split": sum(sum(id(t) in shown for _, t in f) > 1 for f in turns.values()),
             "revised": sum(any(id(t) not in shown for _, t in f) for f in turns.values()),
             "bot_clock": observer.ttfs()}
@@ -485,7 +492,7 @@ async def main_async(args: argparse.Namespace) -> int:
     on_air: dict[str, Any] = {}
     model_rows: list[list[str]] = []
     rows = [["speakers", "finals", "TTFS p50", "TTFS p95", "TTFS p99", "1st interim p95",
-             "max lag", "skipped", "min finals/speaker"]]
+             "max lag", "skipped", "min finals/speaker", "|end error| p95"]]
     try:
         await providers_ready(server.url, {"transcriber", "player"})
         if not args.sweep_only and not args.models_only:
@@ -506,7 +513,9 @@ async def main_async(args: argparse.Namespace) -> int:
                          ["first interim (from the true start)",
                           *spread(on_air["first_interim"], 50, 95, 99)],
                          ["bot clock (arrival - the final's end)",
-                          *spread(on_air["bot_clock"], 50, 95, 99)]]), flush=True)
+                          *spread(on_air["bot_clock"], 50, 95, 99)],
+                         ["that final's end - the true end",
+                          *spread(on_air["end_error"], 50, 95, 99)]]), flush=True)
         if args.speakers:
             print(f"\n== (d) concurrency sweep: continuous speakers, {args.seconds:.0f} s each",
                   flush=True)
@@ -514,7 +523,8 @@ async def main_async(args: argparse.Namespace) -> int:
             r = await sweep(server.url, [*clips, *held_out], k, args.seconds, args.set)
             rows.append([str(k), str(r["finals"]), *spread(r["ttfs"], 50, 95, 99),
                          *spread(r["first_interim"], 95), f"{r['max_lag']:.1f}",
-                         str(r["skipped"]), str(r["min_finals_per_speaker"])])
+                         str(r["skipped"]), str(r["min_finals_per_speaker"]),
+                         *spread([abs(e) for e in r["end_error"]], 95)])
         if args.speakers:
             print(table(rows))
         if args.models and not args.sweep_only:

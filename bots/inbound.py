@@ -25,6 +25,7 @@ import asyncio
 import collections
 import logging
 import threading
+import time
 from typing import Any, cast
 
 import av
@@ -48,6 +49,48 @@ def check_batch(batch: int, max_frames: int) -> None:
         raise ValueError(f"a receive batch must be 1..{max_frames} frames, not {batch}")
 
 
+class ArrivalClock:
+    """When received audio would have arrived had nothing held it up, from its media
+    timestamps (a frame's ``pts``: aiortc's receiver maps the sender's RTP timestamps there).
+
+    A frame's arrival is its timestamp plus an offset: the sender's clock to ours, plus the
+    least time a frame takes to come. Anything more is delay — the network's jitter, a missing
+    packet waited for, this process's loop busy with other speakers — and a speaker's words
+    are dated by when they were said, not by when we got round to them. The offset is the
+    least seen over the last ``window`` seconds (a sender's clock drifts against ours, a route
+    changes); an offset more than ``jump`` seconds from it (the sender restarted its timestamps)
+    starts it afresh. Times are seconds on one clock of the caller's (``time.monotonic``)."""
+
+    def __init__(self, window: float = 10.0, jump: float = 1.0) -> None:
+        self.window, self.jump = window, jump
+        # (arrival, offset) of the arrivals that may yet be the least in the window: offsets
+        # increase from the front (the least) to the back (the latest)
+        self._least: collections.deque[tuple[float, float]] = collections.deque()
+
+    def observe(self, media: float, arrived: float) -> None:
+        """A frame whose timestamp is ``media`` seconds arrived at ``arrived``."""
+        offset, least = arrived - media, self._least
+        if least and abs(offset - least[0][1]) > self.jump:
+            least.clear()
+        while least and least[-1][1] >= offset:
+            least.pop()
+        least.append((arrived, offset))
+        while least[0][0] < arrived - self.window:
+            least.popleft()
+
+    def due(self, media: float) -> float | None:
+        """When a frame whose timestamp is ``media`` came, or would have, without delay; None
+        before any arrival was observed."""
+        return media + self._least[0][1] if self._least else None
+
+
+def media_time(frame: av.AudioFrame) -> float | None:
+    """A frame's timestamp in seconds, if it has one."""
+    if frame.pts is None or frame.time_base is None:
+        return None
+    return float(frame.pts * frame.time_base)
+
+
 class InboundAudio(MediaStreamTrack):
     """A received audio track; the oldest frame goes when ``max_frames`` are waiting.
 
@@ -66,6 +109,7 @@ class InboundAudio(MediaStreamTrack):
         self.max_frames, self.batch = max_frames, batch
         self.received = 0
         self.dropped = 0
+        self.clock = ArrivalClock()  # when frames came, noted as they come (before a read)
         # frames not yet read, in arrival order: decoded ones, then encoded (codec, JitterFrame)
         # pairs (or, without the hook, frames aiortc decoded)
         self._pending: collections.deque[Any] = collections.deque()
@@ -86,12 +130,22 @@ class InboundAudio(MediaStreamTrack):
             self._ended = True
         else:
             self.received += 1
+            self._note_arrival(item)
             if len(self._pending) + len(self._decoded) >= self.max_frames:
                 (self._decoded or self._pending).popleft()  # dropped before it is decoded
                 self.dropped += 1
             self._pending.append(item)
         if self._waiters and (self._ended or len(self._pending) >= self.batch):
             self._wake()
+
+    def _note_arrival(self, item: Any) -> None:
+        if isinstance(item, tuple):
+            codec, encoded = item
+            media: float | None = encoded.timestamp / codec.clockRate
+        else:
+            media = media_time(item)
+        if media is not None:
+            self.clock.observe(media, time.monotonic())
 
     def _wake(self) -> None:
         for waiter in self._waiters:

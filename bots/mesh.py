@@ -23,6 +23,7 @@ import collections
 import fractions
 import logging
 import re
+import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any, cast
@@ -71,7 +72,13 @@ class OutgoingAudio(MediaStreamTrack):
     """What a bot sends to one peer: silence until a source is set, then the source.
 
     Frames are converted to 48 kHz mono s16 (what aiortc's Opus encoder takes) and stamped
-    with one continuous clock, so switching sources never makes time jump.
+    with one clock, as RTP's timestamps should be: the time each frame goes out (its samples'
+    time), counted from the first. Within a source it advances by the samples sent; when one
+    source gives way to another (silence to a file, a file ending), it is set to the time
+    that really passed since the first frame, never back. A sender running behind (its loop
+    busy) skips what the old source still owed, and the new one starts from now: stamped
+    on, the clock would lag real time by that much, and a receiver that dates speech by its
+    timestamps (the transcriber) would put it that much too early.
     """
 
     kind = "audio"
@@ -83,11 +90,14 @@ class OutgoingAudio(MediaStreamTrack):
         self._converter = Converter("s16", "mono", SAMPLE_RATE)
         self._ready: collections.deque[av.AudioFrame] = collections.deque()
         self._pts = 0
+        self._started: float | None = None  # monotonic time of the first frame out
+        self._switched = False  # the source changed: the next frame out resets the clock
 
     def set_source(self, track: MediaStreamTrack | None) -> None:
         if track is None and self._source is not None:
             self._restart_silence()
         self._source = track
+        self._switched = True
 
     def _restart_silence(self) -> None:
         # the silence track paces itself from when it started: one left running while a
@@ -106,11 +116,18 @@ class OutgoingAudio(MediaStreamTrack):
                 except MediaStreamError:
                     self._source = None  # the source ended: back to silence
                     self._restart_silence()
+                    self._switched = True
             if frame is None:
                 frame = cast(av.AudioFrame, await self._silence.recv())
             frame.pts = None
             self._ready.extend(self._converter.convert(frame))
         out = self._ready.popleft()
+        now = time.monotonic()
+        if self._started is None:
+            self._started = now
+        elif self._switched:
+            self._pts = max(self._pts, round((now - self._started) * SAMPLE_RATE))
+        self._switched = False
         out.pts, out.time_base = self._pts, fractions.Fraction(1, SAMPLE_RATE)
         self._pts += out.samples
         return out

@@ -25,6 +25,7 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+import av
 import numpy as np
 from aiortc import MediaStreamTrack
 from aiortc.mediastreams import MediaStreamError
@@ -32,7 +33,7 @@ from aiortc.mediastreams import MediaStreamError
 from shared import protocol as p
 
 from .audio import SPEECH_RATE, SpeechResampler
-from .inbound import InboundAudio, recv_batch
+from .inbound import ArrivalClock, InboundAudio, media_time, recv_batch
 from .loop import hurry
 from .plugin import Peer
 from .stt import Recognition
@@ -113,10 +114,13 @@ class SpeakerStream:
         self._post_order = asyncio.Lock()  # FIFO: a speaker's finals are posted in order
         self._task: asyncio.Task[None] | None = None
         self._closed = False
+        # when the speaker's packets came, or would have without delay: their timestamps
+        # on our clock (an InboundAudio's notes each packet as it comes, before we read it)
+        self.clock = track.clock if isinstance(track, InboundAudio) else ArrivalClock()
         # (sample index, wall clock, monotonic clock) when the audio up to that index arrived,
         # about the last minute of it: a speaker's audio need not arrive in real time (a bot's
-        # sender catches up on silence in a burst when its file ends), so times come from
-        # when the samples came, not from how many have come since
+        # sender catches up on silence in a burst when its file ends, a lost packet leaves a
+        # gap), so times come from when the samples came, not from how many have come since
         self._arrivals: collections.deque[tuple[int, float, float]] = collections.deque(
             maxlen=3000)
 
@@ -145,7 +149,7 @@ class SpeakerStream:
         try:
             while not self._closed:
                 frames = await recv_batch(self.track)
-                arrived = time.time(), time.monotonic()  # before our own work on them
+                arrived = self._arrived(frames)
                 # scored together: one VAD call for the batch
                 samples = np.concatenate([self.resample(f) for f in frames])
                 utterances = self.segmenter.feed(samples)
@@ -161,6 +165,21 @@ class SpeakerStream:
         finally:
             hurry(self, False)
             self._task = None
+
+    def _arrived(self, frames: list[av.AudioFrame]) -> tuple[float, float]:
+        """When the last of ``frames`` came, wall clock and monotonic, had nothing held it
+        up (``ArrivalClock``): a loop busy with other speakers reads a packet late, and the
+        speech in it is dated by when it was said all the same."""
+        wall, mono = time.time(), time.monotonic()
+        media = media_time(frames[-1])
+        if media is None:
+            return wall, mono
+        if not isinstance(self.track, InboundAudio):  # which notes arrivals as they come
+            self.clock.observe(media, mono)
+        due = self.clock.due(media)
+        if due is None or due >= mono:
+            return wall, mono
+        return wall - (mono - due), due
 
     def _batch(self) -> int:
         """How many frames to read at a time: five while an utterance shows and its speaker

@@ -31,6 +31,9 @@ def test_transcribe_bench_smoke() -> None:
     honest = next(line for line in out.splitlines() if line.startswith("TTFS (the final ending"))
     assert 0 < float(honest.split()[-3]) < 5, honest
     assert "TTFS, Pipecat's (the turn's last final)" in out
+    # and that final is dated where the speech ends (docs/protocol.md: to about 10 ms)
+    placed = next(line for line in out.splitlines() if line.startswith("that final's end"))
+    assert abs(float(placed.split()[-3])) < 0.2, placed
     # the models table: a row for each model compared, or a note saying why there is none
     models = out.split("models side by side")[1].split("== against the targets")[0]
     for model in ("tiny.en", "base"):

@@ -412,6 +412,29 @@ async def test_outgoing_audio_stays_paced_when_a_source_ends() -> None:
     out.stop()
 
 
+async def test_outgoing_audio_is_stamped_with_the_time_that_passed_across_sources() -> None:
+    """A sender that fell behind (its loop was busy) when its source changed skips what the
+    silence still owed: the source's first frame is stamped with the time since the first
+    frame, not the samples sent, so a receiver dating speech by timestamps is not early."""
+    from bots.mesh import OutgoingAudio
+
+    out = OutgoingAudio()
+    first = await out.recv()
+    started = time.monotonic()
+    for _ in range(4):
+        await out.recv()
+    await asyncio.sleep(0.3)  # 15 frames of silence owed
+    out.set_source(_Finite(10))
+    frame = await out.recv()
+    elapsed = time.monotonic() - started
+    assert first.pts == 0
+    assert abs(frame.pts / 48_000 - elapsed) < 0.03, (frame.pts / 48_000, elapsed)
+    # within the source, by the samples sent
+    frames = [await out.recv() for _ in range(5)]
+    assert [f.pts - frame.pts for f in frames] == [960 * (i + 1) for i in range(5)]
+    out.stop()
+
+
 async def test_a_plugins_on_stop_error_is_logged_and_the_bot_still_stops(
         caplog: pytest.LogCaptureFixture) -> None:
     from bots.plugin import Bot

@@ -18,7 +18,7 @@ from aiortc.mediastreams import AudioStreamTrack, MediaStreamError
 from aiortc.rtp import RtpPacket
 
 from bots.audio import SampleBuffer
-from bots.inbound import AudioJitterBuffer, InboundAudio, recv_batch
+from bots.inbound import ArrivalClock, AudioJitterBuffer, InboundAudio, media_time, recv_batch
 from bots.loop import CoalescingSelector, hurry, loop_factory, promptly
 
 from .helpers import Sine
@@ -161,16 +161,50 @@ async def test_a_lost_packet_holds_up_the_stream_for_60_ms_not_320() -> None:
     rtp_receiver._handle_rtp_packet = lossy  # type: ignore[method-assign]
     try:
         track = await asyncio.wait_for(pending, 10)
-        arrived = []
+        arrived, dues, medias = [], [], []
         for _ in range(60):
-            await asyncio.wait_for(track.recv(), 5)
+            frame = await asyncio.wait_for(track.recv(), 5)
             arrived.append(time.monotonic())
+            media = media_time(frame)
+            assert media is not None
+            medias.append(media)
+            dues.append(track.clock.due(media))
         gaps = np.diff(arrived)
         assert seen >= 61  # the lost packet was among those these frames came after
         assert gaps.max() < 0.25, gaps.round(3)  # 0.06-0.08 s; aiortc's buffer: 0.32 s
+        # each frame is dated by when it would have come: those held up behind the lost one
+        # by their timestamps (on the clock of the others' arrivals), not by when they got
+        # through, and none later than it came
+        held = [a - due for a, due in zip(arrived, dues)]
+        assert min(held) >= -0.005, np.round(held, 3)
+        assert max(held) >= 0.035, np.round(held, 3)
+        # and the dates advance as the timestamps do (a lost frame's 20 ms among them)
+        assert (np.diff(dues) <= np.diff(medias) + 1e-6).all(), np.diff(dues).round(3)
     finally:
         await sender.close()
         await receiver.close()
+
+
+def test_the_arrival_clock_dates_held_up_frames_by_their_timestamps() -> None:
+    clock = ArrivalClock(window=10.0, jump=1.0)
+    assert clock.due(0.0) is None
+    # 20 ms frames that take 30 ms to come, give or take a few; then two held up 300 ms (a
+    # busy loop, a lost packet waited for), and a burst catching up
+    jitter = [0.003, 0.0, 0.005, 0.001, 0.002]
+    for n in range(50):
+        clock.observe(n * 0.02, n * 0.02 + 0.03 + jitter[n % 5])
+    assert clock.due(1.0) == pytest.approx(1.03)  # the least delay seen
+    clock.observe(1.0, 1.33)
+    clock.observe(1.02, 1.33)
+    assert clock.due(1.0) == pytest.approx(1.03) and clock.due(1.02) == pytest.approx(1.05)
+    # a sender whose clock runs slow against ours (100 ppm): the least delay of the last
+    # window stands, not one from long ago
+    for n in range(51, 2000):
+        clock.observe(n * 0.02, n * 0.02 * 1.0001 + 0.03)
+    assert clock.due(40.0) == pytest.approx(40.0 + 0.03 + 39.98 * 0.0001 - 10 * 0.0001, abs=1e-3)
+    # the sender starts its timestamps again: dated afresh at once, not 40 s late
+    clock.observe(0.0, 41.0)
+    assert clock.due(0.02) == pytest.approx(41.02)
 
 
 async def test_a_slow_reader_loses_the_oldest_frames_not_memory() -> None:

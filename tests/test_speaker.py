@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -34,14 +35,22 @@ def finals(lobby: FakeLobby) -> list[p.Transcript]:
     return [t for t in lobby.transcripts if isinstance(t, p.Transcript) and t.final]
 
 
-async def captions(path: Path, count: int, **config: object) -> FakeLobby:
-    """The file spoken in real time to a transcriber, until ``count`` finals came (and half a
-    second more, for any that should not come)."""
+def reads_whole(lobby: FakeLobby) -> bool:
+    """Whether the finals shown read all of speaker_a.wav."""
+    return wer(reference("speaker_a.wav"), " ".join(t.text for t in shown(lobby.transcripts))) \
+        <= WER_BOUND
+
+
+async def captions(path: Path, count: int, until: Callable[[FakeLobby], bool] | None = None,
+                   **config: object) -> FakeLobby:
+    """The file spoken in real time to a transcriber, until ``count`` finals came and
+    ``until`` holds (and half a second more, for any that should not come)."""
     lobby = FakeLobby()
     bot = TranscriberBot(lobby, TranscriberBot.Config.parse(config))
     await lobby.start(bot)
     await lobby.add_peer("Alice", RealtimeTrack(path))  # type: ignore[arg-type]
-    await wait_until(lambda: len(finals(lobby)) >= count, 40, f"{count} finals")
+    await wait_until(lambda: len(finals(lobby)) >= count and (until is None or until(lobby)),
+                     40, f"{count} finals")
     await asyncio.sleep(0.5)
     await lobby.stop()
     return lobby
@@ -49,19 +58,22 @@ async def captions(path: Path, count: int, **config: object) -> FakeLobby:
 
 async def test_a_sentence_that_goes_on_after_a_pause_is_captioned_whole(tmp_path: Path) -> None:
     """Half a second of pause: the first part is posted when the pause begins, and the final
-    of the whole replaces it; with ``join_ms`` 0 the two stay apart."""
+    of the whole replaces it; with ``join_ms`` 0 the two stay apart. (The comma inside the
+    first sentence is a pause too: its final goes out if it is recognized before the speech
+    resumes, which depends on the box's speed, and the first sentence's replaces it.)"""
     clip = paused(tmp_path, 0.5)
-    lobby = await captions(clip, 2)
+    lobby = await captions(clip, 2, reads_whole)
     posted, kept = finals(lobby), shown(lobby.transcripts)
-    assert len(posted) == 2 and posted[1].replaces == [posted[0].segment_id], posted
+    assert len(posted) in (2, 3), posted
+    assert all(b.replaces == [a.segment_id] for a, b in zip(posted, posted[1:])), posted
     assert len(kept) == 1 and abs(kept[0].start - posted[0].start) < 0.02
     assert wer(reference("speaker_a.wav"), kept[0].text) <= WER_BOUND, kept[0].text
-    assert wer(reference("speaker_a.wav").split(".")[0], posted[0].text) <= WER_BOUND
+    assert wer(reference("speaker_a.wav").split(".")[0], posted[-2].text) <= WER_BOUND
 
-    lobby = await captions(clip, 2, join_ms=0)
-    posted = finals(lobby)
-    assert len(posted) == 2 and not any(t.replaces for t in posted), posted
-    assert posted[1].start > posted[0].end
+    lobby = await captions(clip, 2, reads_whole, join_ms=0)
+    kept = shown(lobby.transcripts)
+    assert len(kept) == 2 and not kept[1].replaces, kept
+    assert kept[1].start > kept[0].end
 
 
 async def test_a_final_does_not_wait_for_the_silence_that_ends_the_utterance(

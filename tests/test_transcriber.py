@@ -431,17 +431,46 @@ class RealtimeTrack(FileTrack):
         return self.frames.pop(0)
 
 
-async def test_a_finals_start_and_end_are_where_its_speech_is() -> None:
+class HeldUpTrack(RealtimeTrack):
+    """``RealtimeTrack`` with timestamps (as aiortc's received frames have), but the frames
+    due in the half second around the end of each stretch of speech in ``spans`` are held up
+    and come 0.6 s after it, all at once: a network that held them, or a loop busy with other
+    speakers that got to them late."""
+
+    def __init__(self, path: Path, spans: list[tuple[float, float]]) -> None:
+        from fractions import Fraction
+
+        super().__init__(path)
+        for n, frame in enumerate(self.frames):
+            frame.pts, frame.time_base = n * 960, Fraction(1, 48000)
+        self.spans = spans
+
+    async def recv(self) -> Any:
+        due = (self.sent + 1) * 0.02
+        for _, end in self.spans:
+            if end - 0.2 <= due <= end + 0.3:
+                assert self.started is not None
+                await asyncio.sleep(max(0.0, self.started + end + 0.6 - time.time()))
+                self.sent += 1
+                return self.frames.pop(0)
+        return await super().recv()
+
+
+@pytest.mark.parametrize("held_up", [False, True], ids=["on-time", "held-up"])
+async def test_a_finals_start_and_end_are_where_its_speech_is(held_up: bool) -> None:
     """Against speech whose bounds the test knows (where the file's silence ends and begins
     again, to the 20 ms), a final's ``start`` and ``end`` are within 50 ms: the speech itself,
-    not the padding Whisper gets around it, on the clock of the audio's arrival."""
+    not the padding Whisper gets around it, on the clock of the audio's arrival — when it
+    would have come had nothing held it up (here, held up, the end of each sentence comes
+    0.6 s late: dated by when it was read, the finals were 0.6 s late)."""
     from bench.audio import read_wav, speech_spans
 
     lobby = FakeLobby()
     bot = TranscriberBot(lobby, TranscriberBot.Config.parse({}))
     await lobby.start(bot)
     truth = speech_spans(read_wav(DATA / "speaker_a.wav"), min_gap_s=0.35)
-    track = RealtimeTrack(DATA / "speaker_a.wav")
+    track = HeldUpTrack(DATA / "speaker_a.wav", truth) if held_up else \
+        RealtimeTrack(DATA / "speaker_a.wav")
     await lobby.add_peer("Alice", track)  # type: ignore[arg-type]
 
     def errors() -> list[tuple[float, float]]:
