@@ -169,13 +169,16 @@ def truth_of(observer: Observer, name: str, path: Path, loop: bool = False) -> T
                  duration(path) if loop else None)
 
 
-def latencies(observer: Observer, truths: dict[str, Truth]) -> dict[str, Any]:
-    """The latencies of the module's docstring, each a list over turns."""
+def latencies(observer: Observer, truths: dict[str, Truth],
+              until: float = math.inf) -> dict[str, Any]:
+    """The latencies of the module's docstring, each a list over turns: those whose speech
+    ended by ``until`` (a turn cut off when the measurement stopped has only the finals of
+    its first part, which came before its true end)."""
     turns: dict[tuple[str, float, float], list[tuple[float, Any]]] = {}
     for at, t in observer.finals:
         truth = truths.get(t.speaker_name)
         turn = truth.turn_of(t.start, t.end) if truth is not None else None
-        if turn is not None:
+        if turn is not None and turn[1] <= until:
             turns.setdefault((t.speaker_name, *turn), []).append((at, t))
     shown = {id(t) for t in observer.shown()}
     ttfs, pipecat, first, placed = [], [], [], []
@@ -403,6 +406,10 @@ async def live(url: str, clips: list[Clip], transcriber_pid: int, model: str = "
             "cpu_per_stream": cpu / max(audio_s, 1e-9), "audio_s": audio_s}
 
 
+# after a sweep step, how long the finals of the turns that ended in it are waited for
+SETTLE_S = 3.0
+
+
 async def sweep(url: str, clips: list[Clip], speakers: int, seconds: float,
                 settings: dict[str, Any] | None = None) -> dict[str, Any]:
     """``speakers`` players talking at once, continuously (looping), for ``seconds``."""
@@ -427,6 +434,9 @@ async def sweep(url: str, clips: list[Clip], speakers: int, seconds: float,
             print(f"  (only {talking()} of {speakers} talkers started; measuring anyway)")
         observer.finals.clear()
         await asyncio.sleep(seconds)
+        # the turns that ended by now count; their finals may still be on their way
+        until = time.time()
+        await asyncio.sleep(SETTLE_S)
         lag = [float(m.group(1)) for s in observer.statuses if s.status == "lagging"
                and (m := re.match(r"([0-9.]+) s behind", s.detail))]
         skipped = max([int(m.group(1)) for s in observer.statuses
@@ -439,7 +449,8 @@ async def sweep(url: str, clips: list[Clip], speakers: int, seconds: float,
     per_speaker: dict[str, int] = {}
     for t in observer.shown():
         per_speaker[t.speaker_name] = per_speaker.get(t.speaker_name, 0) + 1
-    return {"speakers": speakers, "finals": len(observer.shown()), **latencies(observer, truths),
+    return {"speakers": speakers, "finals": len(observer.shown()),
+            **latencies(observer, truths, until),
             "max_lag": max(lag, default=0.0), "skipped": skipped,
             "min_finals_per_speaker": min(per_speaker.values(), default=0)
             if len(per_speaker) == speakers else 0}

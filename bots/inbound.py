@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import math
 import threading
 import time
 from typing import Any, cast
@@ -56,22 +57,27 @@ class ArrivalClock:
     A frame's arrival is its timestamp plus an offset: the sender's clock to ours, plus the
     least time a frame takes to come. Anything more is delay — the network's jitter, a missing
     packet waited for, this process's loop busy with other speakers — and a speaker's words
-    are dated by when they were said, not by when we got round to them. The offset is the
-    least seen over the last ``window`` seconds (a sender's clock drifts against ours, a route
-    changes); an offset more than ``jump`` seconds from it (the sender restarted its timestamps)
-    starts it afresh. Times are seconds on one clock of the caller's (``time.monotonic``)."""
+    are dated by when they were said, not by when we got round to them, however late that
+    was. The offset is the least seen over the last ``window`` seconds (a sender's clock
+    drifts against ours, a route changes); timestamps that go back (the sender started its
+    clock again) start it afresh. aiortc's receiver never hands back a timestamp that goes
+    back (it takes one for a wrap of the 32-bit counter), so a restart there is a leap
+    forward, and its lower offset takes over at once. Times are seconds on one clock of the
+    caller's (``time.monotonic``)."""
 
-    def __init__(self, window: float = 10.0, jump: float = 1.0) -> None:
-        self.window, self.jump = window, jump
+    def __init__(self, window: float = 10.0) -> None:
+        self.window = window
         # (arrival, offset) of the arrivals that may yet be the least in the window: offsets
         # increase from the front (the least) to the back (the latest)
         self._least: collections.deque[tuple[float, float]] = collections.deque()
+        self._last = -math.inf  # the latest timestamp
 
     def observe(self, media: float, arrived: float) -> None:
-        """A frame whose timestamp is ``media`` seconds arrived at ``arrived``."""
+        """A frame whose timestamp is ``media`` arrived at ``arrived``."""
         offset, least = arrived - media, self._least
-        if least and abs(offset - least[0][1]) > self.jump:
+        if media < self._last:
             least.clear()
+        self._last = media
         while least and least[-1][1] >= offset:
             least.pop()
         least.append((arrived, offset))
