@@ -27,25 +27,28 @@ def write_wav(path: Path, samples: np.ndarray) -> Path:
 
 
 def through_opus(samples: np.ndarray) -> np.ndarray:
-    """``samples`` as a bot receives them from a peer that sends them with aiortc: 48 kHz
-    stereo, Opus at aiortc's settings (96 kbit/s, ``voip``), decoded, and back to 16 kHz mono
-    (a few ms later: the codec's look-ahead). What Whisper reads live, for an offline baseline
-    on the same audio."""
+    """``samples`` as a bot receives them from a peer that sends them with aiortc: 48 kHz,
+    the same in both channels (``bots.mesh.dual_mono``), Opus at aiortc's settings (96 kbit/s,
+    ``voip``), decoded, and back to 16 kHz mono (``bots.audio.SpeechResampler``; a few ms
+    later: the codec's look-ahead). What Whisper reads live, for an offline baseline on the
+    same audio."""
     import av  # PyAV: aiortc's own codec library
+
+    from bots.audio import SpeechResampler
+    from bots.mesh import dual_mono
 
     encoder = av.CodecContext.create("libopus", "w")
     encoder.sample_rate, encoder.layout, encoder.format = 48000, "stereo", "s16"
     encoder.bit_rate, encoder.options = 96000, {"application": "voip"}
     decoder = av.CodecContext.create("opus", "r")
     decoder.sample_rate, decoder.layout = 48000, "stereo"
-    up = av.AudioResampler(format="s16", layout="stereo", rate=48000)
-    down = av.AudioResampler(format="flt", layout="mono", rate=RATE)
+    up = av.AudioResampler(format="flt", layout="mono", rate=48000)
+    down = SpeechResampler()
     out: list[np.ndarray] = []
 
     def receive(packets: list[av.Packet]) -> None:
         for packet in packets:
-            for decoded in decoder.decode(packet):
-                out.extend(f.to_ndarray().reshape(-1) for f in down.resample(decoded))
+            out.extend(down(decoded) for decoded in decoder.decode(packet))
 
     frame = RATE // 50  # 20 ms, as aiortc sends
     pcm = (np.clip(samples, -1, 1) * 32767).astype(np.int16)
@@ -54,7 +57,9 @@ def through_opus(samples: np.ndarray) -> np.ndarray:
         chunk = av.AudioFrame.from_ndarray(pcm[None, at:at + frame], format="s16", layout="mono")
         chunk.sample_rate, chunk.pts = RATE, at
         for loud in up.resample(chunk):
-            receive(encoder.encode(loud))
+            both = dual_mono(loud)
+            both.pts = loud.pts
+            receive(encoder.encode(both))
     receive(encoder.encode(None))  # what the encoder still holds
     return np.concatenate(out).astype(np.float32) if out else np.zeros(0, np.float32)
 

@@ -28,18 +28,32 @@ class Converter:
         return resampler.resample(frame)
 
 
+# a stereo frame's two channels, summed at this gain each (PyAV's downmix), averaged
+HALF_POWER = float(np.sqrt(0.5))
+
+
 class SpeechResampler:
-    """aiortc frames (48 kHz Opus-decoded, any layout) → 16 kHz mono float32 samples."""
+    """aiortc frames (48 kHz Opus-decoded, mono or stereo) → 16 kHz mono float32 samples, at
+    the level the speaker sent them: the two channels of a stereo frame are averaged.
+
+    A WebRTC speaker's audio is mono, in both channels: Opus decodes a mono stream (a
+    browser's microphone) into both, and a bot sends the same in both (``bots/mesh.py``
+    ``OutgoingAudio``). PyAV's own downmix adds the channels at -3 dB each, which put every
+    browser's speech 3 dB above what it sent (bench/README.md, session 14)."""
 
     def __init__(self) -> None:
         self._converter = Converter("flt", "mono", SPEECH_RATE)
 
     def __call__(self, frame: av.AudioFrame) -> np.ndarray:
         frame.pts = None  # we keep our own sample clock; input timestamps may jump
+        stereo = len(frame.layout.channels) == 2
         out = [f.to_ndarray().reshape(-1) for f in self._converter.convert(frame)]
         if not out:
             return np.zeros(0, dtype=np.float32)
-        return out[0] if len(out) == 1 else np.concatenate(out)
+        samples = out[0] if len(out) == 1 else np.concatenate(out)
+        if stereo:
+            samples = np.multiply(samples, HALF_POWER, dtype=np.float32)
+        return samples
 
 
 class SampleBuffer:

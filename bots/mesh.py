@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any, cast
 
 import av
+import numpy as np
 from aiortc import (MediaStreamTrack, RTCConfiguration, RTCIceCandidate, RTCIceServer,
                     RTCPeerConnection, RTCSessionDescription)
 from aiortc.contrib.media import MediaRelay
@@ -68,10 +69,21 @@ def selected_path(pc: RTCPeerConnection) -> tuple[str, str] | None:
     return None
 
 
+def dual_mono(frame: av.AudioFrame) -> av.AudioFrame:
+    """A mono float frame as 16-bit stereo with the samples in both channels: what a mono
+    Opus stream (a browser's microphone) decodes to, so a receiver that averages the channels
+    (``bots/audio.py`` ``SpeechResampler``) hears a bot at the level of its source. aiortc's
+    encoder would upmix mono at -3 dB a channel."""
+    pcm = (np.clip(frame.to_ndarray().reshape(-1), -1, 1) * 32767).astype(np.int16)
+    out = av.AudioFrame.from_ndarray(np.repeat(pcm, 2)[None], format="s16", layout="stereo")
+    out.sample_rate = frame.sample_rate
+    return out
+
+
 class OutgoingAudio(MediaStreamTrack):
     """What a bot sends to one peer: silence until a source is set, then the source.
 
-    Frames are converted to 48 kHz mono s16 (what aiortc's Opus encoder takes) and stamped
+    Frames are converted to 48 kHz s16, mono in both channels (``dual_mono``), and stamped
     with one clock, as RTP's timestamps should be: the time each frame goes out (its samples'
     time), counted from the first. Within a source it advances by the samples sent; when one
     source gives way to another (silence to a file, a file ending), it is set to the time
@@ -87,7 +99,10 @@ class OutgoingAudio(MediaStreamTrack):
         super().__init__()
         self._source: MediaStreamTrack | None = None
         self._silence = AudioStreamTrack()
-        self._converter = Converter("s16", "mono", SAMPLE_RATE)
+        # float: PyAV's downmix to 16-bit scales a stereo source down to keep clear of
+        # clipping, and a mono file played (aiortc's MediaPlayer: stereo, -3 dB each) went
+        # out 3 dB quieter than it is
+        self._converter = Converter("flt", "mono", SAMPLE_RATE)
         self._ready: collections.deque[av.AudioFrame] = collections.deque()
         self._pts = 0
         self._started: float | None = None  # monotonic time of the first frame out
@@ -120,7 +135,7 @@ class OutgoingAudio(MediaStreamTrack):
             if frame is None:
                 frame = cast(av.AudioFrame, await self._silence.recv())
             frame.pts = None
-            self._ready.extend(self._converter.convert(frame))
+            self._ready.extend(map(dual_mono, self._converter.convert(frame)))
         out = self._ready.popleft()
         now = time.monotonic()
         if self._started is None:

@@ -8,20 +8,26 @@ import random
 import socket
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import av
 import numpy as np
 import pytest
 from aiortc import RTCConfiguration, RTCPeerConnection
+from aiortc.codecs.opus import OpusDecoder
+from aiortc.contrib.media import MediaPlayer
+from aiortc.jitterbuffer import JitterFrame
 from aiortc.mediastreams import AudioStreamTrack, MediaStreamError
 from aiortc.rtp import RtpPacket
 
-from bots.audio import SampleBuffer
+from bots.audio import SampleBuffer, SpeechResampler
 from bots.inbound import ArrivalClock, AudioJitterBuffer, InboundAudio, media_time, recv_batch
 from bots.loop import CoalescingSelector, hurry, loop_factory, promptly
+from bots.mesh import OutgoingAudio
 
 from .helpers import Sine
+from .speech import write_wav
 
 
 class ToneThenQuiet(Sine):
@@ -91,6 +97,58 @@ async def test_inbound_audio_decodes_on_the_loop_in_batches() -> None:
         for _ in range(100):
             await asyncio.wait_for(track.recv(), 5)
     assert decoder_threads() == threads_before
+
+
+TONE = 0.3 * np.sin(2 * np.pi * 440 * np.arange(3 * 16_000) / 16_000)  # RMS 0.212
+
+
+def rms(samples: np.ndarray) -> float:
+    return float(np.sqrt(np.mean(np.square(samples, dtype=np.float64))))
+
+
+async def test_a_bot_playing_a_file_is_heard_at_the_files_level(tmp_path: Path) -> None:
+    """A mono file, played as a bot plays it (aiortc's MediaPlayer, which makes it stereo at
+    -3 dB a channel, then OutgoingAudio), over a real connection, reaches the transcriber's
+    input (SpeechResampler) at the level it has in the file: it was 3 dB quieter."""
+    player = MediaPlayer(str(write_wav(tmp_path / "tone.wav", TONE)))
+    out = OutgoingAudio()
+    out.set_source(player.audio)
+    sender, receiver, pending = await connected_pair(max_frames=50, batch=5, source=out)
+    try:
+        track = await asyncio.wait_for(pending, 10)
+        resample = SpeechResampler()
+        heard: list[np.ndarray] = []
+        while sum(map(len, heard)) < 32_000:  # 2 s
+            heard.extend(resample(f) for f in await asyncio.wait_for(recv_batch(track), 10))
+        samples = np.concatenate(heard)
+        tone = samples[np.abs(samples) > 0.01]  # the file, without the silence before it
+        assert len(tone) > 8_000
+        assert 0.94 < rms(tone[1_600:]) / rms(TONE) < 1.06  # within 0.5 dB
+    finally:
+        out.stop()
+        await sender.close()
+        await receiver.close()
+
+
+def test_a_mono_opus_stream_is_heard_at_its_level() -> None:
+    """A browser sends its microphone as mono Opus; aiortc decodes it into both channels.
+    The transcriber's input averages them: the level sent, not 3 dB above it."""
+    encoder = av.CodecContext.create("libopus", "w")
+    encoder.sample_rate, encoder.layout, encoder.format = 48_000, "mono", "s16"
+    decoder, resample = OpusDecoder(), SpeechResampler()
+    tone = 0.3 * np.sin(2 * np.pi * 440 * np.arange(48_000) / 48_000)
+    pcm = (tone * 32767).astype(np.int16)
+    heard = []
+    for at in range(0, len(pcm), 960):
+        frame = av.AudioFrame.from_ndarray(pcm[None, at:at + 960], format="s16", layout="mono")
+        frame.sample_rate, frame.pts = 48_000, at
+        for packet in encoder.encode(frame):
+            assert not bytes(packet)[0] & 0b100  # the TOC byte: coded as mono
+            for decoded in decoder.decode(JitterFrame(data=bytes(packet), timestamp=at)):
+                assert len(decoded.layout.channels) == 2
+                heard.append(resample(decoded))
+    samples = np.concatenate(heard)[1_600:]
+    assert 0.94 < rms(samples) / rms(tone) < 1.06
 
 
 def test_an_audio_packet_leaves_the_jitter_buffer_as_it_arrives_in_order() -> None:
