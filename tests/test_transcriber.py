@@ -269,17 +269,14 @@ class FileTrack:
     def __init__(self, path: Path, pace: float = 0.004) -> None:
         import av
 
+        from bots.mesh import dual_mono
+
         self.frames = []
         with av.open(str(path)) as container:
-            resampler = av.AudioResampler(format="s16", layout="mono", rate=48000,
+            resampler = av.AudioResampler(format="flt", layout="mono", rate=48000,
                                           frame_size=960)
             for frame in container.decode(audio=0):
-                for mono in resampler.resample(frame):
-                    both = av.AudioFrame.from_ndarray(
-                        np.repeat(mono.to_ndarray().reshape(-1), 2)[None], format="s16",
-                        layout="stereo")
-                    both.sample_rate = 48000
-                    self.frames.append(both)
+                self.frames += map(dual_mono, resampler.resample(frame))
         silence = np.zeros((1, 960 * 2), dtype=np.int16)
         for _ in range(60):  # 1.2 s of silence closes the last utterance
             f = av.AudioFrame.from_ndarray(silence, format="s16", layout="stereo")
