@@ -135,6 +135,39 @@ def test_languages_bench_smoke() -> None:
     assert re.fullmatch(r"\d+/\d+", live[-2]) and float(live[-1].split("/")[0]) > 0, live
 
 
+@pytest.mark.timeout(300)
+def test_cuts_bench_smoke() -> None:
+    out = run_bench("bench.cuts")
+    header, row = out.split("== tiny.en WER through Opus")[1].splitlines()[1:3]
+    assert header.split()[:3] == ["set", "words", "finals"], out
+    cells = row.split("  ")
+    cells = [c.strip() for c in cells if c.strip()]
+    # the transcriber's cutter finds each of the fixture's 8 sentences as one final
+    assert cells[:3] == ["english_hard.wav", "71", "8–8 / 8"], cells
+    for cell in cells[3:7]:  # four readings, each a word error rate in percent
+        mean = float(cell.split()[0])
+        assert 0 < mean < 60, cells
+    assert all(float(ms) > 0 for ms in cells[7].split(", ")), cells
+
+
+def test_the_cuts_join_speech_that_resumes_as_the_transcriber_joins_it() -> None:
+    """``bench.cuts.cuts``: a pause shorter than ``join_ms`` (800 ms) leaves one final, its
+    audio both stretches of speech; a longer one, two."""
+    import numpy as np
+
+    from bench.audio import RATE, read_wav
+    from bench.cuts import cuts
+
+    said = read_wav(ROOT / "tests" / "data" / "short.wav")  # speech from 0.6 s to 2.7 s
+    head, tail = said[:int(2.8 * RATE)], said[int(0.5 * RATE):]
+    for pause_s, finals in ((0.6, 1), (1.4, 2)):  # silence between the two: 0.2 s + the gap
+        stream = np.concatenate([head, np.zeros(int((pause_s - 0.2) * RATE), np.float32), tail])
+        found = cuts(stream)
+        assert len(found) == finals, (pause_s, found)
+        assert sum(len(c.audio) for c in found) > 2 * 2.0 * RATE  # all the speech, read
+        assert found[-1].end > len(stream) - 1.0 * RATE
+
+
 def test_the_offline_baseline_on_received_audio_goes_through_opus() -> None:
     """``bench.audio.through_opus`` (section (e)'s "via Opus" column): the same speech, as
     loud and in step to within the codec's look-ahead, but not the same samples."""
