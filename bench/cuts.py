@@ -1,7 +1,7 @@
 """Whole file or one sentence at a time: what each costs tiny.en in errors, set by set.
 
-    python -m bench.cuts              # about 15 minutes on 2 cores
-    python -m bench.cuts --smoke      # english_hard.wav at one phase: a minute
+    python -m bench.cuts              # 13 minutes on 2 cores
+    python -m bench.cuts --smoke      # english_hard.wav at one phase: 10 seconds
 
 The live path reads each sentence alone; offline Whisper (bench.transcribe's baseline) reads a
 whole file, 30 s at a time, each sentence after the ones before it. This prints what that
