@@ -31,7 +31,6 @@ noise (seven times its words), and the same sentences clean, one voice at a time
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import tempfile
@@ -47,9 +46,7 @@ from bench import transcribe as bt
 from bench.audio import RATE, read_wav, through_opus
 from bench.tables import table
 
-DATA = Path(__file__).resolve().parents[1] / "tests" / "data"
 FRAME = RATE // 50  # 20 ms, as a peer sends
-JOIN_MS = 800  # the transcriber's join_ms
 LATER_S = 0.3  # the whole file's second reading: this much more silence first
 
 
@@ -63,11 +60,14 @@ class Cut:
     audio: np.ndarray
 
 
-def cuts(stream: np.ndarray, join_ms: int = JOIN_MS) -> list[Cut]:
+def cuts(stream: np.ndarray, join_ms: int | None = None) -> list[Cut]:
     """The finals the transcriber would read in ``stream``, each continuation replacing the
     final it continues (bots/speaker.py ``_continues``, with a speaker who is never behind)."""
+    from bots.transcriber import TranscriberConfig
     from bots.vad import Segmenter, VadConfig
 
+    if join_ms is None:
+        join_ms = TranscriberConfig().join_ms  # the transcriber's default
     segmenter = Segmenter(VadConfig())
     out: list[Cut] = []
     last: tuple[int, int, int] | None = None  # (utterance index, speech end, end) of out[-1]
@@ -131,9 +131,9 @@ class Set:
 
 
 def sets(smoke: bool, workdir: Path) -> Iterator[Set]:
-    utterances = json.loads((DATA / "fixtures.json").read_text())
     for name in ("english_hard.wav",) if smoke else ("english_hard.wav", "english_noisy.wav"):
-        yield Set(name, through_opus(read_wav(DATA / name)), utterances[name]["utterances"])
+        clip = bt.fixture(name)
+        yield Set(name, through_opus(read_wav(clip.path)), clip.utterances)
     if smoke:
         return
     noisy = bt.noisy_held_out(workdir)
