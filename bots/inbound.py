@@ -45,6 +45,9 @@ _JITTER = "_RTCRtpReceiver__jitter_buffer"
 _TIMESTAMPS = "_RTCRtpReceiver__timestamp_mapper"
 
 
+MAX_FRAMES = 100  # received frames a track holds for a bot that reads slowly (2 s)
+
+
 def check_batch(batch: int, max_frames: int) -> None:
     if not 1 <= batch <= max_frames:
         raise ValueError(f"a receive batch must be 1..{max_frames} frames, not {batch}")

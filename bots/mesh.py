@@ -41,7 +41,7 @@ from shared.client import SignalingClient
 from shared.tasks import TaskSet
 
 from .audio import Converter
-from .inbound import InboundAudio, check_batch
+from .inbound import MAX_FRAMES, InboundAudio, check_batch
 from .plugin import Peer
 
 log = logging.getLogger(__name__)
@@ -179,10 +179,11 @@ class Mesh:
 
     def __init__(self, client: SignalingClient, lobby_id: str, *, sends_audio: bool,
                  on_track: TrackHandler, on_peer_connected: PeerHandler,
-                 on_peer_left: PeerHandler, max_frames: int = 100,
+                 on_peer_left: PeerHandler, max_frames: int = MAX_FRAMES,
                  receives_audio: bool = True, receive_batch: int = 1,
                  decode_on_loop: bool = True,
-                 on_paths: Callable[[], None] | None = None) -> None:
+                 on_paths: Callable[[], None] | None = None,
+                 hook_label: str = "bot hook") -> None:
         self.client = client
         self.lobby_id = lobby_id
         self.sends_audio = sends_audio
@@ -199,7 +200,7 @@ class Mesh:
         self.ice_failures = 0  # connections that failed, since the start
         self._relay = MediaRelay()
         self._source: MediaStreamTrack | None = None
-        self._tasks = TaskSet(log, "bot hook")
+        self._tasks = TaskSet(log, hook_label)  # what a failing handler is logged as
         self._closed = False
         for type_, handler in ((p.MessageType.PEER_ADDED, self._peer_added),
                                (p.MessageType.PEER_REMOVED, self._peer_removed),
@@ -345,7 +346,7 @@ class Mesh:
             inbound = InboundAudio(receiver, self.max_frames, self.receive_batch,
                                    self.decode_on_loop)
             link.tracks.append(inbound)
-            self._tasks.spawn(self._on_track(peer, inbound))
+            self._tasks.spawn(self._on_track(peer, inbound), "on_track")
 
         @pc.on("connectionstatechange")
         async def on_state() -> None:
@@ -356,7 +357,7 @@ class Mesh:
                 link.path = selected_path(pc)
                 log.info("connected to %s (%s to %s)", peer.session_id, *link.path or ("?", "?"))
                 self._on_paths()
-                self._tasks.spawn(self._on_peer_connected(peer))
+                self._tasks.spawn(self._on_peer_connected(peer), "on_peer_connected")
             elif pc.connectionState == "failed":
                 self.ice_failures += 1
                 if link.restarts >= MAX_RESTARTS:  # the peer's own restart or removal will do
@@ -381,7 +382,7 @@ class Mesh:
         if link.path is not None:
             self._on_paths()
         if left:
-            self._tasks.spawn(self._on_peer_left(link.peer))
+            self._tasks.spawn(self._on_peer_left(link.peer), "on_peer_left")
 
     async def close(self) -> None:
         self._closed = True

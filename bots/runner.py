@@ -1,14 +1,17 @@
 """Runs one bot instance: its own signaling session, its mesh, and the plugin's hooks.
 
-An exception in a hook is logged and reported as the bot's status; it never reaches the
-provider. The instance lives until it is stopped or its session is refused.
+Every hook call is a task of the runner's (the mesh's for peer hooks), never awaited by the
+signaling client's reader: a hook that awaits a request (``post_chat`` in ``on_chat``) would
+otherwise hold up the very reply it waits for. An exception in a hook is logged with the
+plugin's name; a bot that can't start is reported ``failed``. Nothing reaches the provider.
+The instance lives until it is stopped or its session is refused.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from aiortc import MediaStreamTrack
@@ -17,7 +20,9 @@ from shared import protocol as p
 from shared.client import SignalingClient
 from shared.config import ClientConfig
 from shared.errors import SessionEnded
+from shared.tasks import TaskSet
 
+from .captions import CaptionReader
 from .mesh import Mesh
 from .plugin import Bot, BotConfig, InvalidConfig, LobbyAccess, Peer
 
@@ -48,6 +53,12 @@ class BotRunner(LobbyAccess):
         # peer hooks wait for on_joined: a bot may still be loading (a model, say) when the
         # first peer's audio arrives
         self._joined = asyncio.Event()
+        self._hooks = TaskSet(log, f"bot plugin {cls.kind!r} ({self.bot_id}) hook")
+        self._captions = CaptionReader(interims=cls.interims)
+        # messages up to this id were in the lobby before the bot joined (history), or were
+        # handed over already: a replay after a reconnect brings only newer ones to the hooks
+        self._newest = 0
+        self._live = False  # the join is answered: messages from now on are the bot's
 
     # --- LobbyAccess --------------------------------------------------------------------------
 
@@ -93,13 +104,16 @@ class BotRunner(LobbyAccess):
         self.mesh = Mesh(self.client, self.lobby_id, sends_audio=self.cls.sends_audio,
                          on_track=self._track, on_peer_connected=self._peer_connected,
                          on_peer_left=self._peer_left, receives_audio=self.cls.listens(),
-                         receive_batch=self.cls.receive_batch, on_paths=self._send_status)
-        self.client.on(p.MessageType.CHAT, self._chat)
+                         receive_batch=self.cls.receive_batch, on_paths=self._send_status,
+                         hook_label=f"bot plugin {self.cls.kind!r} ({self.bot_id}) hook")
+        self.client.on(p.MessageType.CHAT, self._message)
+        self.client.on(p.MessageType.TRANSCRIPT, self._message)
         self.client.on(p.MessageType.LOBBY_STATE, self._roster)
         try:
             await self.client.start(wait=30)
             self.session_id = self.client.session_id or ""
             await self.client.join(lobby_id=self.lobby_id)
+            self._live = True
             await bot.on_joined()
             self._joined.set()
             if self.status == "starting":
@@ -116,6 +130,7 @@ class BotRunner(LobbyAccess):
             await self._shutdown()
 
     async def _shutdown(self) -> None:
+        await self._hooks.close()
         if self.bot is not None:
             try:
                 await asyncio.wait_for(self.bot.on_stop(), 5)
@@ -125,10 +140,33 @@ class BotRunner(LobbyAccess):
             await self.mesh.close()
         await self.client.close(drain=1.0)
 
-    async def _chat(self, msg: p.Message) -> None:
-        assert isinstance(msg, p.Chat)
-        if msg.lobby_id == self.lobby_id and self.bot is not None and self._joined.is_set():
-            await self.bot.on_chat(msg)
+    def _message(self, msg: p.Message) -> None:
+        """A chat message or transcript: handed to its hook as a task, if it is the bot's."""
+        assert isinstance(msg, (p.Chat, p.Transcript))
+        if msg.lobby_id != self.lobby_id or self.bot is None:
+            return
+        if msg.message_id is not None:  # stored: ids grow, so an old one is history or a replay
+            if msg.message_id <= self._newest:
+                return
+            self._newest = msg.message_id
+        if not self._live:
+            return
+        if isinstance(msg, p.Chat):
+            self._spawn("on_chat", self.bot.on_chat(msg))
+        elif (caption := self._captions.read(msg, self._members)) is not None:
+            self._spawn("on_transcript", self.bot.on_transcript(caption))
+
+    def _spawn(self, name: str, hook: Coroutine[Any, Any, None]) -> None:
+        async def after_joined() -> None:
+            try:
+                # its waiters wake in order: hooks start in the order their events came
+                await self._joined.wait()
+            except asyncio.CancelledError:
+                hook.close()  # stopped before it started
+                raise
+            await hook
+
+        self._hooks.spawn(after_joined(), name)
 
     async def _track(self, peer: Peer, track: MediaStreamTrack) -> None:
         await self._joined.wait()

@@ -7,14 +7,17 @@
     assert lobby.chat == ["hi"]
 
 It implements the same ``LobbyAccess`` a bot gets in a real lobby, and drives the bot's hooks
-the way the runner does.
+the way the runner does, except that each hook is awaited to its end before the call that
+caused it returns, so a test sees its effects at once. ``check_plugin(cls)`` runs the checks
+a provider runs before it offers a plugin.
 """
 
 from __future__ import annotations
 
 import itertools
 import threading
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -22,8 +25,11 @@ from aiortc import MediaStreamTrack
 
 from shared import protocol as p
 
-from .plugin import Bot, LobbyAccess, Peer
+from .captions import CaptionReader
+from .plugin import Bot, LobbyAccess, Peer, check_plugin
 from .stt import STT, Recognition
+
+__all__ = ["FakeLobby", "ScriptedSTT", "check_plugin"]  # check_plugin: what discovery checks
 
 
 class FakeLobby(LobbyAccess):
@@ -39,6 +45,7 @@ class FakeLobby(LobbyAccess):
         self.bot: Bot[Any] | None = None
         self._peers: dict[str, Peer] = {}
         self._ids = itertools.count(1)
+        self._captions = CaptionReader()
 
     # --- what the bot sees ---------------------------------------------------------------------
 
@@ -65,6 +72,7 @@ class FakeLobby(LobbyAccess):
 
     async def start(self, bot: Bot[Any]) -> None:
         self.bot = bot
+        self._captions = CaptionReader(interims=bot.interims)
         await bot.on_joined()
 
     async def add_peer(self, name: str, track: MediaStreamTrack | None = None,
@@ -90,6 +98,27 @@ class FakeLobby(LobbyAccess):
         session_id = peer.session_id if peer else f"peer-{next(self._ids)}"
         await self.bot.on_chat(p.Chat(lobby_id=self.lobby_id, text=text, session_id=session_id,
                                       name=name, message_id=next(self._ids)))
+
+    async def caption(self, name: str, text: str, *, final: bool = True,
+                      replaces: Sequence[str] = (), segment_id: str | None = None,
+                      duration: float = 1.0) -> str:
+        """A transcriber's caption of ``name`` (a peer, added if unknown) saying ``text``;
+        ``replaces`` are the segment ids of earlier finals it takes the place of. Returns its
+        segment id. An interim reaches only a bot with ``interims = True``."""
+        assert self.bot is not None, "call start(bot) first"
+        peer = next((x for x in self._peers.values() if x.name == name), None)
+        if peer is None:
+            peer = await self.add_peer(name)
+        segment = segment_id or f"seg-{next(self._ids)}"
+        now = time.time()
+        msg = p.Transcript(lobby_id=self.lobby_id, segment_id=segment,
+                           speaker_id=peer.session_id, speaker_name=name, text=text,
+                           final=final, start=now - duration, end=now, bot_id="transcriber",
+                           replaces=list(replaces))
+        caption = self._captions.read(msg, self._peers)
+        if caption is not None:
+            await self.bot.on_transcript(caption)
+        return segment
 
     async def stop(self) -> None:
         if self.bot is not None:

@@ -20,7 +20,8 @@ socket loop around them.
 
 Exceptions (``shared.errors``): everything raised to callers derives from ``ClientError``. A
 close with code 4001 (the session connected elsewhere), 4002 (deleted) or 4003 (kicked) ends
-the client with ``SessionEnded``; any other lost connection is retried; an exception that is
+the client with ``SessionEnded``, and a configured name the server refuses with
+``NameRefused``; any other lost connection is retried; an exception that is
 no network or server failure is a bug: logged with its traceback, it stops the client
 (``ClientBug``). See docs/client.md.
 """
@@ -46,8 +47,8 @@ import aiohttp
 from . import protocol as p
 from .config import ClientConfig
 from .errors import (AuthError, ClientBug, ClientError, ConnectionClosed, ConnectionLost,
-                     ConnectTimeout, HandshakeError, ProtocolError, RequestTimeout, ServerError,
-                     SessionEnded)
+                     ConnectTimeout, HandshakeError, NameRefused, ProtocolError, RequestTimeout,
+                     ServerError, SessionEnded)
 from .handshake import create_session, open_socket, receive_welcome
 from .outbox import Outbox, Outgoing, Seen
 from .tasks import cancel_and_wait
@@ -58,6 +59,9 @@ Handler = Callable[[p.Message], Awaitable[None] | None]
 
 
 FINAL_CLOSE_CODES = (4001, 4002, 4003)
+# a configured name refused with one of these stops the client (NameRefused): asked again, the
+# server would refuse it again
+NAME_REFUSALS = ("name_in_use", "name_protected", "bad_password", "name_invalid")
 
 # What a lost or refused connection raises: the loop logs these and tries again. Anything else
 # is a bug, and reconnecting would only meet it again.
@@ -66,7 +70,7 @@ LINK_FAILURES: tuple[type[Exception], ...] = (
     TimeoutError,  # connect_timeout, receive_timeout, a resume request unanswered
     aiohttp.ClientError,  # HTTP and WebSocket failures, a handshake refused (not 401)
     HandshakeError, ConnectionLost,
-    ServerError,  # a session refused with 5xx, a name refused while resuming
+    ServerError,  # a session refused with 5xx (a name refused is NameRefused: final)
 )
 
 
@@ -277,7 +281,7 @@ class SignalingClient:
     async def _run(self) -> None:
         try:
             await self._loop()
-        except AuthError as exc:
+        except (AuthError, NameRefused) as exc:
             log.error("giving up: %s", exc)
             self.failure = exc
             self.stats.state = "failed"
@@ -393,7 +397,12 @@ class SignalingClient:
         cfg, session = self.config, self.session
         assert session is not None
         if cfg.name is not None and session.name != " ".join(cfg.name.split()):
-            await self._direct(p.SetName(name=cfg.name, password=cfg.password))
+            try:
+                await self._direct(p.SetName(name=cfg.name, password=cfg.password))
+            except ServerError as exc:
+                if exc.code in NAME_REFUSALS:
+                    raise NameRefused(exc.code, cfg.name, exc.message) from None
+                raise
         for lobby_id, password in list(self._lobbies.items()):
             try:
                 await self._direct(p.Join(lobby_id=lobby_id, password=password,

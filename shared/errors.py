@@ -100,6 +100,19 @@ class AuthError(ClientError):
     """The server refused our credentials (provider key or session token); the client stops."""
 
 
+class NameRefused(ClientError):
+    """The server refused the name the client was configured with (``ClientConfig.name``)
+    when the client connected: ``code`` is ``name_in_use`` (another live session has it),
+    ``name_protected``, ``bad_password`` or ``name_invalid``. The client stops: retrying
+    would be refused again."""
+
+    def __init__(self, code: str, name: str, message: str) -> None:
+        super().__init__(f"{code}: the name {name!r} was refused: {message}")
+        self.code = code
+        self.name = name
+        self.message = message
+
+
 class SessionEnded(ClientError):
     """The server ended this session's connection for good: ``code`` 4001 (the session
     connected again elsewhere), 4002 (the session was deleted) or 4003 (kicked). The client

@@ -33,7 +33,9 @@ class TaskSet:
         self._tasks: set[asyncio.Task[None]] = set()
         self._closed = False
 
-    def spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
+    def spawn(self, coro: Coroutine[Any, Any, Any], what: str = "") -> None:
+        """Runs ``coro`` as a task of the set; its failure is logged as the set's ``what``,
+        then this call's ``what``."""
         if self._closed:
             coro.close()  # never started: closed, rather than left un-awaited
             return
@@ -42,7 +44,7 @@ class TaskSet:
             try:
                 await coro
             except Exception:
-                self._logger.exception("%s failed", self._what)
+                self._logger.exception("%s failed", f"{self._what} {what}".strip())
 
         task = asyncio.ensure_future(guarded())
         self._tasks.add(task)

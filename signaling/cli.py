@@ -81,6 +81,16 @@ POLL_HELP = ("the provider's loop looks for network input every this many ms (0:
              "this delay")
 
 
+def default_capacity() -> int:
+    """Bots a provider runs at once unless told: ``VOICEBOT_CAPACITY``, else four per core
+    (at least 4): a transcriber of a lobby where one person speaks at a time uses about a
+    quarter of a core (docs/plugins.md, capacity)."""
+    raw = os.environ.get("VOICEBOT_CAPACITY")
+    if raw:
+        return int(raw)
+    return max(4, 4 * (os.cpu_count() or 1))
+
+
 def _local_url(settings: Settings) -> str:
     host = "127.0.0.1" if settings.host in ("0.0.0.0", "::", "") else settings.host
     return f"{settings.scheme}://{host}:{settings.port}{settings.base_path}"
@@ -95,7 +105,8 @@ def _up(args: argparse.Namespace) -> int:
     app = create_app(settings)
     provider_cmd = [sys.executable, "-m", "signaling.cli", "--log-level", args.log_level,
                     "--log-format", args.log_format, "bots",
-                    "--server", _local_url(settings), "--capacity", str(args.capacity),
+                    "--server", _local_url(settings), "--capacity",
+                    str(args.capacity or default_capacity()),
                     "--poll-ms", str(args.poll_ms)]
     if settings.tls:  # the local provider trusts exactly the certificate this server serves
         try:
@@ -162,7 +173,9 @@ def _bots(args: argparse.Namespace) -> int:
         options["ca_file"] = args.ca_file
     if args.server_name:
         options["server_hostname"] = args.server_name
-    provider = Provider(args.server, key, plugins, capacity=args.capacity, name=args.name,
+    capacity = args.capacity or default_capacity()
+    log.info("runs up to %d bots at once (--capacity or VOICEBOT_CAPACITY to change)", capacity)
+    provider = Provider(args.server, key, plugins, capacity=capacity, name=args.name,
                         client_options=options)
 
     async def main() -> int:
@@ -219,12 +232,14 @@ def build_parser() -> argparse.ArgumentParser:
     serve.set_defaults(run=_serve)
     up = sub.add_parser("up", help="run the server and a local bot provider")
     Settings.add_arguments(up)
-    up.add_argument("--capacity", type=int, default=4, help="bots the local provider runs")
+    capacity_help = ("bots the provider runs at once (default: VOICEBOT_CAPACITY, else four "
+                     "per CPU core, at least 4)")
+    up.add_argument("--capacity", type=int, default=None, help=capacity_help)
     up.add_argument("--poll-ms", type=int, default=POLL_MS, help=POLL_HELP)
     up.set_defaults(run=_up)
     prov = sub.add_parser("bots", help="run a bot provider (key in VOICEBOT_PROVIDER_KEY)")
     prov.add_argument("--server", default="http://127.0.0.1:8080/", help="the server's URL")
-    prov.add_argument("--capacity", type=int, default=4, help="bots this provider runs at once")
+    prov.add_argument("--capacity", type=int, default=None, help=capacity_help)
     prov.add_argument("--name", default=None, help="how the server lists this provider")
     prov.add_argument("--plugin", action="append", help="offer only this kind (repeatable)")
     prov.add_argument("--poll-ms", type=int, default=POLL_MS, help=POLL_HELP)

@@ -73,19 +73,28 @@ class BotInstance:
         r = self.record
         return {"bot_id": r.id, "kind": r.kind, "lobby_id": r.lobby_id, "name": r.name,
                 "session_id": r.session_id, "config": r.config, "status": self.status,
-                "detail": self.detail, "provider": self.provider is not None}
+                "detail": self.detail, "error": self.error,
+                "provider": self.provider is not None}
+
+
+_JSON_TYPES: dict[str, tuple[type, ...]] = {"string": (str,), "integer": (int,),
+                                           "number": (int, float), "boolean": (bool,)}
+MAX_LIST_ITEMS = 100  # items of an ``array`` setting
 
 
 def check_config(kind: p.BotKind, config: Any) -> dict[str, Any]:
     """Checks ``config`` against the schema the provider announced for ``kind``."""
     if not isinstance(config, dict):
         raise ProtocolError(ErrorCode.INVALID_CONFIG, "config must be an object")
-    json_types: dict[str, tuple[type, ...]] = {"string": (str,), "integer": (int,),
-                                               "number": (int, float), "boolean": (bool,)}
     try:
         check_json("config", config)
     except ProtocolError as exc:
         raise ProtocolError(ErrorCode.INVALID_CONFIG, exc.message) from None
+    missing = sorted(key for key, spec in kind.config.items()
+                     if isinstance(spec, dict) and spec.get("required") and config.get(key) is None)
+    if missing:
+        raise ProtocolError(ErrorCode.INVALID_CONFIG,
+                            f"{kind.kind} needs the setting(s) {', '.join(missing)}")
     for key, value in config.items():
         spec = kind.config.get(key)
         if not isinstance(spec, dict):
@@ -94,20 +103,33 @@ def check_config(kind: p.BotKind, config: Any) -> dict[str, Any]:
                                 f"{kind.kind} has no setting {key!r} (known: {known})")
         if value is None and spec.get("nullable"):
             continue
-        expected = json_types.get(spec.get("type", "string"), (str,))
-        if not isinstance(value, expected) or (isinstance(value, bool) and bool not in expected):
-            raise ProtocolError(ErrorCode.INVALID_CONFIG,
-                                f"{key} must be of type {spec.get('type', 'string')}")
-        choices = spec.get("choices")
-        if isinstance(choices, list) and value not in choices:
-            raise ProtocolError(ErrorCode.INVALID_CONFIG,
-                                f"{key} must be one of {', '.join(map(str, choices))}")
-        low, high = spec.get("minimum"), spec.get("maximum")
-        if isinstance(value, (int, float)) and not isinstance(value, bool) and (
-                (isinstance(low, (int, float)) and value < low) or
-                (isinstance(high, (int, float)) and value > high)):
-            raise ProtocolError(ErrorCode.INVALID_CONFIG, f"{key} must be within {low}..{high}")
+        type_ = spec.get("type", "string")
+        if type_ == "array":
+            if not isinstance(value, list):
+                raise ProtocolError(ErrorCode.INVALID_CONFIG, f"{key} must be a list")
+            if len(value) > MAX_LIST_ITEMS:
+                raise ProtocolError(ErrorCode.INVALID_CONFIG,
+                                    f"{key} has more than {MAX_LIST_ITEMS} items")
+            for i, item in enumerate(value):
+                _check_value(f"{key}[{i}]", item, spec.get("items", "string"), spec)
+        else:
+            _check_value(key, value, type_, spec)
     return config
+
+
+def _check_value(key: str, value: Any, type_: Any, spec: dict[str, Any]) -> None:
+    expected = _JSON_TYPES.get(type_, (str,))
+    if not isinstance(value, expected) or (isinstance(value, bool) and bool not in expected):
+        raise ProtocolError(ErrorCode.INVALID_CONFIG, f"{key} must be of type {type_}")
+    choices = spec.get("choices")
+    if isinstance(choices, list) and value not in choices:
+        raise ProtocolError(ErrorCode.INVALID_CONFIG,
+                            f"{key} must be one of {', '.join(map(str, choices))}")
+    low, high = spec.get("minimum"), spec.get("maximum")
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and (
+            (isinstance(low, (int, float)) and value < low) or
+            (isinstance(high, (int, float)) and value > high)):
+        raise ProtocolError(ErrorCode.INVALID_CONFIG, f"{key} must be within {low}..{high}")
 
 
 class Dispatcher:
@@ -239,7 +261,7 @@ class Dispatcher:
         await self.hub.store.save_bot(rec)
         bot = self.bots[rec.id] = BotInstance(rec)
         if not await self._dispatch(bot):
-            self._set_status(bot, "pending", f"waiting for a provider that runs {kind} bots")
+            self._set_pending(bot)
         elif checked:
             await self._config_verdict(bot)
         return bot
@@ -260,6 +282,7 @@ class Dispatcher:
             if prov is not None:
                 prov.bots.discard(bot.id)
             self.hub.send_to_session(bot.provider, p.BotStop(bot_id=bot.id))
+            self._tasks.spawn(self.dispatch_pending(failed=False))  # its place is free for a waiting bot
         await self.hub.store.delete_bot(bot.id)
         self._set_status(bot, "stopped", reason)
         session = self.hub.picture.sessions.get(bot.record.session_id)
@@ -303,17 +326,37 @@ class Dispatcher:
             if prov is not None:
                 prov.bots.discard(bot.id)
             bot.provider = None
+            self._tasks.spawn(self.dispatch_pending(failed=False))  # its place is free for a waiting bot
             if not refused:  # a refused config is the adder's error to read, not the lobby's
                 self._tasks.spawn(self.hub.post_system(bot.record.lobby_id,
                                                        f"{bot.record.name} failed: {msg.detail}"))
 
-    def _set_status(self, bot: BotInstance, status: str, detail: str = "") -> None:
+    def _set_status(self, bot: BotInstance, status: str, detail: str = "",
+                    error: str | None = None) -> None:
         bot.status, bot.detail = status, detail
+        if error is not None:
+            bot.error = error
         self._save_state(bot)
         r = bot.record
         self.hub.send_to_lobby(r.lobby_id, p.BotStatus(
             bot_id=r.id, status=status, detail=detail, lobby_id=r.lobby_id, kind=r.kind,
-            name=r.name, session_id=r.session_id))
+            name=r.name, session_id=r.session_id, error=error))
+
+    def _set_pending(self, bot: BotInstance, why: str = "") -> None:
+        """``pending``, saying what it waits for: ``no_provider`` (no provider runs its kind)
+        or ``providers_full`` (every one that does is running all the bots it may)."""
+        kind = bot.record.kind
+        runs = [prov for prov in self.providers.values() if kind in prov.kinds]
+        if not runs:
+            error, wait = "no_provider", f"waiting for a provider that runs {kind} bots"
+        else:
+            used, capacity = (sum(len(prov.bots) for prov in runs),
+                              sum(prov.capacity for prov in runs))
+            error, wait = "providers_full", (
+                f"waiting for room: every provider of {kind} bots is full ({used} of "
+                f"{capacity} bots running; a provider's --capacity sets its share)")
+        if (bot.status, bot.error) != ("pending", error) or why:
+            self._set_status(bot, "pending", f"{why}: {wait}" if why else wait, error)
 
     def _pick(self, kind: str) -> ProviderInfo | None:
         candidates = [prov for prov in self.providers.values() if prov.has_room(kind)]
@@ -326,7 +369,7 @@ class Dispatcher:
         if prov is None or session is None:
             return False
         token = await self.hub.rotate_token(session)
-        bot.provider = prov.session_id
+        bot.provider, bot.error = prov.session_id, None
         prov.bots.add(bot.id)
         r = bot.record
         self.hub.send_to_session(prov.session_id, p.BotStart(
@@ -357,12 +400,14 @@ class Dispatcher:
         finally:
             self._flushing = False
 
-    async def dispatch_pending(self) -> None:
+    async def dispatch_pending(self, *, failed: bool = True) -> None:
+        """Hands the bots that have no provider to one with room; ``failed``: those that
+        failed too (a provider that connects may run what another could not)."""
         async with self._exclusive():
             for bot in list(self.bots.values()):
                 if bot.provider is None and bot.id in self.bots and \
-                        not await self._dispatch(bot) and bot.status != "pending":
-                        self._set_status(bot, "pending", "waiting for a provider with room")
+                        (failed or bot.status == "pending") and not await self._dispatch(bot):
+                    self._set_pending(bot)
 
     def _on_disconnect(self, event: events.SessionDisconnected) -> None:
         prov = self.providers.pop(event.session_id, None)
@@ -374,7 +419,7 @@ class Dispatcher:
             bot = self.bots.get(bot_id)
             if bot is not None:
                 bot.provider = None
-                self._set_status(bot, "pending", "its provider went away")
+                self._set_pending(bot, "its provider went away")
         self._tasks.spawn(self.dispatch_pending())
 
     def _on_member_joined(self, event: events.MemberJoined) -> None:
