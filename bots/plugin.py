@@ -22,6 +22,7 @@ from shared import protocol as p
 from shared.validation import Payload
 
 from .inbound import MAX_FRAMES, check_batch
+from .voice import Playback, Source
 
 log = logging.getLogger(__name__)
 
@@ -211,8 +212,20 @@ class LobbyAccess(abc.ABC):
         """Posts a transcript (interim or final) to the lobby."""
 
     @abc.abstractmethod
+    def play(self, source: Source) -> Playback:
+        """Queues ``source`` to be sent to every peer after what is queued already: a file
+        path, a ``Sound`` (``await bots.voice.speak(text)`` gives one), mono samples at
+        48 kHz, or an async iterable of sample blocks (48 kHz) or ``av.AudioFrame``s.
+        ``await`` the playback for when it has been sent; needs ``sends_audio = True``."""
+
+    @abc.abstractmethod
+    def stop_playing(self) -> None:
+        """Stops what plays now and drops what is queued; their playbacks return."""
+
+    @abc.abstractmethod
     def add_track(self, track: MediaStreamTrack) -> None:
-        """Sends ``track`` to every peer, present and future."""
+        """Sends ``track`` to every peer, present and future, in place of anything sent or
+        queued before (``play`` after it takes over again)."""
 
     @abc.abstractmethod
     def set_status(self, status: str, detail: str = "",

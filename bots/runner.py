@@ -25,6 +25,7 @@ from shared.tasks import TaskSet
 from .captions import CaptionReader
 from .mesh import Mesh
 from .plugin import Bot, BotConfig, InvalidConfig, LobbyAccess, Peer
+from .voice import Playback, Source, Voice
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +50,8 @@ class BotRunner(LobbyAccess):
                                                    **(client_options or {})))
         self.bot: Bot | None = None
         self.mesh: Mesh | None = None
+        self.voice: Voice | None = None  # what ``play`` queues on, made on its first call
+        self._sending: MediaStreamTrack | None = None
         self._members: dict[str, Peer] = {}
         # peer hooks wait for on_joined: a bot may still be loading (a model, say) when the
         # first peer's audio arrives
@@ -74,9 +77,25 @@ class BotRunner(LobbyAccess):
         else:
             self.client.send(message)
 
+    def play(self, source: Source) -> Playback:
+        if self.voice is None:
+            self.voice = Voice()
+        self._send_track(self.voice)
+        return self.voice.play(source)
+
+    def stop_playing(self) -> None:
+        if self.voice is not None:
+            self.voice.stop_all()
+
     def add_track(self, track: MediaStreamTrack) -> None:
+        self.stop_playing()
+        self._send_track(track)
+
+    def _send_track(self, track: MediaStreamTrack) -> None:
         assert self.mesh is not None
-        self.mesh.set_source(track)
+        if self._sending is not track:
+            self.mesh.set_source(track)  # raises if the bot does not send audio
+            self._sending = track
 
     def set_status(self, status: str, detail: str = "",
                    metrics: dict[str, float] | None = None) -> None:
@@ -136,6 +155,8 @@ class BotRunner(LobbyAccess):
                 await asyncio.wait_for(self.bot.on_stop(), 5)
             except Exception:  # the plugin's bug, or over 5 s: logged, and the bot still stops
                 log.exception("bot %s (%s): on_stop failed", self.bot_id, self.cls.kind)
+        if self.voice is not None:
+            await self.voice.close()
         if self.mesh is not None:
             await self.mesh.close()
         await self.client.close(drain=1.0)

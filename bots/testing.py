@@ -14,6 +14,7 @@ a provider runs before it offers a plugin.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import threading
 import time
@@ -24,9 +25,11 @@ import numpy as np
 from aiortc import MediaStreamTrack
 
 from shared import protocol as p
+from shared.tasks import cancel_and_wait
 
 from .captions import CaptionReader
 from .plugin import Bot, LobbyAccess, Peer, check_plugin
+from .voice import Playback, Source, chunks
 from .stt import STT, Recognition
 
 __all__ = ["FakeLobby", "ScriptedSTT", "check_plugin"]  # check_plugin: what discovery checks
@@ -41,6 +44,10 @@ class FakeLobby(LobbyAccess):
         self.transcripts: list[p.Message] = []
         self.tracks: list[MediaStreamTrack] = []
         self.statuses: list[tuple[str, str]] = []
+        # what ``play`` sent, one array of 48 kHz mono float32 samples per playback, in order
+        self.played: list[np.ndarray] = []
+        self._playing: list[Playback] = []
+        self._tasks: set[asyncio.Task[None]] = set()
         self.figures: list[dict[str, float]] = []  # the metrics of each status, in order
         self.bot: Bot[Any] | None = None
         self._peers: dict[str, Peer] = {}
@@ -58,7 +65,40 @@ class FakeLobby(LobbyAccess):
     async def post_transcript(self, message: p.Message) -> None:
         self.transcripts.append(message)
 
+    def play(self, source: Source) -> Playback:
+        """Decodes ``source`` at once (no real-time wait) into ``played``; playbacks finish
+        in the order they were queued."""
+        playback = Playback(source, "fake")
+        before = self._playing[-1] if self._playing else None
+        self._playing.append(playback)
+
+        async def collect() -> None:
+            if before is not None:
+                await asyncio.gather(before, return_exceptions=True)
+            try:
+                blocks = [block async for block in chunks(source) if not playback.stopped]
+                self.played.append(np.concatenate(blocks) if blocks else np.zeros(0, np.float32))
+                playback.sent = sum(map(len, blocks)) / 48_000
+            except Exception as exc:  # noqa: BLE001 - as the real queue: the playback fails
+                playback._finish(exc)
+            playback._finish()
+
+        task = asyncio.ensure_future(collect())
+        self._tasks.add(task)
+
+        def forget(_: object) -> None:
+            self._playing.remove(playback)
+            self._tasks.discard(task)
+
+        task.add_done_callback(forget)
+        return playback
+
+    def stop_playing(self) -> None:
+        for playback in self._playing:
+            playback.stop()
+
     def add_track(self, track: MediaStreamTrack) -> None:
+        self.stop_playing()
         self.tracks.append(track)
 
     def set_status(self, status: str, detail: str = "",
@@ -123,6 +163,7 @@ class FakeLobby(LobbyAccess):
     async def stop(self) -> None:
         if self.bot is not None:
             await self.bot.on_stop()
+        await cancel_and_wait(*self._tasks)
 
 
 class ScriptedSTT(STT):

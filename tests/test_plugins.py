@@ -151,8 +151,8 @@ class AlertBot(Bot[AlertConfig]):
 
     async def on_transcript(self, caption: Caption) -> None:
         for word in self.config.keywords:
-            if word in caption.text.lower() and not any(
-                    word in old.text.lower() for old in caption.replaced):
+            if caption.text.lower().count(word) > sum(old.text.lower().count(word)
+                                                      for old in caption.replaced):
                 await self.lobby.post_chat(f"{caption.speaker.name} said {word}")
 
 
@@ -384,7 +384,7 @@ async def test_a_full_provider_is_not_a_missing_one_and_a_freed_place_is_taken(
         waiting = await dispatcher.add(second, "pong", {}, None, pending_ok=True)
         full = await inbox.wait_for(p.BotStatus, bot_id=waiting.id, status="pending")
         assert full.error == "providers_full" and "1 of 1" in full.detail, full
-        code, body = await api("GET", str(server.make_url("/")) + f"api/lobbies/{second}/bots", None)
+        _, body = await api("GET", str(server.make_url("/")) + f"api/lobbies/{second}/bots", None)
         assert body["bots"][0]["error"] == "providers_full"
         freed = time.monotonic()
         await dispatcher.remove(dispatcher.bots[bot.id])
