@@ -212,11 +212,12 @@ class LobbyAccess(abc.ABC):
         """Posts a transcript (interim or final) to the lobby."""
 
     @abc.abstractmethod
-    def play(self, source: Source) -> Playback:
+    def play(self, source: Source, *, interruptible: bool = False) -> Playback:
         """Queues ``source`` to be sent to every peer after what is queued already: a file
         path, a ``Sound`` (``await bots.voice.speak(text)`` gives one), mono samples at
         48 kHz, or an async iterable of sample blocks (48 kHz) or ``av.AudioFrame``s.
-        ``await`` the playback for when it has been sent; needs ``sends_audio = True``."""
+        ``await`` the playback for when it has been sent; needs ``sends_audio = True``.
+        ``interruptible``: a person who starts talking stops it (needs ``barge_in = True``)."""
 
     @abc.abstractmethod
     def stop_playing(self) -> None:
@@ -254,6 +255,10 @@ class Bot(Generic[C]):
     # per stream and delays the audio by as much
     receive_batch: ClassVar[int] = 1
     interims: ClassVar[bool] = False  # True: ``on_transcript`` gets interim captions too
+    # True: people's audio is watched for speech (the transcriber's VAD), and a person who
+    # starts talking stops the playbacks queued with ``play(…, interruptible=True)``. A bot
+    # with its own ``on_track`` does this itself (``bots.listen``, ``stop_playing``)
+    barge_in: ClassVar[bool] = False
 
     def __init__(self, lobby: LobbyAccess, config: C) -> None:
         self.lobby = lobby
@@ -275,8 +280,8 @@ class Bot(Generic[C]):
 
     @classmethod
     def listens(cls) -> bool:
-        """Whether peers send this bot their audio: it defines ``on_track``."""
-        return cls.on_track is not Bot.on_track
+        """Whether peers send this bot their audio: it defines ``on_track``, or barges in."""
+        return cls.on_track is not Bot.on_track or cls.barge_in
 
     async def on_peer_left(self, peer: Peer) -> None:
         """A peer left the lobby (or its connection ended)."""
@@ -312,6 +317,11 @@ def check_plugin(cls: Any, name: str | None = None) -> None:
     for hook in HOOKS:
         if not inspect.iscoroutinefunction(getattr(cls, hook)):
             raise PluginError(f"{cls.__name__}.{hook} must be an async def")
+    if cls.barge_in and cls.on_track is not Bot.on_track:
+        raise PluginError(f"{cls.__name__} has its own on_track: it can't barge_in too (read "
+                          "speech with bots.listen and call self.lobby.stop_playing())")
+    if cls.barge_in and not cls.sends_audio:
+        raise PluginError(f"{cls.__name__}.barge_in needs sends_audio = True")
     config = cls.Config
     if not (isinstance(config, type) and issubclass(config, BotConfig)
             and dataclasses.is_dataclass(config)):

@@ -23,6 +23,7 @@ from shared.errors import SessionEnded
 from shared.tasks import TaskSet
 
 from .captions import CaptionReader
+from .listen import SpeechStarted, listen
 from .mesh import Mesh
 from .plugin import Bot, BotConfig, InvalidConfig, LobbyAccess, Peer
 from .voice import Playback, Source, Voice
@@ -77,11 +78,13 @@ class BotRunner(LobbyAccess):
         else:
             self.client.send(message)
 
-    def play(self, source: Source) -> Playback:
+    def play(self, source: Source, *, interruptible: bool = False) -> Playback:
+        if interruptible and not self.cls.barge_in:
+            raise RuntimeError("an interruptible playback needs barge_in = True on the class")
         if self.voice is None:
             self.voice = Voice()
         self._send_track(self.voice)
-        return self.voice.play(source)
+        return self.voice.play(source, interruptible=interruptible)
 
     def stop_playing(self) -> None:
         if self.voice is not None:
@@ -192,7 +195,12 @@ class BotRunner(LobbyAccess):
     async def _track(self, peer: Peer, track: MediaStreamTrack) -> None:
         await self._joined.wait()
         assert self.bot is not None
-        await self.bot.on_track(peer, track)
+        if not self.cls.barge_in:
+            await self.bot.on_track(peer, track)
+        elif not peer.bot:  # (no on_track of its own: check_plugin saw to that)
+            async for event in listen(track, blocks=False):
+                if isinstance(event, SpeechStarted) and self.voice is not None:
+                    self.voice.interrupt()
 
     async def _peer_left(self, peer: Peer) -> None:
         await self._joined.wait()

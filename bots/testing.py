@@ -15,14 +15,17 @@ a provider runs before it offers a plugin.
 from __future__ import annotations
 
 import asyncio
+import fractions
 import itertools
 import threading
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import av
 import numpy as np
 from aiortc import MediaStreamTrack
+from aiortc.mediastreams import MediaStreamError
 
 from shared import protocol as p
 from shared.tasks import cancel_and_wait
@@ -32,7 +35,7 @@ from .plugin import Bot, LobbyAccess, Peer, check_plugin
 from .voice import Playback, Source, chunks
 from .stt import STT, Recognition
 
-__all__ = ["FakeLobby", "ScriptedSTT", "check_plugin"]  # check_plugin: what discovery checks
+__all__ = ["FakeLobby", "ScriptedSTT", "SoundTrack", "check_plugin"]  # check_plugin: what discovery checks
 
 
 class FakeLobby(LobbyAccess):
@@ -65,10 +68,10 @@ class FakeLobby(LobbyAccess):
     async def post_transcript(self, message: p.Message) -> None:
         self.transcripts.append(message)
 
-    def play(self, source: Source) -> Playback:
+    def play(self, source: Source, *, interruptible: bool = False) -> Playback:
         """Decodes ``source`` at once (no real-time wait) into ``played``; playbacks finish
         in the order they were queued."""
-        playback = Playback(source, "fake")
+        playback = Playback(source, "fake", interruptible)
         before = self._playing[-1] if self._playing else None
         self._playing.append(playback)
 
@@ -164,6 +167,38 @@ class FakeLobby(LobbyAccess):
         if self.bot is not None:
             await self.bot.on_stop()
         await cancel_and_wait(*self._tasks)
+
+
+class SoundTrack(MediaStreamTrack):
+    """A peer's audio for a test: ``source`` (anything ``play`` takes: a file, a ``Sound``…)
+    as 20 ms frames of 48 kHz mono, then ``silence`` seconds of silence, then the end of the
+    track. ``pace`` seconds pass between frames (0: as fast as the bot reads; 0.02: real
+    time). Give it to ``FakeLobby.add_peer`` or ``bots.listen.listen``."""
+
+    kind = "audio"
+
+    def __init__(self, source: Source, silence: float = 1.0, pace: float = 0.0) -> None:
+        super().__init__()
+        self._blocks = chunks(source)
+        self._silence = round(silence / 0.02)
+        self._pace = pace
+        self._pts = 0
+
+    async def recv(self) -> av.AudioFrame:
+        await asyncio.sleep(self._pace)
+        try:
+            block = await anext(self._blocks)
+        except StopAsyncIteration:
+            if self._silence <= 0 or self.readyState != "live":
+                self.stop()
+                raise MediaStreamError from None
+            self._silence -= 1
+            block = np.zeros(960, np.float32)
+        frame = av.AudioFrame.from_ndarray(block[None, :], format="flt", layout="mono")
+        frame.sample_rate, frame.pts = 48_000, self._pts
+        frame.time_base = fractions.Fraction(1, 48_000)
+        self._pts += 960
+        return frame
 
 
 class ScriptedSTT(STT):

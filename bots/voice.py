@@ -60,13 +60,17 @@ Source: TypeAlias = "str | Path | Sound | np.ndarray | AsyncIterable[np.ndarray 
 
 class Playback:
     """One queued sound. ``await playback`` returns once it has been sent (or stopped), and
-    raises what made it fail (a file that can't be decoded); ``stop()`` ends it now."""
+    raises what made it fail (a file that can't be decoded); ``stop()`` ends it now.
+    ``interruptible``: a person who starts talking stops it (a bot with ``barge_in``), and
+    then ``interrupted`` is true."""
 
-    def __init__(self, source: Source, label: str) -> None:
+    def __init__(self, source: Source, label: str, interruptible: bool = False) -> None:
         self.source = source
         self.label = label
+        self.interruptible = interruptible
         self.sent = 0.0  # seconds of it sent so far
         self.stopped = False
+        self.interrupted = False
         self._done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
     def __await__(self) -> Generator[Any, None, None]:
@@ -103,8 +107,8 @@ class Voice(MediaStreamTrack):
     def playing(self) -> Playback | None:
         return self._queue[0] if self._queue else None
 
-    def play(self, source: Source, label: str = "") -> Playback:
-        playback = Playback(source, label or _label(source))
+    def play(self, source: Source, label: str = "", interruptible: bool = False) -> Playback:
+        playback = Playback(source, label or _label(source), interruptible)
         self._queue.append(playback)
         if self._pump is None or self._pump.done():
             self._pump = asyncio.create_task(self._run(), name="voice")
@@ -114,6 +118,16 @@ class Voice(MediaStreamTrack):
         """Stops what plays and drops everything queued (each of them returns, stopped)."""
         for playback in self._queue:
             playback.stop()
+        self._ready.clear()
+
+    def interrupt(self) -> None:
+        """Someone started talking: stops the interruptible playbacks, playing or queued."""
+        for playback in self._queue:
+            if playback.interruptible and not playback.stopped:
+                playback.stop()
+                playback.interrupted = True
+        if self._queue and self._queue[0].interrupted:
+            self._ready.clear()  # what it had ready goes unsaid
 
     async def close(self) -> None:
         self.stop_all()
