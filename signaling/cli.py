@@ -1,4 +1,5 @@
-"""The ``voicebot`` command: ``serve``, ``bots`` (a bot provider) and ``up`` (both at once)."""
+"""The ``voicebot`` command: ``serve``, ``bots`` (a bot provider), ``up`` (both at once),
+``dev`` (``up`` around a plugin being written), ``plugin new`` and ``models``."""
 
 from __future__ import annotations
 
@@ -98,16 +99,46 @@ def _local_url(settings: Settings) -> str:
 
 def _up(args: argparse.Namespace) -> int:
     """The server plus a local bot provider, restarted if it dies."""
+    return _with_provider(args, {"VOICEBOT_AUTO_BOTS": "transcriber"})
+
+
+def _dev(args: argparse.Namespace) -> int:
+    """``up`` with the plugins of a working directory in every lobby, its provider restarted
+    whenever a file there changes, and a lobby to talk to them in."""
+    from bots.devloop import declared, load
+
+    path = Path(args.path).resolve()
+    try:
+        plugins = declared(path)
+        if not plugins:
+            raise ValueError(f"{path / 'pyproject.toml'} declares no ai_voicebot.bots entry point")
+        for reference in plugins.values():
+            load(reference, path)  # refused here, it would be refused by the provider
+    except Exception as exc:  # noqa: BLE001 - the author's code: say what, and stop
+        log.error("cannot start: %s: %s", type(exc).__name__, exc)
+        return 2
+    kinds = ",".join(["transcriber", *sorted(plugins)])
+    loads = [arg for kind, ref in sorted(plugins.items()) for arg in ("--load", f"{kind}={ref}")]
+    env = {"PYTHONPATH": os.pathsep.join(filter(None, (str(path), os.environ.get("PYTHONPATH"))))}
+    return _with_provider(args, {"VOICEBOT_AUTO_BOTS": kinds, "VOICEBOT_LOBBY_TTL": "86400"},
+                          loads, env, watch=path, lobby="dev")
+
+
+def _with_provider(args: argparse.Namespace, defaults: dict[str, str],
+                   provider_args: list[str] | None = None,
+                   provider_env: dict[str, str] | None = None, watch: Path | None = None,
+                   lobby: str | None = None) -> int:
+    """The server, and a bot provider it supervises (restarted when it dies, or when a file
+    under ``watch`` changes); ``lobby``: a lobby of that name is made, and its link logged."""
     key = os.environ.get("VOICEBOT_PROVIDER_KEY") or secrets.token_urlsafe(24)
     # the whole thing: every lobby gets live captions unless told otherwise
-    settings = Settings.from_args(args, {"VOICEBOT_AUTO_BOTS": "transcriber"} | os.environ |
-                                  {"VOICEBOT_PROVIDER_KEY": key})
+    settings = Settings.from_args(args, defaults | os.environ | {"VOICEBOT_PROVIDER_KEY": key})
     app = create_app(settings)
     provider_cmd = [sys.executable, "-m", "signaling.cli", "--log-level", args.log_level,
                     "--log-format", args.log_format, "bots",
                     "--server", _local_url(settings), "--capacity",
                     str(args.capacity or default_capacity()),
-                    "--poll-ms", str(args.poll_ms)]
+                    "--poll-ms", str(args.poll_ms), *(provider_args or [])]
     if settings.tls:  # the local provider trusts exactly the certificate this server serves
         try:
             files = _tls_files(settings)
@@ -121,8 +152,13 @@ def _up(args: argparse.Namespace) -> int:
             provider_cmd += ["--server-name", name]
 
     async def supervise(app: web.Application) -> AsyncIterator[None]:
-        task = asyncio.create_task(_keep_running(provider_cmd, os.environ | {
-            "VOICEBOT_PROVIDER_KEY": key}))
+        if lobby is not None:
+            from .hub import HUB
+
+            made = await app[HUB].create_lobby(lobby)
+            log.info("talk to your bot: %s#lobby=%s", _local_url(settings), made.id)
+        task = asyncio.create_task(_keep_running(provider_cmd, os.environ | (provider_env or {})
+                                                 | {"VOICEBOT_PROVIDER_KEY": key}, watch))
         yield
         await cancel_and_wait(task)
 
@@ -130,24 +166,59 @@ def _up(args: argparse.Namespace) -> int:
     return _run_server(app, settings)
 
 
-async def _keep_running(cmd: list[str], env: dict[str, str]) -> None:
+async def _keep_running(cmd: list[str], env: dict[str, str], watch: Path | None = None) -> None:
     from shared.client import backoff
 
     delays = backoff(0.5, 10.0)
     while True:
         proc = await asyncio.create_subprocess_exec(*cmd, env=env)
+        changed = asyncio.ensure_future(_changes(watch))
+        exited = asyncio.ensure_future(proc.wait())
         try:
-            code = await proc.wait()
-        except asyncio.CancelledError:
-            with contextlib.suppress(ProcessLookupError):
-                proc.send_signal(signal.SIGTERM)
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(proc.wait(), 5)
+            await asyncio.wait({changed, exited}, return_when=asyncio.FIRST_COMPLETED)
+            if not exited.done():
+                log.info("%s changed: restarting the bot provider", changed.result())
+                await _stop(proc)
+                continue
+            log.warning("bot provider exited with %s; restarting", exited.result())
+            # a file saved meanwhile (the fix of what made it exit) cuts the wait short
+            await asyncio.wait({changed}, timeout=next(delays))
+        finally:
+            await cancel_and_wait(changed, exited)
             if proc.returncode is None:
-                proc.kill()
-            raise
-        log.warning("bot provider exited with %s; restarting", code)
-        await asyncio.sleep(next(delays))
+                await _stop(proc)
+
+
+async def _stop(proc: asyncio.subprocess.Process) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        proc.send_signal(signal.SIGTERM)
+    with contextlib.suppress(asyncio.TimeoutError):
+        await asyncio.wait_for(proc.wait(), 5)
+    if proc.returncode is None:
+        proc.kill()
+        await proc.wait()
+
+
+async def _changes(path: Path | None) -> str:
+    """Returns the name of the first Python file or pyproject.toml under ``path`` that is
+    changed, added or removed (never, without a path)."""
+    if path is None:
+        await asyncio.Future()  # never done: cancelled by its owner
+    assert path is not None
+
+    def snapshot() -> dict[Path, float]:
+        assert path is not None
+        files = [*path.rglob("*.py"), path / "pyproject.toml"]
+        return {f: f.stat().st_mtime for f in files if f.is_file() and not any(
+            part.startswith(".") or part == "__pycache__" for part in f.relative_to(path).parts)}
+
+    before = snapshot()
+    while True:
+        await asyncio.sleep(0.5)
+        now = snapshot()
+        if now != before:
+            changed = {f for f in now.keys() | before.keys() if now.get(f) != before.get(f)}
+            return str(min(changed).relative_to(path))
 
 
 def _bots(args: argparse.Namespace) -> int:
@@ -167,6 +238,16 @@ def _bots(args: argparse.Namespace) -> int:
             log.error("unknown or broken plugin(s): %s", ", ".join(sorted(missing)))
             return 2
         plugins = {k: v for k, v in plugins.items() if k in args.plugin}
+    for spec in args.load or []:
+        from bots.devloop import load
+
+        kind, _, reference = spec.partition("=")
+        try:
+            plugins[kind] = load(reference)
+        except Exception as exc:  # noqa: BLE001 - the author's code: say what, and stop
+            log.error("bot plugin %r (%s) failed to load: %s: %s", kind, reference,
+                      type(exc).__name__, exc)
+            return 2
     log.info("bot plugins: %s", ", ".join(sorted(plugins)) or "none")
     options: dict[str, object] = {}
     if args.ca_file:
@@ -221,6 +302,19 @@ def _models(args: argparse.Namespace) -> int:
     return 0
 
 
+def _plugin(args: argparse.Namespace) -> int:
+    from bots.devloop import new_plugin
+
+    try:
+        root = new_plugin(args.name, Path(args.dir))
+    except (ValueError, FileExistsError) as exc:
+        log.error("%s", exc)
+        return 2
+    print(f"wrote {root}: cd {root} && pip install -e '.[test]' && python -m pytest && "
+          "voicebot dev")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="voicebot", description=__doc__)
     parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING, ...")
@@ -249,7 +343,21 @@ def build_parser() -> argparse.ArgumentParser:
     prov.add_argument("--server-name", default=None,
                       help="the name to verify the server's certificate against, when --server "
                            "is an address the certificate does not name")
+    prov.add_argument("--load", action="append", metavar="KIND=MODULE:CLASS",
+                      help="offer this class too, imported by name (as voicebot dev does)")
     prov.set_defaults(run=_bots)
+    dev = sub.add_parser("dev", help="up, with the plugins of a directory in every lobby, "
+                         "restarted when its files change")
+    Settings.add_arguments(dev)
+    dev.add_argument("--path", default=".", help="the plugin's directory (its pyproject.toml)")
+    dev.add_argument("--capacity", type=int, default=None, help=capacity_help)
+    dev.add_argument("--poll-ms", type=int, default=POLL_MS, help=POLL_HELP)
+    dev.set_defaults(run=_dev)
+    plugin = sub.add_parser("plugin", help="plugin new NAME: a new plugin package")
+    plugin.add_argument("action", choices=("new",))
+    plugin.add_argument("name", help="the package's name, e.g. weather-bot")
+    plugin.add_argument("--dir", default=".", help="where to write it")
+    plugin.set_defaults(run=_plugin)
     models = sub.add_parser("models", help="the speech model store: list, install, import, verify")
     models.add_argument("action", nargs="?", default="list",
                         choices=("list", "install", "import", "verify"))

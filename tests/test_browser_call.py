@@ -371,3 +371,22 @@ async def test_the_bot_menus_offer_only_what_the_models_can_do(
             config = json.loads(await page.evaluate(
                 "JSON.stringify(Object.values(voicebot.store.state.bots)[0].config)"))
             assert config["language"] == "de" and config["task"] == "translate"
+
+
+async def test_a_list_setting_is_edited_in_the_bot_menu(
+        server: TestServer, provider_process: Any) -> None:
+    url = str(server.make_url("/"))
+    provider_process(url, plugins=("keyword_alert",))  # examples/keyword-alert
+    async with chromium() as browser:
+        page = await (await browser.new_context()).new_page()
+        await enter(page, url, "Lister")
+        await create_lobby(page, "lists")
+        await expect(page.locator("#bot-kind option")).to_have_count(1, timeout=60000)
+        keywords = page.locator("input[name='keywords']")
+        await expect(keywords).to_have_value("banana")
+        await keywords.fill("kiwi,  mango ,")
+        await page.click("#add-bot")
+        await expect(page.locator(".bot .status")).to_have_text("live", timeout=60000)
+        config = json.loads(await page.evaluate(
+            "JSON.stringify(Object.values(voicebot.store.state.bots)[0].config)"))
+        assert config["keywords"] == ["kiwi", "mango"], config

@@ -243,13 +243,23 @@ function renderBots(s, actions) {
 }
 
 // a menu for each setting of the chosen kind that has a fixed set of values (model, task…);
-// a setting whose choices depend on another (a model's languages) offers only those
+// a setting whose choices depend on another (a model's languages) offers only those. A list
+// setting (keywords…) and a required one are a text field; a list is written comma-separated
 export function renderBotOptions(s) {
   const kind = s.kinds.find((k) => k.kind === $("bot-kind").value);
   const box = $("bot-options");
-  const previous = Object.fromEntries([...box.querySelectorAll("select")].map((el) => [el.name, el.value]));
-  const fields = kind ? Object.entries(kind.config || {}).filter(([, spec]) => spec.choices) : [];
-  const value = (name, spec) => previous[name] ?? String(spec.default);
+  const key = kind ? kind.kind : "";
+  const typing = document.activeElement;
+  // a state update while someone types in a field must not take the field from under them
+  if (box.dataset.kind === key && typing && typing.tagName === "INPUT" && box.contains(typing)) return;
+  const previous = box.dataset.kind === key ? Object.fromEntries(
+    [...box.querySelectorAll("select, input")].map((el) => [el.name, el.value])) : {};
+  box.dataset.kind = key;
+  const fields = kind ? Object.entries(kind.config || {}).filter(
+    ([, spec]) => spec.choices || spec.type === "array" || spec.required) : [];
+  const written = (spec) => Array.isArray(spec.default) ? spec.default.join(", ")
+    : spec.default === null || spec.default === undefined ? "" : String(spec.default);
+  const value = (name, spec) => previous[name] ?? written(spec);
   const offered = (name, spec) => {
     for (const [dep, table] of Object.entries(spec.choices_by || {})) {
       const depSpec = kind.config[dep];
@@ -259,18 +269,36 @@ export function renderBotOptions(s) {
     return spec.choices;
   };
   box.replaceChildren(...fields.map(([name, spec]) => {
+    const label = `${kind.kind} ${name}`;
+    const dataset = { type: spec.type, items: spec.items || "" };
+    if (!spec.choices || spec.type === "array") {
+      return h("label", { title: spec.help || "" }, name + (spec.required ? " *" : ""),
+        h("input", { name, dataset, value: value(name, spec), required: !!spec.required,
+                     type: ["integer", "number"].includes(spec.type) ? "number" : "text",
+                     placeholder: spec.type === "array" ? "comma-separated" : spec.help || "",
+                     "aria-label": label }));
+    }
     const choices = offered(name, spec);
     const current = choices.map(String).includes(value(name, spec)) ? value(name, spec)
       : choices.map(String).includes(String(spec.default)) ? String(spec.default) : String(choices[0]);
     return h("label", { title: spec.help || "" }, name,
-      h("select", { name, "aria-label": `${kind.kind} ${name}`,
-                    onchange: () => renderBotOptions(s) },
+      h("select", { name, dataset, "aria-label": label, onchange: () => renderBotOptions(s) },
         choices.map((c) => h("option", { value: c, selected: String(c) === current }, String(c)))));
   }));
 }
 
+// the settings as the schema types them: a list from its comma-separated items, numbers as numbers
 export function botConfig() {
   const config = {};
-  for (const el of $("bot-options").querySelectorAll("select")) config[el.name] = el.value;
+  const typed = (text, type) => ["integer", "number"].includes(type) ? Number(text)
+    : type === "boolean" ? text === "true" : text;
+  for (const el of $("bot-options").querySelectorAll("select, input")) {
+    const { type, items } = el.dataset;
+    if (type === "array") {
+      config[el.name] = el.value.split(",").map((x) => x.trim()).filter(Boolean).map((x) => typed(x, items));
+    } else if (el.value !== "" || el.required) {
+      config[el.name] = typed(el.value, type);
+    }
+  }
   return config;
 }
