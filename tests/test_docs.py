@@ -4,10 +4,13 @@ every close code and message type a client can meet is documented."""
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 import sys
 from pathlib import Path
+from typing import Any
 
+import pytest
 from aiohttp.test_utils import TestServer
 
 from shared import protocol as p
@@ -90,3 +93,49 @@ def test_the_architecture_page_names_code_that_exists() -> None:
     assert not problems and checked > 40
     # and it notices a name that is not there
     assert _architecture_problems(text.replace("`Hub.caption`", "`Hub.captions`"))[0]
+
+
+def plugin_doc_files() -> dict[str, str]:
+    """docs/plugins.md's code blocks, by the file each one's first line names."""
+    doc = (ROOT / "docs" / "plugins.md").read_text()
+    files = {}
+    for lang, body in re.findall(r"```(python|toml)\n(.*?)```", doc, re.DOTALL):
+        first = body.splitlines()[0]
+        assert first.startswith("# ") and " " not in first[2:], f"a {lang} block names no file"
+        files[first[2:]] = body
+    return files
+
+
+@pytest.mark.backends("sqlite")
+async def test_every_plugin_doc_snippet_runs_as_written(
+        server: TestServer, tmp_path: Path, provider_process: Any) -> None:
+    import tomllib
+
+    from signaling.dispatch import DISPATCHER
+
+    from .helpers import wait_until
+
+    files = plugin_doc_files()
+    assert {"greeter_bot.py", "keyword_bot.py", "timer_bot.py", "reader_bot.py", "test_fake.py",
+            "test_live.py", "join.py", "pyproject.toml"} <= set(files), sorted(files)
+    for name, body in files.items():
+        (tmp_path / name).write_text(body)
+    entry = tomllib.loads(files["pyproject.toml"])["project"]["entry-points"]
+    assert entry["ai_voicebot.bots"] == {"greeter": "greeter_bot:GreeterBot"}
+    env = os.environ | {"PYTHONPATH": str(tmp_path)}
+    tests = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-o", "asyncio_mode=auto",
+        "--rootdir", str(tmp_path), str(tmp_path), cwd=tmp_path, env=env,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+    out = (await asyncio.wait_for(tests.communicate(), 300))[0].decode()
+    assert tests.returncode == 0 and "5 passed" in out, out
+
+    url = str(server.make_url("/"))
+    provider_process(url, plugins=("echo",))
+    await wait_until(lambda: server.app[DISPATCHER].providers, 60, "the provider")
+    join = await asyncio.create_subprocess_exec(
+        sys.executable, str(tmp_path / "join.py"), url, cwd=tmp_path, env=env,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+    out = (await asyncio.wait_for(join.communicate(), 120))[0].decode()
+    assert join.returncode == 0, out
+    assert "added: 201" in out and "Echo answered: hello" in out, out
