@@ -22,7 +22,7 @@ from shared import protocol as p
 from shared.validation import Payload
 
 from .inbound import MAX_FRAMES, check_batch
-from .voice import Playback, Source
+from .voice import Playable, Playback
 
 log = logging.getLogger(__name__)
 
@@ -212,10 +212,11 @@ class LobbyAccess(abc.ABC):
         """Posts a transcript (interim or final) to the lobby."""
 
     @abc.abstractmethod
-    def play(self, source: Source, *, interruptible: bool = False) -> Playback:
+    def play(self, source: Playable, *, interruptible: bool = False) -> Playback:
         """Queues ``source`` to be sent to every peer after what is queued already: a file
-        path, a ``Sound`` (``await bots.voice.speak(text)`` gives one), mono samples at
-        48 kHz, or an async iterable of sample blocks (48 kHz) or ``av.AudioFrame``s.
+        path, a ``Sound``, mono samples at 48 kHz, an async iterable of sample blocks (48 kHz)
+        or ``av.AudioFrame``s, or an awaitable that gives one of these (``speak(text)``: it
+        starts at once, and its sound keeps its place in the queue).
         ``await`` the playback for when it has been sent; needs ``sends_audio = True``.
         ``interruptible``: a person who starts talking stops it (needs ``barge_in = True``)."""
 

@@ -26,7 +26,7 @@ from .captions import CaptionReader
 from .listen import SpeechStarted, listen
 from .mesh import Mesh
 from .plugin import Bot, BotConfig, InvalidConfig, LobbyAccess, Peer
-from .voice import Playback, Source, Voice
+from .voice import Playable, Playback, Voice
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +78,7 @@ class BotRunner(LobbyAccess):
         else:
             self.client.send(message)
 
-    def play(self, source: Source, *, interruptible: bool = False) -> Playback:
+    def play(self, source: Playable, *, interruptible: bool = False) -> Playback:
         if interruptible and not self.cls.barge_in:
             raise RuntimeError("an interruptible playback needs barge_in = True on the class")
         if self.voice is None:

@@ -15,11 +15,10 @@ a provider runs before it offers a plugin.
 from __future__ import annotations
 
 import asyncio
-import fractions
 import itertools
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
 import av
@@ -32,27 +31,31 @@ from shared.tasks import cancel_and_wait
 
 from .captions import CaptionReader
 from .plugin import Bot, LobbyAccess, Peer, check_plugin
-from .voice import Playback, Source, chunks
+from .voice import Playable, Playback, Source, block_frame, chunks
 from .stt import STT, Recognition
 
 __all__ = ["FakeLobby", "ScriptedSTT", "SoundTrack", "check_plugin"]  # check_plugin: what discovery checks
 
 
 class FakeLobby(LobbyAccess):
+    # a bot that answers its own messages more often than this in one go is in a loop
+    MAX_OWN_REPLIES = 100
+
     def __init__(self, lobby_id: str = "fake-lobby", name: str = "Bot") -> None:
         self.lobby_id = lobby_id
         self.session_id = "bot-session"
         self.name = name
-        self.chat: list[str] = []
+        self.chat: list[str] = []  # what the bot posted
         self.transcripts: list[p.Message] = []
         self.tracks: list[MediaStreamTrack] = []
         self.statuses: list[tuple[str, str]] = []
+        self.figures: list[dict[str, float]] = []  # the metrics of each status, in order
         # what ``play`` sent, one array of 48 kHz mono float32 samples per playback, in order
         self.played: list[np.ndarray] = []
+        self.bot: Bot[Any] | None = None
         self._playing: list[Playback] = []
         self._tasks: set[asyncio.Task[None]] = set()
-        self.figures: list[dict[str, float]] = []  # the metrics of each status, in order
-        self.bot: Bot[Any] | None = None
+        self._own: list[p.Chat] = []  # the bot's posts, still to reach its on_chat
         self._peers: dict[str, Peer] = {}
         self._ids = itertools.count(1)
         self._captions = CaptionReader()
@@ -64,11 +67,13 @@ class FakeLobby(LobbyAccess):
 
     async def post_chat(self, text: str) -> None:
         self.chat.append(text)
+        self._own.append(p.Chat(lobby_id=self.lobby_id, text=text, session_id=self.session_id,
+                                name=self.name, message_id=next(self._ids)))
 
     async def post_transcript(self, message: p.Message) -> None:
         self.transcripts.append(message)
 
-    def play(self, source: Source, *, interruptible: bool = False) -> Playback:
+    def play(self, source: Playable, *, interruptible: bool = False) -> Playback:
         """Decodes ``source`` at once (no real-time wait) into ``played``; playbacks finish
         in the order they were queued."""
         playback = Playback(source, "fake", interruptible)
@@ -79,7 +84,8 @@ class FakeLobby(LobbyAccess):
             if before is not None:
                 await asyncio.gather(before, return_exceptions=True)
             try:
-                blocks = [block async for block in chunks(source) if not playback.stopped]
+                sound = await playback.sound()
+                blocks = [block async for block in chunks(sound) if not playback.stopped]
                 self.played.append(np.concatenate(blocks) if blocks else np.zeros(0, np.float32))
                 playback.sent = sum(map(len, blocks)) / 48_000
             except Exception as exc:  # noqa: BLE001 - as the real queue: the playback fails
@@ -116,42 +122,44 @@ class FakeLobby(LobbyAccess):
     async def start(self, bot: Bot[Any]) -> None:
         self.bot = bot
         self._captions = CaptionReader(interims=bot.interims)
-        await bot.on_joined()
+        await self._run(bot.on_joined())
 
     async def add_peer(self, name: str, track: MediaStreamTrack | None = None,
                        *, bot: bool = False) -> Peer:
-        """A peer joins and connects; ``track`` is its audio, if any."""
+        """A peer (a person, or a bot with ``bot=True``) joins and connects; ``track`` is its
+        audio, if any: ``on_track`` is awaited until the track ends."""
         assert self.bot is not None, "call start(bot) first"
         peer = Peer(f"peer-{next(self._ids)}", name, bot)
         self._peers[peer.session_id] = peer
-        await self.bot.on_peer_connected(peer)
+        await self._run(self.bot.on_peer_connected(peer))
         if track is not None:
-            await self.bot.on_track(peer, track)
+            await self._run(self.bot.on_track(peer, track))
         return peer
 
     async def remove_peer(self, peer: Peer) -> None:
         assert self.bot is not None
         self._peers.pop(peer.session_id, None)
-        await self.bot.on_peer_left(peer)
+        await self._run(self.bot.on_peer_left(peer))
 
     async def say(self, name: str, text: str) -> None:
-        """A chat message from a peer called ``name`` (added if unknown)."""
-        assert self.bot is not None
-        peer = next((x for x in self._peers.values() if x.name == name), None)
-        session_id = peer.session_id if peer else f"peer-{next(self._ids)}"
-        await self.bot.on_chat(p.Chat(lobby_id=self.lobby_id, text=text, session_id=session_id,
-                                      name=name, message_id=next(self._ids)))
+        """A chat message from the peer called ``name`` (added, as a person, if unknown)."""
+        peer = await self._peer(name)
+        await self._run(self._bot.on_chat(p.Chat(
+            lobby_id=self.lobby_id, text=text, session_id=peer.session_id, name=name,
+            message_id=next(self._ids))))
+
+    async def notice(self, text: str) -> None:
+        """A ``system`` message from the server (no sender)."""
+        await self._run(self._bot.on_chat(p.Chat(lobby_id=self.lobby_id, text=text, name="system",
+                                                 kind="system", message_id=next(self._ids))))
 
     async def caption(self, name: str, text: str, *, final: bool = True,
                       replaces: Sequence[str] = (), segment_id: str | None = None,
                       duration: float = 1.0) -> str:
-        """A transcriber's caption of ``name`` (a peer, added if unknown) saying ``text``;
-        ``replaces`` are the segment ids of earlier finals it takes the place of. Returns its
-        segment id. An interim reaches only a bot with ``interims = True``."""
-        assert self.bot is not None, "call start(bot) first"
-        peer = next((x for x in self._peers.values() if x.name == name), None)
-        if peer is None:
-            peer = await self.add_peer(name)
+        """A transcriber's caption of ``name`` (a peer, added as a person if unknown) saying
+        ``text``; ``replaces`` are the segment ids of earlier finals it takes the place of.
+        Returns its segment id. An interim reaches only a bot with ``interims = True``."""
+        peer = await self._peer(name)
         segment = segment_id or f"seg-{next(self._ids)}"
         now = time.time()
         msg = p.Transcript(lobby_id=self.lobby_id, segment_id=segment,
@@ -160,13 +168,34 @@ class FakeLobby(LobbyAccess):
                            replaces=list(replaces))
         caption = self._captions.read(msg, self._peers)
         if caption is not None:
-            await self.bot.on_transcript(caption)
+            await self._run(self._bot.on_transcript(caption))
         return segment
 
     async def stop(self) -> None:
+        """The bot is removed: ``on_stop``, and what it queued to play is dropped."""
         if self.bot is not None:
             await self.bot.on_stop()
         await cancel_and_wait(*self._tasks)
+
+    @property
+    def _bot(self) -> Bot[Any]:
+        assert self.bot is not None, "call start(bot) first"
+        return self.bot
+
+    async def _peer(self, name: str) -> Peer:
+        peer = next((x for x in self._peers.values() if x.name == name), None)
+        return peer if peer is not None else await self.add_peer(name)
+
+    async def _run(self, hook: Coroutine[Any, Any, None]) -> None:
+        """Awaits ``hook``, then hands the bot its own posts (as a lobby does) until none
+        are left."""
+        await hook
+        for _ in range(self.MAX_OWN_REPLIES):
+            if not self._own:
+                return
+            await self._bot.on_chat(self._own.pop(0))
+        raise AssertionError(f"the bot answered its own messages {self.MAX_OWN_REPLIES} times "
+                             f"in a row (a loop?): {self.chat[-3:]}")
 
 
 class SoundTrack(MediaStreamTrack):
@@ -194,10 +223,8 @@ class SoundTrack(MediaStreamTrack):
                 raise MediaStreamError from None
             self._silence -= 1
             block = np.zeros(960, np.float32)
-        frame = av.AudioFrame.from_ndarray(block[None, :], format="flt", layout="mono")
-        frame.sample_rate, frame.pts = 48_000, self._pts
-        frame.time_base = fractions.Fraction(1, 48_000)
-        self._pts += 960
+        frame = block_frame(block, self._pts)
+        self._pts += len(block)
         return frame
 
 

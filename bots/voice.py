@@ -12,10 +12,11 @@ from __future__ import annotations
 import asyncio
 import collections
 import fractions
+import inspect
 import logging
 import shutil
 import time
-from collections.abc import AsyncIterable, AsyncIterator, Generator
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Generator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeAlias
@@ -56,6 +57,9 @@ class Sound:
 
 # what ``play`` takes: a file, a Sound, mono samples at 48 kHz, or frames/blocks as they come
 Source: TypeAlias = "str | Path | Sound | np.ndarray | AsyncIterable[np.ndarray | av.AudioFrame]"
+# or something that gives one when awaited (``speak(text)``): it starts at once, and its sound
+# keeps its place in the queue
+Playable: TypeAlias = "Source | Awaitable[Source]"
 
 
 class Playback:
@@ -64,8 +68,10 @@ class Playback:
     ``interruptible``: a person who starts talking stops it (a bot with ``barge_in``), and
     then ``interrupted`` is true."""
 
-    def __init__(self, source: Source, label: str, interruptible: bool = False) -> None:
-        self.source = source
+    def __init__(self, source: Playable, label: str, interruptible: bool = False) -> None:
+        # an awaitable runs from now, while what is ahead of it plays
+        self.source: Source | asyncio.Future[Source] = (
+            asyncio.ensure_future(source) if inspect.isawaitable(source) else source)
         self.label = label
         self.interruptible = interruptible
         self.sent = 0.0  # seconds of it sent so far
@@ -82,7 +88,15 @@ class Playback:
     def stop(self) -> None:
         self.stopped = True
 
+    async def sound(self) -> Source:
+        """The source, once an awaitable one has given it."""
+        if isinstance(self.source, asyncio.Future):
+            return await self.source
+        return self.source
+
     def _finish(self, error: BaseException | None = None) -> None:
+        if isinstance(self.source, asyncio.Future) and not self.source.done():
+            self.source.cancel()  # stopped before its turn: what would make it is not needed
         if not self._done.done():
             if error is None:
                 self._done.set_result(None)
@@ -107,7 +121,7 @@ class Voice(MediaStreamTrack):
     def playing(self) -> Playback | None:
         return self._queue[0] if self._queue else None
 
-    def play(self, source: Source, label: str = "", interruptible: bool = False) -> Playback:
+    def play(self, source: Playable, label: str = "", interruptible: bool = False) -> Playback:
         playback = Playback(source, label or _label(source), interruptible)
         self._queue.append(playback)
         if self._pump is None or self._pump.done():
@@ -134,6 +148,8 @@ class Voice(MediaStreamTrack):
         await cancel_and_wait(self._pump)
         for playback in self._queue:
             playback._finish()
+            if isinstance(playback.source, asyncio.Future):
+                await cancel_and_wait(playback.source)
         self._queue.clear()
         self.stop()
 
@@ -144,10 +160,8 @@ class Voice(MediaStreamTrack):
         wait = self._start + self._pts / RATE - now
         if wait > 0:
             await asyncio.sleep(wait)
-        chunk = self._ready.popleft() if self._ready else np.zeros(FRAME, np.float32)
-        frame = av.AudioFrame.from_ndarray(chunk[None, :], format="flt", layout="mono")
-        frame.sample_rate, frame.pts = RATE, self._pts
-        frame.time_base = fractions.Fraction(1, RATE)
+        frame = block_frame(self._ready.popleft() if self._ready else np.zeros(FRAME, np.float32),
+                            self._pts)
         self._pts += FRAME
         return frame
 
@@ -167,8 +181,9 @@ class Voice(MediaStreamTrack):
             playback._finish()
 
     async def _send(self, playback: Playback) -> None:
+        source = await playback.sound()
         due = time.monotonic()
-        async for chunk in chunks(playback.source):
+        async for chunk in chunks(source):
             if playback.stopped:
                 return
             wait = due - LEAD - time.monotonic()
@@ -182,7 +197,15 @@ class Voice(MediaStreamTrack):
             await asyncio.sleep(wait)
 
 
-def _label(source: Source) -> str:
+def block_frame(block: np.ndarray, pts: int) -> av.AudioFrame:
+    """A 48 kHz mono float32 block as the frame a track gives, at ``pts`` samples."""
+    frame = av.AudioFrame.from_ndarray(block[None, :], format="flt", layout="mono")
+    frame.sample_rate, frame.pts = RATE, pts
+    frame.time_base = fractions.Fraction(1, RATE)
+    return frame
+
+
+def _label(source: Playable) -> str:
     if isinstance(source, (str, Path)):
         return Path(source).name
     if isinstance(source, Sound):

@@ -30,6 +30,7 @@ def test_every_example_is_installed_and_offered() -> None:
     assert {"countdown", "keyword_alert", "reader"} <= set(discover())
 
 
+@pytest.mark.timeout(400)
 async def test_the_reader_is_captioned_and_the_alert_fires_once_a_sentence(
         server: TestServer, clients: Clients, provider_process: Any) -> None:
     url = str(server.make_url("/"))
@@ -42,6 +43,7 @@ async def test_the_reader_is_captioned_and_the_alert_fires_once_a_sentence(
         status, body = await api("POST", url + f"api/lobbies/{lobby}/bots", human.config.token,
                                  {"kind": kind, "config": config})
         assert status == 201, body
+
     def alerts() -> list[str]:
         return [m.text for m in inbox.of(p.Chat) if m.name == "Keyword Alert"]
 
@@ -54,16 +56,19 @@ async def test_the_reader_is_captioned_and_the_alert_fires_once_a_sentence(
     def heard() -> str:
         return " ".join(t.text for t in shown(inbox.of(p.Transcript, final=True)))
 
-    await wait_until(lambda: "garden" in heard().lower(), 120, "the last sentence captioned")
-    await wait_until(lambda: len(alerts()) >= 2, 10, f"the second alert: {alerts()} {heard()}")
+    said = Counter(words(" ".join(SENTENCES)).split())
+
+    def caught() -> int:  # in any order: a sentence read straight after another may be
+        return (said & Counter(words(heard()).split())).total()  # captioned joined to it
+
+    # at least 80 % of the words
+    await wait_until(lambda: caught() >= 0.8 * said.total(), 120, f"the words: {heard()}")
+    await wait_until(lambda: len(alerts()) >= 2, 60, f"the second alert: {alerts()} {heard()}")
     got = heard()
-    said, caught = (Counter(words(text).split()) for text in (" ".join(SENTENCES), got))
-    # at least 80 % of the words (in any order: a sentence read straight after another may be
-    # captioned again, joined to it, in its place)
-    assert (said & caught).total() >= 0.8 * said.total(), got
     assert {t.speaker_id for t in inbox.of(p.Transcript, final=True)} == {reader}
     # one more sentence: an alert still to come would come before its caption
     await human.chat(lobby, "That is all I wanted to say for now.")
-    await wait_until(lambda: "wanted" in heard().lower(), 60, "the closing caption")
+    await wait_until(lambda: any(w in heard().lower() for w in ("wanted", "all i", "for now")),
+                     60, "the closing caption")
     assert alerts() == ["Reader said banana", "Reader said banana"], (alerts(), got)
 

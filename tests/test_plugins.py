@@ -313,6 +313,14 @@ class TableBot(Bot[TableConfig]):
     Config = TableConfig
 
 @dataclass(frozen=True)
+class TupleConfig(BotConfig):
+    words: list[str] = setting(("banana",), "a tuple, the usual dodge of a mutable default")
+
+class TupleBot(Bot[TupleConfig]):
+    kind = "tupled"
+    Config = TupleConfig
+
+@dataclass(frozen=True)
 class WordsConfig(BotConfig):
     words: list[str] = setting(["banana"], "a list is fine")
 
@@ -325,9 +333,10 @@ class WordsBot(Bot[WordsConfig]):
 def test_discovery_refuses_a_broken_plugin_with_one_line_and_keeps_the_rest(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
     _install_plugins(tmp_path, monkeypatch, BROKEN_PLUGINS,
-                     "table = fixture_plugins:TableBot\nwords = fixture_plugins:WordsBot")
+                     "table = fixture_plugins:TableBot\nwords = fixture_plugins:WordsBot\n"
+                     "tupled = fixture_plugins:TupleBot")
     found = discover()
-    assert "table" not in found and {"words", "echo", "transcriber"} <= set(found)
+    assert not {"table", "tupled"} & set(found) and {"words", "echo", "transcriber"} <= set(found)
     lines = [r.getMessage() for r in caplog.records if "bot plugin 'table'" in r.getMessage()]
     assert len(lines) == 1 and "refused" in lines[0] and "setting 'table'" in lines[0], lines
 
@@ -391,3 +400,53 @@ async def test_a_full_provider_is_not_a_missing_one_and_a_freed_place_is_taken(
         await inbox.wait_for(p.BotStatus, bot_id=waiting.id, status="live", timeout=30)
         logging.getLogger(__name__).info("started %.2f s after its place was freed",
                                          time.monotonic() - freed)
+
+
+async def test_voicebot_up_is_ready_with_a_broken_plugin_installed(tmp_path: Path) -> None:
+    """One bad plugin once took every plugin of its provider offline: `voicebot up` never
+    became ready, and the only trace was `handler for welcome failed`."""
+    import os
+    import subprocess
+    import sys
+
+    import aiohttp
+
+    from signaling.testing import free_port
+
+    plugins = tmp_path / "plugins"
+    plugins.mkdir()
+    dist = plugins / "fixture_plugins-1.0.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: fixture-plugins\nVersion: 1.0\n")
+    (dist / "entry_points.txt").write_text(
+        "[ai_voicebot.bots]\ntable = fixture_plugins:TableBot\nwords = fixture_plugins:WordsBot\n"
+        "gone = no_such_module:Bot\ntupled = fixture_plugins:TupleBot\n")
+    (plugins / "fixture_plugins.py").write_text(BROKEN_PLUGINS)
+    port, log_path = free_port(), tmp_path / "up.log"
+    env = os.environ | {"VOICEBOT_PROVIDER_KEY": "", "PYTHONPATH": str(plugins)}
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "signaling.cli", "up", "--port", str(port),
+                                 "--data-dir", str(tmp_path / "data")], env=env, stdout=log,
+                                stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        async def ready() -> bool:
+            try:
+                async with aiohttp.ClientSession() as http, http.get(url + "api/ready") as r:
+                    return r.status == 200
+            except aiohttp.ClientError:
+                return False
+
+        deadline = time.monotonic() + 120
+        while not await ready():
+            assert time.monotonic() < deadline and proc.poll() is None, log_path.read_text()
+            await asyncio.sleep(0.3)
+        kinds = {k["kind"] for k in (await api("GET", url + "api/bots", None))[1]["kinds"]}
+        assert {"transcriber", "words", "echo"} <= kinds and not {"table", "tupled"} & kinds
+        text = log_path.read_text()
+        assert "bot plugin 'table' (fixture_plugins:TableBot) refused" in text
+        assert "bot plugin 'tupled' (fixture_plugins:TupleBot) refused" in text
+        assert "bot plugin 'gone'" in text and "handler for welcome failed" not in text
+    finally:
+        proc.terminate()
+        assert proc.wait(20) == 0

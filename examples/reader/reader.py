@@ -33,5 +33,6 @@ class ReaderBot(Bot[ReaderConfig]):
             return
         text = message.text[len(self.config.prefix):].strip()
         if text:
-            sound = await speak(text, self.config.voice, self.config.words_per_minute)
-            await self.lobby.play(sound)  # queued: messages are read one after another
+            # play() starts speak() at once and keeps its place in the queue: messages are
+            # read in the order they came, one after another
+            await self.lobby.play(speak(text, self.config.voice, self.config.words_per_minute))

@@ -13,7 +13,14 @@ async def test_once_per_sentence_even_when_the_sentence_is_revised() -> None:
     early = await lobby.caption("Ann", "I ate a banana")
     await lobby.caption("Ann", "I ate a banana and a kiwi", replaces=[early])
     await lobby.caption("Bob", "Bananas are yellow.")  # another word, not the keyword
+    # revised away and back: still the one sentence
+    first = await lobby.caption("Cy", "I ate a banana")
+    second = await lobby.caption("Cy", "I ate a bandana", replaces=[first])
+    await lobby.caption("Cy", "I ate a banana for lunch.", replaces=[second])
     first = await lobby.caption("Bob", "One more banana.")
     # the next sentence came so soon that the transcriber joined it to the first
-    await lobby.caption("Bob", "One more banana. It was ripe.", replaces=[first])
-    assert lobby.chat == ["Ann said banana", "Ann said kiwi", "Bob said banana"]
+    joined = await lobby.caption("Bob", "One more banana. It was ripe.", replaces=[first])
+    two = await lobby.caption("Bob", "And a kiwi.")
+    await lobby.caption("Bob", "One more banana. It was ripe. And a kiwi.", replaces=[joined, two])
+    assert lobby.chat == ["Ann said banana", "Ann said kiwi", "Cy said banana", "Bob said banana",
+                          "Bob said kiwi"]
