@@ -13,8 +13,11 @@ from typing import Any
 from playwright.async_api import Browser, Page, async_playwright, expect
 
 CHROMIUM = os.environ.get("VOICEBOT_CHROMIUM", "/usr/bin/chromium")
-FLAGS = ["--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
-         "--autoplay-policy=no-user-gesture-required", "--no-sandbox", "--disable-gpu",
+# the fake microphone is granted without a prompt (GRANT), and sound plays without a click
+# (AUTOPLAY) unless a test asks for a browser as people have it
+GRANT = "--use-fake-ui-for-media-stream"
+AUTOPLAY = "--autoplay-policy=no-user-gesture-required"
+FLAGS = ["--use-fake-device-for-media-stream", "--no-sandbox", "--disable-gpu",
          "--disable-quic", "--no-first-run", "--disable-background-networking",
          "--disable-component-update", "--disable-sync",
          # loopback tests: real host candidates instead of mDNS names aiortc would have to resolve
@@ -23,12 +26,16 @@ FLAGS = ["--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
 
 @asynccontextmanager
 async def chromium(fake_audio: Path | None = None, *, executable: Path | None = None,
-                   extra_args: tuple[str, ...] = ()) -> AsyncIterator[Browser]:
+                   extra_args: tuple[str, ...] = (), autoplay: bool = True,
+                   microphone: bool = True) -> AsyncIterator[Browser]:
     """Headless Chromium whose fake microphone beeps, or plays ``fake_audio`` (a WAV).
-    ``executable``: a wrapper that starts it elsewhere (inside a network namespace)."""
+    ``executable``: a wrapper that starts it elsewhere (inside a network namespace).
+    ``autoplay=False``: the default autoplay policy (sound only after a click or key press);
+    ``microphone=False``: a request for the microphone is refused."""
     if not Path(CHROMIUM).exists():
         raise RuntimeError(f"{CHROMIUM} is missing: apt-get install chromium")
-    args = [*FLAGS, *extra_args]
+    args = [*FLAGS, *([AUTOPLAY] if autoplay else []), *([GRANT] if microphone else []),
+            *extra_args]
     if fake_audio is not None:
         args.append(f"--use-file-for-fake-audio-capture={fake_audio}")
     async with async_playwright() as pw:

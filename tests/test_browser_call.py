@@ -390,3 +390,54 @@ async def test_a_list_setting_is_edited_in_the_bot_menu(
         config = json.loads(await page.evaluate(
             "JSON.stringify(Object.values(voicebot.store.state.bots)[0].config)"))
         assert config["keywords"] == ["kiwi", "mango"], config
+
+
+async def test_a_listener_comes_back_without_autoplay_and_hears_after_one_click(
+        server: TestServer, provider_process: Any) -> None:
+    """A browser as people have it plays sound only after a click: a page loaded again
+    mid-call has had none. It says so, and plays on the first click; a person whose microphone was
+    refused listens, and can add one later."""
+    url = str(server.make_url("/"))
+    provider_process(url, plugins=("player",))
+    async with chromium(autoplay=False, microphone=False) as browser:
+        context = await browser.new_context()
+        page = await context.new_page()
+        await enter(page, url, "Lis")
+        lobby = await create_lobby(page, "listeners")
+        me = participant(page, "Lis")
+        await expect(me).to_contain_text("listening", timeout=15000)
+        await expect(page.locator("#mute")).to_have_text("Add microphone")
+        await wait_for(lambda: _true(server.app[DISPATCHER].providers), 60, "the provider")
+        await server.app[DISPATCHER].add(lobby, "player", {
+            "path": str(DATA / "english_espeak.wav"), "loop": True, "delay": 0.0}, "Speaker")
+        await expect(participant(page, "Speaker")).to_be_visible(timeout=30000)
+        assert await max_level(page, "Speaker", 8.0) > 0.01  # joined by a click: it plays
+        assert await page.locator("#hear").is_hidden()
+
+        # the page loads again, and resumes the call (the session is in its storage). Chromium
+        # may let a page play without a click where the person clicked on the site before in
+        # this browser's run: a browser started anew (the storage carried over) has not
+        state = await context.storage_state()
+        await context.close()
+        context = await browser.new_context(storage_state=state)
+        page = await context.new_page()
+        # nothing of the page is read until it has been refused: Playwright reads a page with
+        # scripts that count as the person's gesture, and the page would be let play
+        async with page.expect_console_message(lambda m: "refused to play" in m.text,
+                                               timeout=60000):
+            await page.goto(url + f"#lobby={lobby}")
+        me = participant(page, "Lis")
+        hear = page.locator("#hear")
+        await expect(hear).to_be_visible(timeout=15000)  # play() was refused: it says so
+        await expect(page.locator("#hear-button")).to_have_text("Click to hear the call")
+        assert await max_level(page, "Speaker", 2.0) == 0.0
+        await page.click("#hear-button")
+        await expect(hear).to_be_hidden(timeout=5000)
+        assert await max_level(page, "Speaker", 5.0) > 0.01
+        await expect(me).to_contain_text("listening")
+        # the person allows the microphone after all: it joins the call, nobody rejoins
+        await context.grant_permissions(["microphone"], origin=url.rstrip("/"))
+        await page.click("#mute")
+        await expect(page.locator("#mute")).to_have_text("Mute", timeout=10000)
+        await expect(me).not_to_contain_text("listening")
+        assert await max_level(page, "Lis", 3.0) > 0.01  # its fake microphone beeps

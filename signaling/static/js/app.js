@@ -9,7 +9,11 @@ import { botConfig, h, render, renderBotOptions } from "./view.js";
 
 const base = new URL(".", document.baseURI);
 const store = createStore(reducer, initialState);
-const audio = new Audio();
+const audio = new Audio((blocked) => store.dispatch({ type: "audio_blocked", blocked }));
+// a click or key press anywhere is what a browser waits for before it plays sound
+for (const event of ["click", "keydown"]) {
+  document.addEventListener(event, () => { if (audio.blocked) audio.unblock(); }, { capture: true });
+}
 const conn = new Connection(base, {
   onStatus: (s) => store.dispatch({ type: "conn", conn: s }),
   onWelcome: (data) => welcomed(data),
@@ -206,6 +210,7 @@ function applyMute() {
 
 function toggleMute() {
   const s = store.state;
+  if (s.mic === "denied" || s.mic === "unavailable") { startMicrophone(); return; }  // a listener
   if (!(s.mic === "on" || s.mic === "muted")) return;
   store.dispatch({ type: "mic", mic: s.mic === "on" ? "muted" : "on" });
   applyMute();

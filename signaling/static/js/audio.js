@@ -1,16 +1,39 @@
 // Sound in and out: the peers' audio elements and level meters, the microphone, the devices.
 
+// Browsers play sound only after the person has clicked or pressed a key on the page: a page
+// reloaded mid-call has not, and its play() is refused (NotAllowedError). Nothing stays
+// silently paused: a refusal is reported (onBlocked(true)), and unblock(), run on the person's
+// next click or key press, plays every peer again and resumes the meters' AudioContext.
 export class Audio {
-  constructor() {
+  constructor(onBlocked = () => {}) {
     this.ctx = null;
     this.nodes = new Map();    // session_id (or "me", "test") -> {el, analyser, buf}
     this.sinkId = "";
+    this.blocked = false;
+    this.onBlocked = onBlocked;
   }
 
   context() {
     if (!this.ctx) this.ctx = new AudioContext();
-    if (this.ctx.state === "suspended") this.ctx.resume();
+    if (this.ctx.state === "suspended") this.ctx.resume().catch(() => {});
     return this.ctx;
+  }
+
+  refused(e) {
+    if (e.name !== "NotAllowedError" || this.blocked) return;
+    console.info("audio: the browser refused to play until the page is clicked");
+    this.blocked = true;
+    this.onBlocked(true);
+  }
+
+  // on a click or key press: every peer that the browser held back plays now
+  async unblock() {
+    if (this.ctx && this.ctx.state === "suspended") await this.ctx.resume().catch(() => {});
+    const held = [...this.nodes.values()].filter((n) => n.el && n.el.paused);
+    try {
+      await Promise.all(held.map((n) => n.el.play()));
+    } catch (e) { return; }  // still refused: the next click tries again
+    if (this.blocked) { this.blocked = false; this.onBlocked(false); }
   }
 
   // plays a peer's stream (or only meters it: the microphone) and measures its level
@@ -24,7 +47,7 @@ export class Audio {
       el.volume = volume;
       el.muted = volume === 0;
       if (this.sinkId && el.setSinkId) el.setSinkId(this.sinkId).catch(() => {});
-      el.play().catch(() => {});
+      el.play().catch((e) => this.refused(e));
     }
     const ctx = this.context();
     const analyser = ctx.createAnalyser();

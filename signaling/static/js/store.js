@@ -27,6 +27,7 @@ export const initialState = {
   announcement: "",            // the latest final, for screen readers
   prompt: null,                // {lobby_id, name, message}: a lobby's password is needed
   notice: null,                // {kind: "error"|"info", text}
+  audioBlocked: false,         // the browser refused to play until the person clicks
 };
 
 function byMessageId(a, b) { return a.message_id - b.message_id; }
@@ -139,6 +140,8 @@ export function reducer(state, action) {
       return { ...state, prompt: action.prompt };
     case "notice":
       return { ...state, notice: action.notice };
+    case "audio_blocked":
+      return { ...state, audioBlocked: action.blocked };
     default:
       throw new Error(`unknown action ${action.type}`);
   }

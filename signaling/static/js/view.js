@@ -66,6 +66,7 @@ function renderStatus(s) {
     ? "This lobby is open in another tab or window, so this one has stopped."
     : "The server ended this connection.";
   $("take-over").textContent = s.conn === "replaced" ? "Use it here" : "Connect again";
+  $("hear").hidden = !(s.audioBlocked && s.lobby);
 }
 
 function renderNotice(s) {
@@ -145,8 +146,10 @@ function renderRoom(s, prev, actions) {
   if (s.bots !== prev.bots || s.kinds !== prev.kinds) { renderBots(s, actions); renderLag(s); }
   const mute = $("mute");
   const muted = s.mic === "muted" && !s.talking;
-  mute.textContent = muted ? "Unmute" : "Mute";
-  mute.disabled = !(s.mic === "on" || s.mic === "muted");
+  // a listener (no microphone, or it was refused) can add one without leaving
+  const listening = s.mic === "denied" || s.mic === "unavailable";
+  mute.textContent = listening ? "Add microphone" : muted ? "Unmute" : "Mute";
+  mute.disabled = !(s.mic === "on" || s.mic === "muted" || listening);
   mute.setAttribute("aria-pressed", String(muted));
 }
 
@@ -170,7 +173,7 @@ function renderParticipants(s, actions) {
       !p.connected ? h("span", { className: "muted" }, "away")
         : !isMe ? peerState(peer, path) : null,
       isMe ? (s.mic === "muted" && !s.talking ? h("span", { className: "muted" }, "muted") :
-              s.mic === "denied" || s.mic === "unavailable" ? h("span", { className: "muted" }, "no mic") : null)
+              s.mic === "denied" || s.mic === "unavailable" ? h("span", { className: "muted" }, "listening") : null)
         : h("span", { className: "volume" },
             h("button", { type: "button", className: "small secondary", title: "mute for me",
                           "aria-label": `${volume === 0 ? "unmute" : "mute"} ${p.name} for me`,
