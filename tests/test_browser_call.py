@@ -441,3 +441,41 @@ async def test_a_listener_comes_back_without_autoplay_and_hears_after_one_click(
         await expect(page.locator("#mute")).to_have_text("Mute", timeout=10000)
         await expect(me).not_to_contain_text("listening")
         assert await max_level(page, "Lis", 3.0) > 0.01  # its fake microphone beeps
+
+
+async def mean_level(page: Page, name: str, seconds: float) -> float:
+    """The mean level the page's meter showed for ``name`` over ``seconds``."""
+    values = []
+    for _ in range(int(seconds / 0.1)):
+        values.append(float(await participant(page, name).get_attribute("data-level") or 0))
+        await asyncio.sleep(0.1)
+    return sum(values) / len(values)
+
+
+async def test_the_sound_switches_change_what_the_other_hears_and_are_remembered(
+        server: TestServer) -> None:
+    url = str(server.make_url("/"))
+    # speech in a fan's noise: noise suppression takes the noise out, which the other hears
+    async with chromium(fake_audio=DATA / "english_noisy.wav") as browser:
+        ann, ben, _ = await two_in_a_call(browser, url, "sound")
+        offers = [await page.evaluate("voicebot.mesh.offers") for page in (ann, ben)]
+        switches = ann.locator(".side .sound-switch")
+        assert await switches.evaluate_all("els => els.map(e => e.checked)") == [True] * 3
+        await ann.click(".side .sound-raw")  # music: all three off
+        await expect(ann.locator(".side .sound-raw")).to_have_attribute("aria-pressed", "true")
+        await asyncio.sleep(1.0)
+        raw = await mean_level(ben, "Ann", 6.0)
+        await ann.check(".side .sound-switch[name=noiseSuppression]")
+        await asyncio.sleep(1.0)
+        suppressed = await mean_level(ben, "Ann", 6.0)
+        assert raw > 0.01 and suppressed < 0.85 * raw, (raw, suppressed)
+        print(f"level Ben hears: raw {raw:.4f}, noise suppression {suppressed:.4f}")
+        assert [await page.evaluate("voicebot.mesh.offers") for page in (ann, ben)] == offers
+        await ann.reload()
+        await expect(ann.locator("#room")).to_be_visible(timeout=15000)
+        assert await ann.locator(".side .sound-switch").evaluate_all(
+            "els => els.map(e => [e.name, e.checked])") == [
+            ["echoCancellation", False], ["noiseSuppression", True], ["autoGainControl", False]]
+        settings = await ann.evaluate(
+            "JSON.stringify(voicebot.mesh.peers.values().next().value.sender.track.getSettings())")
+        assert json.loads(settings)["noiseSuppression"] is True

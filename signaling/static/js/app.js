@@ -1,7 +1,7 @@
 // The browser client: wires the connection, the mesh and audio to one store; the view renders
 // it (view.js). This module holds the actions: what a click, a key or a server frame does.
 
-import { Audio, listDevices, microphoneProblem, openMicrophone } from "./audio.js";
+import { Audio, applySound, listDevices, microphoneProblem, openMicrophone } from "./audio.js";
 import { Connection, ServerError } from "./connection.js";
 import { Mesh } from "./mesh.js";
 import { createStore, initialState, reducer } from "./store.js";
@@ -112,7 +112,7 @@ async function refreshDevices() {
 // opens the chosen microphone and hands its track to every connection (no renegotiation)
 async function startMicrophone() {
   try {
-    const stream = await openMicrophone(store.state.input);
+    const stream = await openMicrophone(store.state.input, store.state.sound);
     const old = microphone;
     microphone = stream;
     const [track] = stream.getAudioTracks();
@@ -146,7 +146,7 @@ async function toggleTest() {
     return;
   }
   try {
-    testStream = await openMicrophone(store.state.input);
+    testStream = await openMicrophone(store.state.input, store.state.sound);
     audio.attach("test", testStream, { play: false });
     store.dispatch({ type: "test_level", level: 0 });
     notify(null);
@@ -226,6 +226,25 @@ async function chooseInput(id) {
   store.dispatch({ type: "input", id });
   if (microphone) await startMicrophone();  // mid-call: replaceTrack, no new offer
   else if (testStream) { await toggleTest(); await toggleTest(); }
+}
+
+const SOUND_KEY = "voicebot.sound";
+
+// echo cancellation, noise suppression, automatic gain: remembered, and applied at once
+async function setSound(change) {
+  store.dispatch({ type: "sound", sound: change });
+  localStorage.setItem(SOUND_KEY, JSON.stringify(store.state.sound));
+  const track = microphone ? microphone.getAudioTracks()[0] : null;
+  if (track && !(await applySound(track, store.state.sound))) await startMicrophone();  // replaceTrack
+  else if (testStream) { await toggleTest(); await toggleTest(); }
+}
+
+function loadSound() {
+  try {
+    const saved = JSON.parse(localStorage.getItem(SOUND_KEY) || "{}");
+    const known = Object.keys(initialState.sound).filter((k) => typeof saved[k] === "boolean");
+    if (known.length) store.dispatch({ type: "sound", sound: Object.fromEntries(known.map((k) => [k, saved[k]])) });
+  } catch { /* unreadable: the defaults */ }
 }
 
 async function chooseOutput(id) {
@@ -335,6 +354,14 @@ $("chat-form").addEventListener("submit", async (e) => {
 });
 $("leave").addEventListener("click", leave);
 $("mute").addEventListener("click", toggleMute);
+loadSound();
+for (const el of document.querySelectorAll(".sound-switch")) {
+  el.addEventListener("change", (e) => setSound({ [e.target.name]: e.target.checked }));
+}
+for (const el of document.querySelectorAll(".sound-raw")) {
+  el.addEventListener("click", () => setSound({ echoCancellation: false, noiseSuppression: false,
+                                               autoGainControl: false }));
+}
 $("copy").addEventListener("click", () => navigator.clipboard?.writeText(location.href));
 $("copy-transcript").addEventListener("click", copyTranscript);
 $("take-over").addEventListener("click", () => conn.takeOver());
@@ -369,7 +396,7 @@ window.addEventListener("blur", () => setTalking(false));
 
 // the first picture, before any state changes
 render(store.state, { ...store.state, publicLobbies: null, devices: null, testLevel: undefined,
-                      prompt: undefined, announcement: undefined }, actions);
+                      prompt: undefined, announcement: undefined, sound: null }, actions);
 if (window.matchMedia("(max-width: 720px)").matches) $("side").open = false;  // captions first
 refreshLobbies();
 refreshDevices();

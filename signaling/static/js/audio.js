@@ -92,14 +92,22 @@ export class Audio {
 }
 
 // the microphone: a MediaStream, or an error the user can act on
-export async function openMicrophone(deviceId) {
+export async function openMicrophone(deviceId, sound = {}) {
   if (!navigator.mediaDevices?.getUserMedia) {
     const err = new Error("This browser can't capture audio here: open the page over https:// (or on localhost).");
     err.name = "Unavailable";
     throw err;
   }
-  const audio = deviceId ? { deviceId: { exact: deviceId } } : true;
+  const audio = { ...sound, ...(deviceId ? { deviceId: { exact: deviceId } } : {}) };
   return navigator.mediaDevices.getUserMedia({ audio });
+}
+
+// the microphone's processing changed mid-call: applied to the live track where the browser
+// can (Firefox); where it says yes but changes nothing (Chromium), false: open it anew
+export async function applySound(track, sound) {
+  try { await track.applyConstraints(sound); } catch { return false; }
+  const now = track.getSettings();
+  return Object.entries(sound).every(([k, v]) => now[k] === undefined || now[k] === v);
 }
 
 export function microphoneProblem(e) {

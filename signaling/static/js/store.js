@@ -28,6 +28,8 @@ export const initialState = {
   prompt: null,                // {lobby_id, name, message}: a lobby's password is needed
   notice: null,                // {kind: "error"|"info", text}
   audioBlocked: false,         // the browser refused to play until the person clicks
+  // the microphone's processing, remembered by this browser (localStorage "voicebot.sound")
+  sound: { echoCancellation: true, noiseSuppression: true, autoGainControl: true },
 };
 
 function byMessageId(a, b) { return a.message_id - b.message_id; }
@@ -142,6 +144,8 @@ export function reducer(state, action) {
       return { ...state, notice: action.notice };
     case "audio_blocked":
       return { ...state, audioBlocked: action.blocked };
+    case "sound":
+      return { ...state, sound: { ...state.sound, ...action.sound } };
     default:
       throw new Error(`unknown action ${action.type}`);
   }

@@ -52,6 +52,7 @@ export function render(s, prev, actions) {
   if (s.publicLobbies !== prev.publicLobbies || s.session !== prev.session) renderLobbies(s, actions);
   if (s.prompt !== prev.prompt) renderPrompt(s);
   if (s.devices !== prev.devices || s.input !== prev.input || s.output !== prev.output) renderDevices(s);
+  if (s.sound !== prev.sound) renderSound(s);
   if (s.testLevel !== prev.testLevel || s.mic !== prev.mic) renderTest(s);
   if (s.announcement !== prev.announcement) $("announcer").textContent = s.announcement;
   renderRoom(s, prev, actions);
@@ -119,6 +120,12 @@ function renderDevices(s) {
     fill(el, s.devices.outputs, s.output, "Default speaker");
     el.disabled = !("setSinkId" in HTMLMediaElement.prototype);
   }
+}
+
+function renderSound(s) {
+  for (const el of document.querySelectorAll(".sound-switch")) el.checked = s.sound[el.name];
+  const raw = Object.values(s.sound).every((on) => !on);
+  for (const el of document.querySelectorAll(".sound-raw")) el.setAttribute("aria-pressed", String(raw));
 }
 
 function renderTest(s) {
