@@ -334,6 +334,9 @@ def check_plugin(cls: Any, name: str | None = None) -> None:
         schema = config.schema()
         for f in dataclasses.fields(config):
             spec = schema[f.name]
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                raise PluginError(f"setting {f.name!r} has no default: make it with "
+                                  "setting(default, help), or setting(REQUIRED, help)")
             if not spec.get("required"):
                 _check_default(f.name, spec, hints[f.name])
         if type(cls.receive_batch) is not int:

@@ -273,6 +273,16 @@ class BadDefaultBot(Bot[BadDefaultConfig]):
     Config = BadDefaultConfig
 
 
+@dataclass(frozen=True)
+class NoDefaultConfig(BotConfig):
+    city: str  # a plain field: every setting needs a default, or REQUIRED
+
+
+class NoDefaultBot(Bot[NoDefaultConfig]):
+    kind = "nodefault"
+    Config = NoDefaultConfig
+
+
 class ListBot(Bot[ListConfig]):
     kind = "listy"
     Config = ListConfig
@@ -282,7 +292,8 @@ def test_check_plugin_refuses_what_a_provider_could_not_offer() -> None:
     check_plugin(ListBot)
     check_plugin(AlertBot)
     for cls, words in ((DictBot, "setting 'table'"), (SyncHookBot, "on_chat must be an async def"),
-                       (BadDefaultBot, "default 'three'"), (dict, "not a Bot subclass")):
+                       (BadDefaultBot, "default 'three'"), (dict, "not a Bot subclass"),
+                       (NoDefaultBot, "'city' has no default")):
         with pytest.raises(PluginError, match=words):
             check_plugin(cls)
     with pytest.raises(PluginError, match="declared as 'other'"):
