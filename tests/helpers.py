@@ -30,6 +30,18 @@ from .conftest import Clients, Inbox
 from .netfaults import TcpProxy
 
 
+def plugin_dist(folder: Path, entries: str, modules: dict[str, str] | None = None) -> Path:
+    """A distribution in ``folder`` (to put on sys.path) that declares the bot plugins
+    ``entries`` (lines of ``kind = module:Class``), with ``modules`` ({name: source}) beside it."""
+    dist = folder / "fixture_plugins-1.0.dist-info"
+    dist.mkdir(parents=True)
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: fixture-plugins\nVersion: 1.0\n")
+    (dist / "entry_points.txt").write_text(f"[ai_voicebot.bots]\n{entries}\n")
+    for name, source in (modules or {}).items():
+        (folder / f"{name}.py").write_text(source)
+    return folder
+
+
 async def wait_until(predicate: Any, timeout: float = 10.0, what: str = "condition",
                      poll: float = 0.05) -> None:
     """Polls ``predicate`` every ``poll`` seconds; fails the test after ``timeout``."""

@@ -20,7 +20,7 @@ from shared import protocol as p
 from signaling.dispatch import DISPATCHER
 
 from .conftest import ROOT, Clients, start_server
-from .helpers import api, wait_until
+from .helpers import api, plugin_dist, wait_until
 
 SPEECH = str(ROOT / "tests" / "data" / "speaker_a.wav")
 
@@ -96,15 +96,11 @@ def test_discovery_includes_builtins_and_the_example_plugin() -> None:
 
 def test_a_broken_plugin_is_logged_and_skipped(tmp_path: Any, monkeypatch: Any,
                                                caplog: Any) -> None:
-    dist = tmp_path / "broken_plugin-1.0.dist-info"
-    dist.mkdir()
-    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: broken-plugin\nVersion: 1.0\n")
-    (dist / "entry_points.txt").write_text(
-        "[ai_voicebot.bots]\nbroken = no_such_module:Bot\nwrong = json:JSONDecoder\n"
-        "shadowed = shadowed_plugin:Bot\n")
     # what a plugin meets when another package called `shared` hides ours: a name we ship is
     # missing from it
-    (tmp_path / "shadowed_plugin.py").write_text("from shared.no_such_module import Bot\n")
+    plugin_dist(tmp_path, "broken = no_such_module:Bot\nwrong = json:JSONDecoder\n"
+                "shadowed = shadowed_plugin:Bot",
+                {"shadowed_plugin": "from shared.no_such_module import Bot\n"})
     monkeypatch.syspath_prepend(str(tmp_path))
     found = discover()
     assert "broken" not in found and "wrong" not in found and "echo" in found

@@ -29,7 +29,7 @@ from shared.errors import NameRefused
 from signaling.dispatch import DISPATCHER
 
 from .conftest import PROVIDER_KEY, Clients
-from .helpers import api, wait_until
+from .helpers import api, plugin_dist, wait_until
 
 pytestmark = pytest.mark.backends("sqlite")  # dispatch on Redis: test_cluster.py, test_bots.py
 
@@ -300,17 +300,6 @@ def test_check_plugin_refuses_what_a_provider_could_not_offer() -> None:
         check_plugin(ListBot, "other")
 
 
-def _install_plugins(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, module: str,
-                     entries: str) -> None:
-    """A distribution on sys.path that declares ``entries`` from the module ``module``."""
-    dist = tmp_path / "fixture_plugins-1.0.dist-info"
-    dist.mkdir()
-    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: fixture-plugins\nVersion: 1.0\n")
-    (dist / "entry_points.txt").write_text(f"[ai_voicebot.bots]\n{entries}\n")
-    (tmp_path / "fixture_plugins.py").write_text(module)
-    monkeypatch.syspath_prepend(str(tmp_path))
-
-
 BROKEN_PLUGINS = '''
 from dataclasses import dataclass
 from bots.plugin import Bot, BotConfig, setting
@@ -343,9 +332,9 @@ class WordsBot(Bot[WordsConfig]):
 
 def test_discovery_refuses_a_broken_plugin_with_one_line_and_keeps_the_rest(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
-    _install_plugins(tmp_path, monkeypatch, BROKEN_PLUGINS,
-                     "table = fixture_plugins:TableBot\nwords = fixture_plugins:WordsBot\n"
-                     "tupled = fixture_plugins:TupleBot")
+    plugin_dist(tmp_path, "table = fixture_plugins:TableBot\nwords = fixture_plugins:WordsBot\n"
+                "tupled = fixture_plugins:TupleBot", {"fixture_plugins": BROKEN_PLUGINS})
+    monkeypatch.syspath_prepend(str(tmp_path))
     found = discover()
     assert not {"table", "tupled"} & set(found) and {"words", "echo", "transcriber"} <= set(found)
     lines = [r.getMessage() for r in caplog.records if "bot plugin 'table'" in r.getMessage()]
@@ -424,15 +413,10 @@ async def test_voicebot_up_is_ready_with_a_broken_plugin_installed(tmp_path: Pat
 
     from signaling.testing import free_port
 
-    plugins = tmp_path / "plugins"
-    plugins.mkdir()
-    dist = plugins / "fixture_plugins-1.0.dist-info"
-    dist.mkdir()
-    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: fixture-plugins\nVersion: 1.0\n")
-    (dist / "entry_points.txt").write_text(
-        "[ai_voicebot.bots]\ntable = fixture_plugins:TableBot\nwords = fixture_plugins:WordsBot\n"
-        "gone = no_such_module:Bot\ntupled = fixture_plugins:TupleBot\n")
-    (plugins / "fixture_plugins.py").write_text(BROKEN_PLUGINS)
+    plugins = plugin_dist(tmp_path / "plugins",
+                          "table = fixture_plugins:TableBot\nwords = fixture_plugins:WordsBot\n"
+                          "gone = no_such_module:Bot\ntupled = fixture_plugins:TupleBot",
+                          {"fixture_plugins": BROKEN_PLUGINS})
     port, log_path = free_port(), tmp_path / "up.log"
     env = os.environ | {"VOICEBOT_PROVIDER_KEY": "", "PYTHONPATH": str(plugins)}
     with log_path.open("wb") as log:

@@ -355,12 +355,15 @@ $("chat-form").addEventListener("submit", async (e) => {
 $("leave").addEventListener("click", leave);
 $("mute").addEventListener("click", toggleMute);
 loadSound();
-for (const el of document.querySelectorAll(".sound-switch")) {
-  el.addEventListener("change", (e) => setSound({ [e.target.name]: e.target.checked }));
-}
-for (const el of document.querySelectorAll(".sound-raw")) {
-  el.addEventListener("click", () => setSound({ echoCancellation: false, noiseSuppression: false,
-                                               autoGainControl: false }));
+for (const box of document.querySelectorAll("fieldset.sound")) {  // its switches: view.js
+  box.addEventListener("change", (e) => {
+    if (e.target.classList.contains("sound-switch")) setSound({ [e.target.name]: e.target.checked });
+  });
+  box.addEventListener("click", (e) => {
+    if (e.target.classList.contains("sound-raw")) {
+      setSound({ echoCancellation: false, noiseSuppression: false, autoGainControl: false });
+    }
+  });
 }
 $("copy").addEventListener("click", () => navigator.clipboard?.writeText(location.href));
 $("copy-transcript").addEventListener("click", copyTranscript);

@@ -122,7 +122,20 @@ function renderDevices(s) {
   }
 }
 
+const SOUND_SWITCHES = { echoCancellation: "Echo cancellation", noiseSuppression: "Noise suppression",
+                         autoGainControl: "Automatic gain" };
+
+// the microphone's processing: the same switches before the call and in it
 function renderSound(s) {
+  for (const box of document.querySelectorAll("fieldset.sound")) {
+    if (box.childElementCount) continue;
+    box.append(h("legend", {}, "Sound processing"),
+      ...Object.entries(SOUND_SWITCHES).map(([name, label]) => h("label", { className: "inline" },
+        h("input", { type: "checkbox", className: "sound-switch", name }), ` ${label}`)),
+      h("button", { type: "button", className: "small secondary sound-raw",
+                    title: "all three off: music, instruments, a podcast microphone" },
+        "Music / raw sound"));
+  }
   for (const el of document.querySelectorAll(".sound-switch")) el.checked = s.sound[el.name];
   const raw = Object.values(s.sound).every((on) => !on);
   for (const el of document.querySelectorAll(".sound-raw")) el.setAttribute("aria-pressed", String(raw));
