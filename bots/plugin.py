@@ -19,6 +19,7 @@ from typing import Any, ClassVar, Generic, Self, TypeVar
 from aiortc import MediaStreamTrack
 
 from shared import protocol as p
+from shared.botconfig import MAX_LIST_ITEMS, check_config
 from shared.validation import Payload
 
 from .inbound import MAX_FRAMES, check_batch
@@ -119,7 +120,6 @@ class BotConfig(Payload):
 
 
 _JSON_TYPES = {str: "string", int: "integer", float: "number", bool: "boolean"}
-MAX_LIST_ITEMS = 100  # items of a list setting (the server refuses more)
 
 
 class _Required:
@@ -330,7 +330,6 @@ def check_plugin(cls: Any, name: str | None = None) -> None:
     if not config.__dataclass_params__.frozen:  # type: ignore[attr-defined]
         raise PluginError(f"{config.__name__} must be a frozen dataclass")
     try:
-        hints = typing.get_type_hints(config)
         schema = config.schema()
         for f in dataclasses.fields(config):
             spec = schema[f.name]
@@ -338,7 +337,7 @@ def check_plugin(cls: Any, name: str | None = None) -> None:
                 raise PluginError(f"setting {f.name!r} has no default: make it with "
                                   "setting(default, help), or setting(REQUIRED, help)")
             if not spec.get("required"):
-                _check_default(f.name, spec, hints[f.name])
+                _check_default(cls.kind or "bot", f.name, spec)
         if type(cls.receive_batch) is not int:
             raise PluginError("receive_batch must be an integer")
         check_batch(cls.receive_batch, MAX_FRAMES)
@@ -350,18 +349,13 @@ def check_plugin(cls: Any, name: str | None = None) -> None:
         raise PluginError(f"{type(exc).__name__}: {exc}") from None
 
 
-def _check_default(name: str, spec: dict[str, Any], hint: Any) -> None:
-    default = spec["default"]
-    if default is None and spec["nullable"]:
-        return
-    items = default if spec["type"] == "array" and isinstance(default, list) else [default]
-    kind = spec.get("items", spec["type"])
-    types_ok = {"string": (str,), "integer": (int,), "number": (int, float), "boolean": (bool,),
-                "array": (list,)}
-    if not isinstance(default, types_ok[spec["type"]]) or any(
-            not isinstance(x, types_ok[kind]) or (isinstance(x, bool) and kind != "boolean")
-            for x in items):
-        raise PluginError(f"setting {name!r}: default {default!r} is no {hint!r}")
+def _check_default(kind: str, name: str, spec: dict[str, Any]) -> None:
+    """The default must be a value the server would take for the setting (type, bounds,
+    choices): checked as a config of that setting alone."""
+    try:
+        check_config(p.BotKind(kind=kind, config={name: spec}), {name: spec["default"]})
+    except p.ProtocolError as exc:
+        raise PluginError(f"setting {name!r}: default {spec['default']!r}: {exc.message}") from None
 
 
 def discover(group: str = ENTRY_POINT_GROUP) -> dict[str, type[Bot[Any]]]:

@@ -57,7 +57,9 @@ class BotRunner(LobbyAccess):
         # peer hooks wait for on_joined: a bot may still be loading (a model, say) when the
         # first peer's audio arrives
         self._joined = asyncio.Event()
-        self._hooks = TaskSet(log, f"bot plugin {cls.kind!r} ({self.bot_id}) hook")
+        # how a failing hook is logged, by the runner's tasks and the mesh's alike
+        self._hook_label = f"bot plugin {cls.kind!r} ({self.bot_id}) hook"
+        self._hooks = TaskSet(log, self._hook_label)
         self._captions = CaptionReader(interims=cls.interims)
         # messages up to this id were in the lobby before the bot joined (history), or were
         # handed over already: a replay after a reconnect brings only newer ones to the hooks
@@ -127,7 +129,7 @@ class BotRunner(LobbyAccess):
                          on_track=self._track, on_peer_connected=self._peer_connected,
                          on_peer_left=self._peer_left, receives_audio=self.cls.listens(),
                          receive_batch=self.cls.receive_batch, on_paths=self._send_status,
-                         hook_label=f"bot plugin {self.cls.kind!r} ({self.bot_id}) hook")
+                         hook_label=self._hook_label)
         self.client.on(p.MessageType.CHAT, self._message)
         self.client.on(p.MessageType.TRANSCRIPT, self._message)
         self.client.on(p.MessageType.LOBBY_STATE, self._roster)

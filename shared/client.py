@@ -47,7 +47,7 @@ import aiohttp
 from . import protocol as p
 from .config import ClientConfig
 from .errors import (AuthError, ClientBug, ClientError, ConnectionClosed, ConnectionLost,
-                     ConnectTimeout, HandshakeError, NameRefused, ProtocolError, RequestTimeout,
+                     ConnectTimeout, ErrorCode, HandshakeError, NameRefused, ProtocolError, RequestTimeout,
                      ServerError, SessionEnded)
 from .handshake import create_session, open_socket, receive_welcome
 from .outbox import Outbox, Outgoing, Seen
@@ -61,7 +61,8 @@ Handler = Callable[[p.Message], Awaitable[None] | None]
 FINAL_CLOSE_CODES = (4001, 4002, 4003)
 # a configured name refused with one of these stops the client (NameRefused): asked again, the
 # server would refuse it again
-NAME_REFUSALS = ("name_in_use", "name_protected", "bad_password", "name_invalid")
+NAME_REFUSALS = (ErrorCode.NAME_IN_USE, ErrorCode.NAME_PROTECTED, ErrorCode.BAD_PASSWORD,
+                 ErrorCode.NAME_INVALID)
 
 # What a lost or refused connection raises: the loop logs these and tries again. Anything else
 # is a bug, and reconnecting would only meet it again.
