@@ -117,10 +117,6 @@ class Voice(MediaStreamTrack):
         self._start: float | None = None
         self._pts = 0
 
-    @property
-    def playing(self) -> Playback | None:
-        return self._queue[0] if self._queue else None
-
     def play(self, source: Playable, label: str = "", interruptible: bool = False) -> Playback:
         playback = Playback(source, label or _label(source), interruptible)
         self._queue.append(playback)
